@@ -1,0 +1,126 @@
+"""The command line: parse, dispatch, and turn errors into the exit codes of the contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ecs_harden import __version__, logs
+from ecs_harden import facts as facts_mod
+from ecs_harden import policy as policy_mod
+from ecs_harden.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HardenError
+from ecs_harden.reconcile import Outcome, Reconciler, build_components
+from ecs_harden.report import render_text
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--policy", metavar="PATH", default=default,
+                        help=f"policy file (default: ${policy_mod.ENV_VAR}, else {policy_mod.DEFAULT_PATH})")
+    parser.add_argument("--log-format", choices=("json", "console"), default=default,
+                        help="log format on stderr (default: console on a TTY, else json)")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS if suppress else "info",
+                        type=str.lower, help="log level (default: info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecs-harden",
+        description="Keep an ECS container instance hardened: containers cannot reach IMDS, "
+        "and /etc/ecs/ecs.config holds the desired agent flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"ecs-harden {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _global_options(p, suppress=True)
+        return p
+
+    def fmt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=("text", "json"), default="text")
+
+    fmt(command("facts", "what was detected about this host"))
+    fmt(command("check", "report drift; change nothing"))
+    p = command("apply", "converge once, report what changed")
+    fmt(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    log = logs.get("ecs_harden.cli")
+    try:
+        return _dispatch(args)
+    except HardenError as exc:
+        log.error("command.failed", command=args.command, error=str(exc), exit_code=exc.exit_code)
+        print(f"ecs-harden: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "facts":
+        return _facts(args)
+    policy = policy_mod.load(args.policy)
+    if args.command in ("check", "apply"):
+        return _reconcile(args, policy)
+    print(f"ecs-harden: unknown command {args.command}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _facts(args: argparse.Namespace) -> int:
+    found = facts_mod.gather()
+    data = found.to_json()
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    for key in ("flavor", "init", "iptables"):
+        print(f"{key:10} {data[key]}")
+    print(f"{'os':10} {data['os']['id']} {data['os']['version_id']}")
+    for key in ("docker", "ecs_agent"):
+        p = data[key]
+        state = f"running (pid {p['pid']}, started {p['started']})" if p["running"] else "not running"
+        print(f"{key:10} {state}")
+    return EXIT_OK
+
+
+def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+    found = facts_mod.gather()
+    reconciler = Reconciler(policy, found.platform(), build_components(policy, found))
+    repair = args.command == "apply"
+    dry_run = bool(getattr(args, "dry_run", False))
+    outcome = reconciler.run(repair=repair, dry_run=dry_run)
+    _print(args.format, outcome, dry_run=dry_run, applied=repair and not dry_run)
+    return exit_code(outcome)
+
+
+def exit_code(outcome: Outcome) -> int:
+    if outcome.errors:
+        return EXIT_FAILURE
+    return EXIT_OK if outcome.report.compliant else EXIT_DRIFT
+
+
+def _print(fmt: str, outcome: Outcome, *, dry_run: bool, applied: bool) -> None:
+    if fmt == "json":
+        print(json.dumps(outcome.to_json({"dry_run": dry_run} if dry_run else None), indent=2))
+        return
+    print(render_text(outcome.report, dry_run=dry_run))
+    if dry_run:
+        for change in outcome.changes:
+            print(f"would: {change}")
+        if not outcome.changes:
+            print("would: nothing to change")
+    elif applied:
+        for change in outcome.changes:
+            print(f"changed: {change}")
+        if not outcome.changes:
+            print("nothing changed")
+    for error in outcome.errors:
+        print(f"error: {error}")

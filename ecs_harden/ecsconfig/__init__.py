@@ -1,0 +1,1 @@
+"""/etc/ecs/ecs.config: the file model and the checks that keep the agent's flags set."""

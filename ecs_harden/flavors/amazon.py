@@ -1,0 +1,47 @@
+"""Amazon Linux: the 2018.03 AMI (amzn1), Amazon Linux 2 and Amazon Linux 2023."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ecs_harden.flavors.base import OsRelease
+from ecs_harden.flavors.rhel import Rhel
+
+
+def _is_amazon(osr: OsRelease) -> bool:
+    return osr.id == "amzn" or (not osr.fields and "Amazon Linux" in osr.system_release)
+
+
+class Amzn2023(Rhel):
+    name: ClassVar[str] = "amzn2023"
+
+    @classmethod
+    def matches(cls, osr: OsRelease) -> bool:
+        return _is_amazon(osr) and osr.version_id.startswith("2023")
+
+
+class Amzn2(Rhel):
+    name: ClassVar[str] = "amzn2"
+    usual_iptables: ClassVar[str | None] = "legacy"
+    install_command: ClassVar[str | None] = "yum install -y iptables-services"
+
+    @classmethod
+    def matches(cls, osr: OsRelease) -> bool:
+        return _is_amazon(osr) and osr.version_id == "2"
+
+
+class Amzn1(Amzn2):
+    """sysvinit services `iptables`/`ip6tables`, files in `service iptables save` format."""
+
+    name: ClassVar[str] = "amzn1"
+    restore_services: ClassVar[tuple[str, ...]] = ("iptables", "ip6tables")
+    restore_package: ClassVar[str | None] = "iptables"
+    install_command: ClassVar[str | None] = "yum install -y iptables"
+
+    @classmethod
+    def matches(cls, osr: OsRelease) -> bool:
+        if not _is_amazon(osr):
+            return False
+        if osr.fields:
+            return osr.version_id.startswith("201") or osr.version_id == "1"
+        return "Amazon Linux AMI" in osr.system_release

@@ -1,0 +1,78 @@
+"""The change journal: a backup of every file before it is replaced, and one JSON line per change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ecs_harden.atomic import ensure_dir, fsync_dir, write_atomic
+from ecs_harden.errors import RuntimeFailure
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ChangeJournal:
+    """Backups under state_dir/backups, the journal at state_dir/changes.jsonl."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, "changes.jsonl")
+
+    def backup(self, path: str, data: bytes) -> str:
+        """Keep data (the file's old content) and return where it went."""
+        directory = os.path.join(self.state_dir, "backups")
+        ensure_dir(directory)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = os.path.basename(path)
+        name = os.path.join(directory, f"{base}.{stamp}.{os.getpid()}.bak")
+        n = 0
+        while os.path.exists(name):
+            n += 1
+            name = os.path.join(directory, f"{base}.{stamp}.{os.getpid()}.{n}.bak")
+        write_atomic(name, data, mode=0o600)
+        return name
+
+    def record(self, entry: dict[str, Any]) -> None:
+        ensure_dir(self.state_dir)
+        line = json.dumps({"time": utc_now(), **entry}, sort_keys=True) + "\n"
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise RuntimeFailure(f"{self.path}: cannot append: {exc.strerror}") from None
+        fsync_dir(self.state_dir)
+
+    def replace_file(
+        self,
+        path: str,
+        old: bytes | None,
+        new: bytes,
+        *,
+        kind: str,
+        summary: Sequence[str],
+        mode: int = 0o600,
+    ) -> None:
+        """Back up old, write new atomically, journal it. summary must hold no secret."""
+        backup = self.backup(path, old) if old is not None else None
+        write_atomic(path, new, mode=mode)
+        self.record(
+            {
+                "path": path,
+                "kind": kind,
+                "action": "create" if old is None else "replace",
+                "backup": backup,
+                "sha256_before": hashlib.sha256(old).hexdigest() if old is not None else None,
+                "sha256_after": hashlib.sha256(new).hexdigest(),
+                "changes": list(summary),
+            }
+        )

@@ -1,0 +1,329 @@
+"""The policy file: YAML in, a frozen Policy out, or an error naming the key and the line."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import yaml
+
+from ecs_harden.errors import PolicyError
+
+DEFAULT_PATH = "/etc/ecs-harden/policy.yaml"
+ENV_VAR = "ECS_HARDEN_POLICY"
+
+DEFAULT_SETTINGS: tuple[tuple[str, str | None], ...] = (
+    ("ECS_AWSVPC_BLOCK_IMDS", "true"),
+    ("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", "false"),
+)
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IFACE_RE = re.compile(r"^[^\s/!:+]{1,15}\+?$|^\+$")
+
+
+@dataclass(frozen=True)
+class ImdsPolicy:
+    interfaces: tuple[str, ...] = ("docker+",)
+    ipv4: ipaddress.IPv4Network = ipaddress.IPv4Network("169.254.169.254/32")
+    ipv6: ipaddress.IPv6Network | None = ipaddress.IPv6Network("fd00:ec2::254/128")
+    persist: bool = True
+
+
+@dataclass(frozen=True)
+class EcsConfigPolicy:
+    path: str = "/etc/ecs/ecs.config"
+    settings: tuple[tuple[str, str | None], ...] = DEFAULT_SETTINGS
+    restart_agent: str = "never"
+
+
+@dataclass(frozen=True)
+class ReportPolicy:
+    status_file: str = "/run/ecs-harden/status.json"
+    textfile: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: str = "enforce"
+    interval: float = 5.0
+    resync: float = 60.0
+    state_dir: str = "/var/lib/ecs-harden"
+    imds: ImdsPolicy = field(default_factory=ImdsPolicy)
+    ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy)
+    report: ReportPolicy = field(default_factory=ReportPolicy)
+    source: str = "built-in defaults"
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "enforce"
+
+
+def resolve_path(cli_path: str | None) -> tuple[str, bool]:
+    """The policy path and whether it was named explicitly (then it must exist)."""
+    if cli_path:
+        return cli_path, True
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, True
+    return DEFAULT_PATH, False
+
+
+def load(cli_path: str | None = None) -> Policy:
+    path, explicit = resolve_path(cli_path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if explicit:
+            raise PolicyError(f"{path}: policy file not found") from None
+        return Policy()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
+    _check_ownership(path, st)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
+    return parse(data, source=path)
+
+
+def _check_ownership(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise PolicyError(f"{path}: policy is not a regular file")
+    if st.st_uid != 0:
+        raise PolicyError(
+            f"{path}: refusing a policy owned by uid {st.st_uid}; it must be owned by root"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PolicyError(
+            f"{path}: refusing a policy writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod go-w {path}"
+        )
+
+
+def parse(data: bytes | str, source: str = "<policy>") -> Policy:
+    try:
+        loader = yaml.SafeLoader(data)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"{source}:{where}: not valid YAML: {problem}") from None
+    if node is None:
+        return Policy(source=source)
+    return _Reader(source, loader).policy(node)
+
+
+_Scalar = Union[str, int, float, bool, None]
+
+
+class _Reader:
+    """Walks the YAML node tree so that every error can name its key path and line."""
+
+    def __init__(self, source: str, loader: yaml.SafeLoader):
+        self.source = source
+        self.loader = loader
+
+    def fail(self, node: yaml.Node, key: str, msg: str) -> PolicyError:
+        return PolicyError(f"{self.source}: line {node.start_mark.line + 1}: {key}: {msg}")
+
+    def mapping(
+        self, node: yaml.Node, key: str, allowed: tuple[str, ...]
+    ) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, key or "policy", "must be a mapping")
+        out: dict[str, yaml.Node] = {}
+        for knode, vnode in node.value:
+            name = self.scalar(knode, key or "policy")
+            path = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, str):
+                raise self.fail(knode, path, "keys must be strings")
+            if allowed and name not in allowed:
+                raise self.fail(
+                    knode, path, f"unknown key (expected one of: {', '.join(allowed)})"
+                )
+            if name in out:
+                raise self.fail(knode, path, "duplicate key")
+            out[name] = vnode
+        return out
+
+    def scalar(self, node: yaml.Node, key: str) -> _Scalar:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, key, "must be a single value, not a list or mapping")
+        value: _Scalar = self.loader.construct_object(node, deep=True)
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            raise self.fail(node, key, f"unsupported value type {type(value).__name__}")
+        return value
+
+    def string(self, node: yaml.Node, key: str, *, nullable: bool = False) -> str | None:
+        value = self.scalar(node, key)
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(node, key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> str:
+        value = self.scalar(node, key)
+        if value not in choices:
+            raise self.fail(node, key, f"must be one of {', '.join(choices)}, got {value!r}")
+        assert isinstance(value, str)
+        return value
+
+    def seconds(self, node: yaml.Node, key: str) -> float:
+        value = self.scalar(node, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise self.fail(node, key, f"must be a number of seconds > 0, got {value!r}")
+        return float(value)
+
+    def abspath(self, node: yaml.Node, key: str, *, nullable: bool = False) -> str | None:
+        value = self.string(node, key, nullable=nullable)
+        if value is not None and not os.path.isabs(value):
+            raise self.fail(node, key, f"must be an absolute path, got {value!r}")
+        return value
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        value = self.scalar(node, key)
+        if not isinstance(value, bool):
+            raise self.fail(node, key, f"must be true or false, got {value!r}")
+        return value
+
+    def policy(self, node: yaml.Node) -> Policy:
+        top = self.mapping(
+            node, "", ("mode", "interval", "resync", "state_dir", "imds", "ecs_config", "report")
+        )
+        base = Policy(source=self.source)
+        handlers: dict[str, Callable[[yaml.Node], Any]] = {
+            "mode": lambda n: self.choice(n, "mode", ("enforce", "report")),
+            "interval": lambda n: self.seconds(n, "interval"),
+            "resync": lambda n: self.seconds(n, "resync"),
+            "state_dir": lambda n: self.abspath(n, "state_dir"),
+            "imds": self.imds,
+            "ecs_config": self.ecs_config,
+            "report": self.report,
+        }
+        values = {name: handlers[name](vnode) for name, vnode in top.items()}
+        return _replace(base, values)
+
+    def imds(self, node: yaml.Node) -> ImdsPolicy:
+        if _is_null(node):
+            raise self.fail(node, "imds", "must be a mapping")
+        keys = self.mapping(node, "imds", ("interfaces", "ipv4", "ipv6", "persist"))
+        values: dict[str, Any] = {}
+        if "interfaces" in keys:
+            values["interfaces"] = self.interfaces(keys["interfaces"])
+        if "ipv4" in keys:
+            values["ipv4"] = self.network(keys["ipv4"], "imds.ipv4", 4)
+        if "ipv6" in keys:
+            values["ipv6"] = (
+                None if _is_null(keys["ipv6"]) else self.network(keys["ipv6"], "imds.ipv6", 6)
+            )
+        if "persist" in keys:
+            values["persist"] = self.boolean(keys["persist"], "imds.persist")
+        return _replace(ImdsPolicy(), values)
+
+    def interfaces(self, node: yaml.Node) -> tuple[str, ...]:
+        key = "imds.interfaces"
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, key, "must be a non-empty list of interface patterns")
+        out: list[str] = []
+        for i, item in enumerate(node.value):
+            value = self.string(item, f"{key}[{i}]")
+            assert value is not None
+            if not _IFACE_RE.match(value):
+                raise self.fail(
+                    item,
+                    f"{key}[{i}]",
+                    f"{value!r} is not an iptables interface pattern "
+                    "(at most 15 characters, no spaces or '/', '+' only at the end)",
+                )
+            if value not in out:
+                out.append(value)
+        return tuple(out)
+
+    def network(self, node: yaml.Node, key: str, version: int) -> Any:
+        value = self.string(node, key)
+        assert value is not None
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise self.fail(node, key, f"{value!r} is not an address or network: {exc}") from None
+        if net.version != version:
+            raise self.fail(node, key, f"{value!r} is not an IPv{version} address")
+        return net
+
+    def ecs_config(self, node: yaml.Node) -> EcsConfigPolicy:
+        if _is_null(node):
+            raise self.fail(node, "ecs_config", "must be a mapping")
+        keys = self.mapping(node, "ecs_config", ("path", "settings", "restart_agent"))
+        values: dict[str, Any] = {}
+        if "path" in keys:
+            values["path"] = self.abspath(keys["path"], "ecs_config.path")
+        if "settings" in keys:
+            values["settings"] = self.settings(keys["settings"])
+        if "restart_agent" in keys:
+            values["restart_agent"] = self.choice(
+                keys["restart_agent"], "ecs_config.restart_agent", ("never", "on-change")
+            )
+        return _replace(EcsConfigPolicy(), values)
+
+    def settings(self, node: yaml.Node) -> tuple[tuple[str, str | None], ...]:
+        if _is_null(node):
+            return DEFAULT_SETTINGS
+        merged = dict(DEFAULT_SETTINGS)
+        for name, vnode in self.mapping(node, "ecs_config.settings", ()).items():
+            key = f"ecs_config.settings.{name}"
+            if not _KEY_RE.match(name):
+                raise self.fail(vnode, key, "is not a valid environment variable name")
+            value = self.scalar(vnode, key)
+            if value is not None and not isinstance(value, str):
+                raise self.fail(
+                    vnode,
+                    key,
+                    f"must be a quoted string or null, got {type(value).__name__} {value!r}; "
+                    f'write {name}: "{_yaml_text(value)}"',
+                )
+            if value is not None and ("\n" in value or "\r" in value or "\0" in value):
+                raise self.fail(vnode, key, "must not contain a line break or NUL")
+            merged[name] = value
+        return tuple(merged.items())
+
+    def report(self, node: yaml.Node) -> ReportPolicy:
+        if _is_null(node):
+            raise self.fail(node, "report", "must be a mapping")
+        keys = self.mapping(node, "report", ("status_file", "textfile"))
+        values: dict[str, Any] = {}
+        if "status_file" in keys:
+            values["status_file"] = self.abspath(keys["status_file"], "report.status_file")
+        if "textfile" in keys:
+            values["textfile"] = self.abspath(keys["textfile"], "report.textfile", nullable=True)
+        return _replace(ReportPolicy(), values)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _yaml_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **values)
+
+
+def settings_dict(policy: Policy) -> dict[str, str | None]:
+    return dict(policy.ecs_config.settings)

@@ -1,0 +1,98 @@
+"""The reconcile pass: inspect every component, repair what drifted, inspect again."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ecs_harden import logs
+from ecs_harden.component import Component
+from ecs_harden.ecsconfig.agent import AgentRestartComponent
+from ecs_harden.ecsconfig.component import EcsConfigComponent
+from ecs_harden.errors import HardenError
+from ecs_harden.facts import Facts
+from ecs_harden.policy import Policy
+from ecs_harden.report import DRIFT, ERROR, Finding, Report
+
+
+def build_components(policy: Policy, facts: Facts) -> list[Component]:
+    return [
+        EcsConfigComponent(policy),
+        AgentRestartComponent(policy, facts.init),
+    ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    report: Report
+    changes: tuple[str, ...]  # done, or with dry_run: what would be done
+    errors: tuple[str, ...]
+
+    def to_json(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.report.to_json({"changes": list(self.changes), **(extra or {})})
+
+
+class Reconciler:
+    def __init__(self, policy: Policy, platform: dict[str, Any], components: Sequence[Component]):
+        self.policy = policy
+        self.platform = platform
+        self.components = components
+        self.log = logs.get("ecs_harden.reconcile")
+
+    def run(self, *, repair: bool, dry_run: bool = False) -> Outcome:
+        findings: list[Finding] = []
+        changes: list[str] = []
+        errors: list[str] = []
+        for component in self.components:
+            f, c, e = self._one(component, repair=repair and self.policy.enforce, dry_run=dry_run)
+            findings.extend(f)
+            changes.extend(c)
+            errors.extend(e)
+        report = Report(self.policy.mode, self.platform, tuple(findings), failed=bool(errors))
+        return Outcome(report, tuple(changes), tuple(errors))
+
+    def _one(
+        self, component: Component, *, repair: bool, dry_run: bool
+    ) -> tuple[list[Finding], list[str], list[str]]:
+        try:
+            first = component.inspect()
+        except HardenError as exc:
+            self.log.error("inspect.failed", component=component.name, error=str(exc))
+            return [Finding(f"{component.name}", ERROR, detail=str(exc))], [], [str(exc)]
+        for f in first.findings:
+            if f.status in (DRIFT, ERROR):
+                self.log.warning(
+                    "drift.detected", check=f.check, status=f.status,
+                    expected=f.expected, actual=f.actual, detail=f.detail,
+                )
+        if dry_run:
+            return list(first.findings), list(first.changes), []
+        if not first.changes or not repair:
+            return list(first.findings), [], []
+        error: str | None = None
+        try:
+            component.execute(first)
+        except HardenError as exc:
+            error = str(exc)
+            self.log.error("repair.failed", component=component.name, error=error)
+        try:
+            after = component.inspect()
+        except HardenError as exc:
+            msg = str(exc)
+            return [Finding(component.name, ERROR, detail=msg)], [], [e for e in (error, msg) if e]
+        before = {f.check: f for f in first.findings}
+        out: list[Finding] = []
+        for f in after.findings:
+            if error is None and f.check in first.repairs:
+                f = dataclasses.replace(f, changed=True)
+                old = before.get(f.check)
+                self.log.info(
+                    "drift.repaired", check=f.check, expected=f.expected,
+                    actual=old.actual if old else "", now=f.actual, status=f.status,
+                )
+                if f.status == DRIFT:
+                    self.log.error("repair.did_not_hold", check=f.check, detail=f.detail)
+            out.append(f)
+        return out, [] if error else list(first.changes), [error] if error else []
