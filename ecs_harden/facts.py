@@ -112,7 +112,7 @@ def _is_dockerd(info: dict[str, Any]) -> bool:
 def _is_ecs_agent(info: dict[str, Any]) -> bool:
     """The agent is `/agent` inside the ecs-agent container, started by ecs-init."""
     cmd = info.get("cmdline") or []
-    return bool(cmd) and cmd[0] in ("/agent", "/agent.exe") or info["name"] == "amazon-ecs-agent"
+    return (bool(cmd) and cmd[0] in ("/agent", "/agent.exe")) or info["name"] == "amazon-ecs-agent"
 
 
 def docker() -> Process:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -26,11 +27,15 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IFACE_RE = re.compile(r"^[^\s/!:+]{1,15}\+?$|^\+$")
 
 
+IMDS_V4 = ipaddress.IPv4Network("169.254.169.254/32")
+IMDS_V6 = ipaddress.IPv6Network("fd00:ec2::254/128")
+
+
 @dataclass(frozen=True)
 class ImdsPolicy:
     interfaces: tuple[str, ...] = ("docker+",)
-    ipv4: ipaddress.IPv4Network = ipaddress.IPv4Network("169.254.169.254/32")
-    ipv6: ipaddress.IPv6Network | None = ipaddress.IPv6Network("fd00:ec2::254/128")
+    ipv4: ipaddress.IPv4Network = IMDS_V4
+    ipv6: ipaddress.IPv6Network | None = IMDS_V6
     persist: bool = True
 
 
@@ -294,6 +299,10 @@ class _Reader:
                 )
             if value is not None and ("\n" in value or "\r" in value or "\0" in value):
                 raise self.fail(vnode, key, "must not contain a line break or NUL")
+            if value is not None and value != value.rstrip():
+                raise self.fail(
+                    vnode, key, "must not end with whitespace (ecs-init trims it off every line)"
+                )
             merged[name] = value
         return tuple(merged.items())
 
@@ -319,10 +328,11 @@ def _yaml_text(value: object) -> str:
     return str(value)
 
 
-def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
-    import dataclasses
+_T = TypeVar("_T")
 
-    return dataclasses.replace(obj, **values)
+
+def _replace(obj: _T, values: Mapping[str, Any]) -> _T:
+    return dataclasses.replace(obj, **values)  # type: ignore[type-var]
 
 
 def settings_dict(policy: Policy) -> dict[str, str | None]:

@@ -111,7 +111,9 @@ class EnvFile:
             if out and out[-1].ending == b"":
                 last = out[-1]
                 if last.body:
-                    out[-1] = Line(last.number, last.body, nl)
+                    # A body ending in CR would merge with an LF into one CRLF ending.
+                    ending = b"\r\n" if last.body.endswith(b"\r") else nl
+                    out[-1] = Line(last.number, last.body, ending)
                 else:
                     out.pop()
             for key, value in missing:

@@ -40,7 +40,8 @@ def detect() -> type[Flavor]:
 
 
 def by_name(name: str) -> type[Flavor]:
-    for flavor in (*REGISTRY, Unknown):
+    candidates: tuple[type[Flavor], ...] = (*REGISTRY, Unknown)
+    for flavor in candidates:
         if flavor.name == name:
             return flavor
     raise KeyError(name)
