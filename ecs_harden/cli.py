@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
-from ecs_harden.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HardenError
-from ecs_harden.reconcile import Outcome, Reconciler, build_components
+from ecs_harden.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HardenError, UsageError
+from ecs_harden.reconcile import Outcome, Reconciler, build_components, live_blocks
 from ecs_harden.report import render_text
 
 
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("apply", "converge once, report what changed")
     fmt(p)
     p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
+    p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
 
 
@@ -71,6 +73,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)
+    if args.command == "remove":
+        return _remove(args, policy)
     print(f"ecs-harden: unknown command {args.command}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -99,6 +103,23 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     outcome = reconciler.run(repair=repair, dry_run=dry_run)
     _print(args.format, outcome, dry_run=dry_run, applied=repair and not dry_run)
     return exit_code(outcome)
+
+
+def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+    if not args.yes:
+        raise UsageError("remove takes the IMDS block away; say --yes to do it")
+    log = logs.get("ecs_harden.remove")
+    found = facts_mod.gather()
+    removed: list[str] = []
+    for component in live_blocks(policy, found):
+        for line in component.remove():
+            removed.append(f"ip{'' if component.family == 4 else '6'}tables {line}")
+            log.warning("rule.removed", family=component.family, rule=line)
+    for line in removed:
+        print(f"removed: {line}")
+    if not removed:
+        print("nothing to remove")
+    return EXIT_OK
 
 
 def exit_code(outcome: Outcome) -> int:

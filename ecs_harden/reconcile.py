@@ -13,12 +13,27 @@ from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import Facts
+from ecs_harden.firewall.detect import backend_for
+from ecs_harden.imds.bridges import BridgesComponent
+from ecs_harden.imds.live import LiveBlockComponent
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, Finding, Report
 
 
+def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
+    imds = policy.imds
+    out = [LiveBlockComponent(4, lambda: backend_for(facts.iptables, 4), imds.interfaces, imds.ipv4)]
+    if imds.ipv6 is not None:
+        out.append(
+            LiveBlockComponent(6, lambda: backend_for(facts.iptables, 6), imds.interfaces, imds.ipv6)
+        )
+    return out
+
+
 def build_components(policy: Policy, facts: Facts) -> list[Component]:
     return [
+        *live_blocks(policy, facts),
+        BridgesComponent(policy.imds.interfaces),
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),
     ]

@@ -1,0 +1,1 @@
+"""The firewall: rules as data, the path evaluator, and the backends behind one Protocol."""

@@ -1,0 +1,57 @@
+"""The Backend protocol every firewall implementation follows, and the operations it applies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+from ecs_harden.firewall.evaluate import ChainReader
+
+
+@dataclass(frozen=True)
+class NewChain:
+    chain: str
+
+
+@dataclass(frozen=True)
+class Insert:
+    chain: str
+    position: int  # 1-based, as iptables -I
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete the first rule equal to args (never by number: Docker may have moved it)."""
+
+    chain: str
+    args: tuple[str, ...]
+
+
+Op = Union[NewChain, Insert, Delete]
+
+
+def describe(op: Op) -> str:
+    if isinstance(op, NewChain):
+        return f"-N {op.chain}"
+    from ecs_harden.firewall.rule import quote_args
+
+    if isinstance(op, Insert):
+        return f"-I {op.chain} {op.position} {quote_args(op.args)}"
+    return f"-D {op.chain} {quote_args(op.args)}"
+
+
+class Backend(Protocol):
+    """One IP family's filter table, read and changed through one mechanism."""
+
+    family: int  # 4 or 6
+    name: str
+
+    def snapshot(self) -> ChainReader:
+        """A reader of chains as they are now (None for a chain that does not exist)."""
+        ...
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        """Apply every op, all or nothing."""
+        ...

@@ -1,0 +1,178 @@
+"""Libiptc: python-iptables (libiptc in-process), for legacy-iptables hosts (AL1, AL2).
+
+python-iptables takes no xtables lock and commits whole tables, so every
+read-modify-commit holds /run/xtables.lock the way `iptables -w` does: a rule
+Docker adds concurrently is never lost. It writes only the legacy tables, so it
+must never be chosen on an nf_tables host (see firewall.detect).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
+from ecs_harden.firewall.evaluate import ChainReader
+from ecs_harden.firewall.rule import Chain, Rule, parse_args
+
+LOCK_PATH = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+LOCK_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def xtables_lock(path: str = LOCK_PATH, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"{path}: xtables lock held for over {timeout:.0f}s") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _iptc() -> Any:
+    try:
+        import iptc
+    except Exception as exc:  # pragma: no cover - depends on the host's libxtables
+        raise RuntimeFailure(f"python-iptables cannot load libiptc: {exc}") from None
+    return iptc
+
+
+def _address(value: str, flag: str) -> list[str]:
+    neg = value.startswith("!")
+    net = ipaddress.ip_network(value.lstrip("!"), strict=False)
+    if net.prefixlen == 0 and not neg:
+        return []
+    return (["!"] if neg else []) + [flag, str(net)]
+
+
+def _iface(value: str | None, flag: str) -> list[str]:
+    if not value:
+        return []
+    neg = value.startswith("!")
+    return (["!"] if neg else []) + [flag, value.lstrip("!")]
+
+
+def _params(params: dict[str, list[str]]) -> list[str]:
+    out: list[str] = []
+    for key, values in params.items():
+        if values and values[0] == "!":
+            out += ["!", f"--{key}", *values[1:]]
+        else:
+            out += [f"--{key}", *values]
+    return out
+
+
+def rule_args(r: Any) -> list[str]:
+    """An iptc.Rule as the tokens `iptables -S` would print for it."""
+    args = _address(r.src, "-s") + _address(r.dst, "-d")
+    args += _iface(r.in_interface, "-i") + _iface(r.out_interface, "-o")
+    proto = r.protocol or ""
+    if proto.lstrip("!") not in ("", "ip", "all", "ipv6", "0"):
+        args += (["!"] if proto.startswith("!") else []) + ["-p", proto.lstrip("!")]
+    for m in r.matches:
+        args += ["-m", m.name, *_params(m.get_all_parameters())]
+    target = r.target
+    if target is not None and target.name:
+        args += ["-g" if getattr(target, "goto", False) else "-j", target.name]
+        args += _params(target.get_all_parameters())
+    return args
+
+
+def _same(a: Rule, b: Rule) -> bool:
+    def key(r: Rule) -> tuple[object, ...]:
+        return (r.src, r.dst, r.in_iface, r.out_iface, r.proto, r.matches, r.target, r.goto, r.target_args)
+
+    return key(a) == key(b)
+
+
+class Libiptc:
+    name = "python-iptables"
+
+    def __init__(self, family: int):
+        self.family = family
+        iptc = _iptc()
+        self._iptc = iptc
+        table_cls = iptc.Table if family == 4 else iptc.Table6
+        self.table = table_cls(table_cls.FILTER, autocommit=False)
+        self.rule_cls = iptc.Rule if family == 4 else iptc.Rule6
+
+    def _read(self, name: str) -> Chain | None:
+        if not self.table.is_chain(name):
+            return None
+        chain = self._iptc.Chain(self.table, name)
+        policy = chain.get_policy().name if chain.is_builtin() else None
+        rules = tuple(parse_args(name, rule_args(r)) for r in chain.rules)
+        return Chain(name, policy, rules)
+
+    def snapshot(self) -> ChainReader:
+        try:
+            self.table.refresh()
+        except Exception as exc:
+            raise RuntimeFailure(f"python-iptables: cannot read the filter table: {exc}") from None
+        return self._read
+
+    def _build(self, rule: Rule) -> Any:
+        r = self.rule_cls()
+        if rule.src:
+            r.src = ("!" if rule.src.negated else "") + rule.src.value
+        if rule.dst:
+            r.dst = ("!" if rule.dst.negated else "") + rule.dst.value
+        if rule.in_iface:
+            r.in_interface = ("!" if rule.in_iface.negated else "") + rule.in_iface.value
+        if rule.out_iface:
+            r.out_interface = ("!" if rule.out_iface.negated else "") + rule.out_iface.value
+        if rule.proto:
+            r.protocol = ("!" if rule.proto.negated else "") + rule.proto.value
+        for m in rule.matches:
+            match = r.create_match(m.module)
+            for opt in m.options:
+                value = " ".join(opt.values)
+                match.set_parameter(opt.name, ("!" + value) if opt.negated else value)
+        if rule.target:
+            r.target = self._iptc.Target(r, rule.target, goto=rule.goto or None)
+        return r
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        iptc = self._iptc
+        try:
+            with xtables_lock():
+                self.table.refresh()
+                for op in ops:
+                    if isinstance(op, NewChain):
+                        if not self.table.is_chain(op.chain):
+                            self.table.create_chain(op.chain)
+                    elif isinstance(op, Insert):
+                        chain = iptc.Chain(self.table, op.chain)
+                        chain.insert_rule(self._build(parse_args(op.chain, op.args)), op.position - 1)
+                    elif isinstance(op, Delete):
+                        want = parse_args(op.chain, op.args)
+                        chain = iptc.Chain(self.table, op.chain)
+                        for existing in chain.rules:
+                            if _same(parse_args(op.chain, rule_args(existing)), want):
+                                chain.delete_rule(existing)
+                                break
+                        else:
+                            raise RuntimeFailure(f"no rule in {op.chain} to delete: {' '.join(op.args)}")
+                self.table.commit()
+        except RuntimeFailure:
+            self.table.refresh()
+            raise
+        except Exception as exc:
+            self.table.refresh()
+            raise RuntimeFailure(f"python-iptables: commit failed: {exc}") from None

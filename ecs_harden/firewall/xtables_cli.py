@@ -1,0 +1,67 @@
+"""XtablesCli: the iptables/ip6tables command line (argv lists, -w), for nf_tables hosts.
+
+Reads are targeted (`iptables -S CHAIN`); writes go through one
+`iptables-restore --noflush` transaction, so a repair that moves a rule is
+atomic and never leaves a window without the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ecs_harden import proc
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
+from ecs_harden.firewall.evaluate import ChainReader
+from ecs_harden.firewall.rule import Chain, parse_chain_listing, quote_args
+
+WAIT_SECONDS = "10"
+
+
+class XtablesCli:
+    name = "xtables-cli"
+
+    def __init__(self, family: int):
+        self.family = family
+        self.binary = "iptables" if family == 4 else "ip6tables"
+
+    def read_chain(self, name: str) -> Chain | None:
+        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", "filter", "-S", name], check=False)
+        if done.returncode != 0:
+            if "No chain" in done.stderr or "does not exist" in done.stderr:
+                return None
+            # iptables-nft 1.8.9 calls a chain that does not exist "incompatible";
+            # only the whole table's listing tells the two apart.
+            if "incompatible" in done.stderr and not self._chain_listed(name):
+                return None
+            raise RuntimeFailure(
+                f"`{self.binary} -S {name}` exited {done.returncode}: {done.stderr.strip()}"
+            )
+        return parse_chain_listing(name, done.stdout)
+
+    def _chain_listed(self, name: str) -> bool:
+        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", "filter", "-S"], check=False)
+        return any(line.split()[:2] in (["-N", name], ["-P", name]) for line in done.stdout.splitlines())
+
+    def snapshot(self) -> ChainReader:
+        return self.read_chain
+
+    def restore_script(self, ops: Sequence[Op]) -> str:
+        lines = ["*filter"]
+        for op in ops:
+            if isinstance(op, NewChain):
+                lines.append(f"-N {op.chain}")
+            elif isinstance(op, Insert):
+                lines.append(f"-I {op.chain} {op.position} {quote_args(op.args)}")
+            elif isinstance(op, Delete):
+                lines.append(f"-D {op.chain} {quote_args(op.args)}")
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        if not ops:
+            return
+        proc.run(
+            [f"{self.binary}-restore", "-w", WAIT_SECONDS, "--noflush"],
+            input=self.restore_script(ops),
+        )

@@ -1,0 +1,48 @@
+"""The block rule itself and how to recognise copies of it, ours or hand-made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ecs_harden.firewall.rule import Network, Rule, network, parse_args
+
+COMMENT = "ecs-harden: block IMDS from containers"
+FORWARD = "FORWARD"
+DOCKER_USER = "DOCKER-USER"
+# FORWARD catches traffic whatever Docker does or does not run; DOCKER-USER is the
+# chain Docker jumps to first and never rewrites, so the copy there stays in front
+# when dockerd restarts and re-inserts its ACCEPT rules at the top of FORWARD.
+MANAGED_CHAINS = (DOCKER_USER, FORWARD)
+
+
+@dataclass(frozen=True)
+class Block:
+    interface: str
+    address: Network
+
+    def args(self) -> tuple[str, ...]:
+        return ("-d", str(self.address), "-i", self.interface,
+                "-m", "comment", "--comment", COMMENT, "-j", "DROP")
+
+    def rule(self, chain: str) -> Rule:
+        return parse_args(chain, self.args())
+
+    def is_copy(self, rule: Rule) -> bool:
+        """Exactly this DROP, with our comment or with none (the AWS recipe's hand-made rule)."""
+        if rule.target != "DROP" or rule.goto or rule.target_args:
+            return False
+        if rule.src or rule.out_iface or rule.proto or rule.unknown:
+            return False
+        if rule.in_iface is None or rule.in_iface.negated or rule.in_iface.value != self.interface:
+            return False
+        if rule.dst is None or rule.dst.negated:
+            return False
+        try:
+            if network(rule.dst.value) != self.address:
+                return False
+        except ValueError:
+            return False
+        return all(m.module == "comment" for m in rule.matches)
+
+    def is_ours(self, rule: Rule) -> bool:
+        return self.is_copy(rule) and rule.has_comment(COMMENT)

@@ -1,0 +1,172 @@
+"""imds.ipv4.live / imds.ipv6.live: the live ruleset drops container traffic to IMDS, effectively.
+
+Effective means every path a new TCP connection from each interface pattern to
+the IMDS address can take through FORWARD ends in a DROP (see firewall.evaluate),
+and the block is there exactly once in each managed chain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ecs_harden.component import Inspection
+from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op, describe
+from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
+from ecs_harden.firewall.rule import Chain, Network, Rule
+from ecs_harden.imds.block import COMMENT, DOCKER_USER, MANAGED_CHAINS, Block
+from ecs_harden.report import DRIFT, OK, Finding
+
+
+def ipv6_available() -> bool:
+    return os.path.isdir("/proc/sys/net/ipv6")
+
+
+@dataclass(frozen=True)
+class BlockState:
+    block: Block
+    copies: dict[str, list[Rule]]  # chain -> copies found there
+    outcomes: frozenset[Outcome]
+
+    @property
+    def effective(self) -> bool:
+        return bool(self.outcomes) and all(o.verdict == "block" for o in self.outcomes)
+
+    def first_leak(self) -> Outcome | None:
+        leaks = sorted((o for o in self.outcomes if o.verdict != "block"), key=lambda o: o.rule)
+        return leaks[0] if leaks else None
+
+
+class LiveBlockComponent:
+    def __init__(
+        self,
+        family: int,
+        backend: Callable[[], Backend],
+        interfaces: Sequence[str],
+        address: Network,
+    ):
+        self.family = family
+        self.name = f"imds.ipv{family}.live"
+        self._backend_factory = backend
+        self._backend: Backend | None = None
+        self.blocks = tuple(Block(i, address) for i in interfaces)
+        self.interfaces = tuple(interfaces)
+        self.address = address
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._backend_factory()
+        return self._backend
+
+    def expected(self) -> str:
+        pats = ", ".join(self.interfaces)
+        return f"DROP -i {pats} -d {self.address} once in {' and '.join(MANAGED_CHAINS)}, effective"
+
+    def observe(self) -> tuple[dict[str, Chain | None], list[BlockState]]:
+        reader = self.backend.snapshot()
+        evaluator = PathEvaluator(reader)
+        chains = {name: evaluator.chain(name) for name in MANAGED_CHAINS}
+        states = []
+        for block in self.blocks:
+            copies = {
+                name: [r for r in (chain.rules if chain else ()) if block.is_copy(r)]
+                for name, chain in chains.items()
+            }
+            probe = Probe(block.interface, self.address, self.interfaces)
+            states.append(BlockState(block, copies, evaluator.outcomes(probe)))
+        return chains, states
+
+    def inspect(self) -> Inspection:
+        if self.family == 6 and not ipv6_available():
+            return Inspection((Finding(
+                self.name, OK, self.expected(), "no IPv6",
+                "this kernel has no IPv6 (/proc/sys/net/ipv6 is missing): there is no IPv6 path to IMDS",
+            ),))
+        chains, states = self.observe()
+        ops = plan(chains, states)
+        finding = self.judge(chains, states)
+        if not ops:
+            return Inspection((finding,))
+        return Inspection(
+            (finding,),
+            tuple(f"ip{'' if self.family == 4 else '6'}tables {describe(op)}" for op in ops),
+            frozenset({self.name}),
+            tuple(ops),
+        )
+
+    def judge(self, chains: dict[str, Chain | None], states: list[BlockState]) -> Finding:
+        problems: list[str] = []
+        counts: list[str] = []
+        for name, chain in chains.items():
+            if chain is None:
+                problems.append(f"chain {name} does not exist")
+        for st in states:
+            for name in MANAGED_CHAINS:
+                n = len(st.copies[name])
+                counts.append(f"{name} {st.block.interface}: {n}")
+                if chains[name] is None:
+                    continue
+                if n == 0:
+                    problems.append(f"no DROP for {st.block.interface} in {name}")
+                elif n > 1:
+                    problems.append(f"{n} copies of the DROP for {st.block.interface} in {name}")
+            leak = st.first_leak()
+            if leak is not None:
+                what = "accepted" if leak.verdict == "accept" else "may be accepted"
+                via = f"by `{leak.rule}`" if leak.rule.startswith("-A") else f"({leak.rule})"
+                problems.append(f"traffic from {st.block.interface} to {self.address} is {what} {via}"
+                                + (": the block is shadowed" if leak.rule.startswith("-A") else ""))
+        actual = "; ".join(counts)
+        if all(st.effective for st in states):
+            actual += "; effective"
+        if problems:
+            return Finding(self.name, DRIFT, self.expected(), actual, "; ".join(problems))
+        return Finding(
+            self.name, OK, self.expected(), actual,
+            f"every new connection from {', '.join(self.interfaces)} to {self.address} is dropped",
+        )
+
+    def execute(self, inspection: Inspection) -> None:
+        ops = inspection.plan
+        if isinstance(ops, tuple) and ops:
+            self.backend.commit(ops)
+
+    def removal_ops(self) -> list[Op]:
+        """Every rule this agent added (ours by comment), in every managed chain."""
+        if self.family == 6 and not ipv6_available():
+            return []
+        reader = self.backend.snapshot()
+        ops: list[Op] = []
+        for name in MANAGED_CHAINS:
+            chain = reader(name)
+            for rule in chain.rules if chain else ():
+                if rule.target == "DROP" and rule.has_comment(COMMENT):
+                    ops.append(Delete(name, rule.args))
+        return ops
+
+    def remove(self) -> list[str]:
+        ops = self.removal_ops()
+        self.backend.commit(ops)
+        return [describe(op) for op in ops]
+
+
+def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
+    """The ops that make each block present once per managed chain and effective.
+
+    A missing copy is inserted at the top; duplicates, and every copy when the
+    block is not effective, are deleted and one copy is inserted at the top, in
+    the same transaction, so there is never a moment without the block.
+    """
+    ops: list[Op] = []
+    if chains.get(DOCKER_USER) is None:
+        ops.append(NewChain(DOCKER_USER))
+    for st in states:
+        for name in MANAGED_CHAINS:
+            copies = st.copies.get(name, [])
+            if len(copies) == 1 and st.effective:
+                continue
+            ops.extend(Delete(name, r.args) for r in copies)
+            ops.append(Insert(name, 1, st.block.args()))
+    return ops
