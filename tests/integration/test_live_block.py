@@ -1,0 +1,165 @@
+"""The IMDS block in the live ruleset, proven with real containers on both iptables variants."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from tests.lab.host import CREDS, IMDS_V4, IMDS_V6, EcsHost
+
+COMMENT = '"ecs-harden: block IMDS from containers"'
+
+
+def findings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["check"]: f for f in report["findings"]}
+
+
+def block_rules(host: EcsHost, chain: str, family: int = 4) -> list[str]:
+    addr = IMDS_V4 if family == 4 else IMDS_V6
+    return [r for r in host.sandbox.rules(chain, family) if addr in r and "-j DROP" in r]
+
+
+def test_before_apply_a_container_reaches_imds(clean: EcsHost) -> None:
+    assert clean.reaches(IMDS_V4)
+    assert clean.reaches(IMDS_V6)
+    code, report = clean.report("check")
+    assert code == 3
+    f = findings(report)
+    assert f["imds.ipv4.live"]["status"] == "drift"
+    assert "accepted by `-A FORWARD -i docker0 ! -o docker0 -j ACCEPT`" in f["imds.ipv4.live"]["detail"]
+
+
+def test_apply_blocks_containers_but_not_the_host_or_credentials(clean: EcsHost) -> None:
+    code, report = clean.report("apply")
+    assert code == 0, report
+    assert findings(report)["imds.ipv4.live"]["changed"] is True
+    assert not clean.reaches(IMDS_V4)
+    assert not clean.reaches(IMDS_V6)
+    assert clean.reaches(CREDS)
+    assert clean.host_reaches_imds(IMDS_V4)
+    assert clean.host_reaches_imds(IMDS_V6)
+    assert clean.report("check")[0] == 0
+    for chain in ("DOCKER-USER", "FORWARD"):
+        assert len(block_rules(clean, chain)) == 1
+        assert len(block_rules(clean, chain, 6)) == 1
+    # Twice changes nothing.
+    code, again = clean.report("apply")
+    assert code == 0 and again["changes"] == []
+    assert not any(f["changed"] for f in again["findings"])
+
+
+def test_still_blocked_after_dockerd_restarts_without_the_agent(clean: EcsHost) -> None:
+    assert clean.report("apply")[0] == 0
+    clean.restart_docker()
+    first = clean.sandbox.rules("FORWARD")[0]
+    assert first == "-A FORWARD -j DOCKER-USER"  # Docker put itself back on top
+    assert not clean.reaches(IMDS_V4)
+    assert not clean.reaches(IMDS_V6)
+    assert clean.reaches(CREDS)
+    assert clean.report("check")[0] == 0
+
+
+def test_block_deleted_is_named_and_restored(clean: EcsHost) -> None:
+    clean.report("apply")
+    rule = block_rules(clean, "DOCKER-USER")[0]
+    clean.sandbox.iptables("-D", *shlex.split(rule)[1:])
+    code, report = clean.report("check")
+    assert code == 3
+    assert "no DROP for docker+ in DOCKER-USER" in findings(report)["imds.ipv4.live"]["detail"]
+    assert clean.report("apply")[0] == 0
+    assert len(block_rules(clean, "DOCKER-USER")) == 1
+    code, again = clean.report("apply")
+    assert code == 0 and again["changes"] == []
+
+
+def test_block_moved_below_dockers_accept_is_named_and_fixed(clean: EcsHost) -> None:
+    # The AWS recipe after a Docker restart: the DROP sits below Docker's ACCEPT in FORWARD.
+    clean.sandbox.iptables("-A", "FORWARD", "-i", "docker+", "-d", f"{IMDS_V4}/32", "-j", "DROP")
+    assert clean.reaches(IMDS_V4)
+    code, report = clean.report("check")
+    assert code == 3
+    detail = findings(report)["imds.ipv4.live"]["detail"]
+    assert "shadowed" in detail and "-i docker0 ! -o docker0 -j ACCEPT" in detail
+    assert clean.report("apply")[0] == 0
+    assert not clean.reaches(IMDS_V4)
+    assert len(block_rules(clean, "FORWARD")) == 1
+    assert clean.report("apply")[1]["changes"] == []
+
+
+def test_an_accept_inserted_above_everything_is_named_and_overridden(clean: EcsHost) -> None:
+    clean.report("apply")
+    clean.sandbox.iptables("-I", "FORWARD", "1", "-i", "docker0", "-j", "ACCEPT")
+    assert clean.reaches(IMDS_V4)
+    code, report = clean.report("check")
+    assert code == 3
+    assert "`-A FORWARD -i docker0 -j ACCEPT`" in findings(report)["imds.ipv4.live"]["detail"]
+    assert clean.report("apply")[0] == 0
+    assert not clean.reaches(IMDS_V4)
+    # The operator's rule stays; ours is above it.
+    rules = clean.sandbox.rules("FORWARD")
+    assert "-A FORWARD -i docker0 -j ACCEPT" in rules
+    assert IMDS_V4 in rules[0]
+    clean.sandbox.iptables("-D", "FORWARD", "-i", "docker0", "-j", "ACCEPT")
+
+
+def test_tripled_by_hand_is_deduplicated(clean: EcsHost) -> None:
+    for _ in range(3):
+        clean.sandbox.iptables("-I", "DOCKER-USER", "1", "-i", "docker+", "-d", f"{IMDS_V4}/32", "-j", "DROP")
+        clean.sandbox.iptables("-I", "FORWARD", "1", "-i", "docker+", "-d", f"{IMDS_V4}/32", "-j", "DROP")
+    code, report = clean.report("check")
+    assert code == 3
+    assert "3 copies of the DROP for docker+ in DOCKER-USER" in findings(report)["imds.ipv4.live"]["detail"]
+    assert clean.report("apply")[0] == 0
+    assert len(block_rules(clean, "DOCKER-USER")) == 1
+    assert len(block_rules(clean, "FORWARD")) == 1
+    assert not clean.reaches(IMDS_V4)
+    assert clean.report("apply")[1]["changes"] == []
+
+
+def test_user_defined_network_warns_until_its_pattern_is_added(clean: EcsHost) -> None:
+    clean.docker("network", "create", "labnet")
+    try:
+        clean.report("apply")
+        bridge = "br-" + clean.docker("network", "inspect", "-f", "{{.Id}}", "labnet").stdout.strip()[:12]
+        code, report = clean.report("check")
+        f = findings(report)["imds.bridges"]
+        assert f["status"] == "warn" and bridge in f["detail"]
+        assert code == 0  # a warning is not drift
+        assert clean.reaches(IMDS_V4, network="labnet")
+        policy = clean.policy('imds:\n  interfaces: ["docker+", "br-+"]\n', name="policy-br.yaml")
+        assert clean.report("apply", policy=policy)[0] == 0
+        assert not clean.reaches(IMDS_V4, network="labnet")
+        assert not clean.reaches(IMDS_V4)
+        assert findings(clean.report("check", policy=policy)[1])["imds.bridges"]["status"] == "ok"
+    finally:
+        clean.docker("network", "rm", "labnet", check=False)
+        clean.policy()
+
+
+def test_docker_network_create_after_apply_stays_blocked(clean: EcsHost) -> None:
+    policy = clean.policy('imds:\n  interfaces: ["docker+", "br-+"]\n', name="policy-br.yaml")
+    assert clean.report("apply", policy=policy)[0] == 0
+    clean.docker("network", "create", "labnet2")
+    try:
+        assert not clean.reaches(IMDS_V4, network="labnet2")
+        assert clean.report("check", policy=policy)[0] == 0
+    finally:
+        clean.docker("network", "rm", "labnet2", check=False)
+
+
+def test_remove_takes_out_exactly_what_apply_added(clean: EcsHost) -> None:
+    clean.sandbox.iptables("-A", "FORWARD", "-s", "192.0.2.7/32", "-j", "DROP")
+    before = {fam: clean.sandbox.iptables("-S", family=fam) for fam in (4, 6)}
+    clean.report("apply")
+    assert clean.sandbox.iptables("-S") != before[4]
+    code = clean.harden("remove", "--yes").returncode
+    assert code == 0
+    assert {fam: clean.sandbox.iptables("-S", family=fam) for fam in (4, 6)} == before
+    assert clean.reaches(IMDS_V4)
+    clean.sandbox.iptables("-D", "FORWARD", "-s", "192.0.2.7/32", "-j", "DROP")
+
+
+def test_remove_requires_yes(clean: EcsHost) -> None:
+    clean.report("apply")
+    assert clean.harden("remove").returncode == 2
+    assert len(block_rules(clean, "DOCKER-USER")) == 1

@@ -1,0 +1,1 @@
+"""The lab: an ECS-host look-alike inside private namespaces (real netfilter, Docker, IMDS)."""

@@ -1,0 +1,270 @@
+"""EcsHost: a sandbox dressed as an ECS container instance.
+
+- a fake IMDS in its own network namespace at 169.254.169.254 and fd00:ec2::254;
+- a fake ECS credentials endpoint on 127.0.0.1:51679, wired as ecs-init does
+  (nat PREROUTING DNAT from 169.254.170.2:80, route_localnet on docker0);
+- a real Docker engine (Debian's docker.io) with private dirs and sockets;
+- a busybox-static image; every probe is a real container opening a connection.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from tests.lab.sandbox import Sandbox, SandboxError
+
+IMDS_V4 = "169.254.169.254"
+IMDS_V6 = "fd00:ec2::254"
+CREDS = "169.254.170.2"
+CONTAINER_V6_NET = "fd00:dead::/64"
+IMAGE = "lab/busybox"
+PROJECT = Path(__file__).resolve().parents[2]
+
+HTTP_SERVER = r"""
+import http.server, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[3].encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def busybox_tarball() -> bytes:
+    """A root filesystem holding only busybox-static and the applets the probes use."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "tmp", "etc"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        tar.add("/bin/busybox", arcname="bin/busybox")
+        for applet in ("sh", "nc", "echo", "sleep", "printf", "cat", "ip", "timeout", "true"):
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+class EcsHost:
+    def __init__(self, variant: str, *, ipv6: bool = True):
+        self.sandbox = Sandbox(variant)
+        self.ipv6 = ipv6
+        self.dir = self.sandbox.dir
+        self.docker_dir = self.dir / "docker"
+        self.sock = self.docker_dir / "docker.sock"
+        self.dockerd_args: list[str] = []
+
+    @property
+    def variant(self) -> str:
+        return self.sandbox.variant
+
+    # -- life cycle -------------------------------------------------------
+    def start(self, *, docker: bool = True) -> EcsHost:
+        self.sandbox.start()
+        try:
+            self._imds()
+            self._credentials()
+            if docker:
+                self.start_docker()
+                self.import_image()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.sandbox.stop()
+
+    def __enter__(self) -> EcsHost:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _server(self, netns: str | None, addr: str, port: int, body: str, name: str) -> None:
+        script = self.dir / "http_server.py"
+        script.write_text(HTTP_SERVER)
+        argv = [sys.executable, str(script), addr, str(port), body]
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        self.sandbox.spawn(argv, self.dir / f"{name}.log")
+
+    def _imds(self) -> None:
+        self.sandbox.sh(
+            f"""
+            ip netns add imds
+            ip link add imds-host type veth peer name imds-peer
+            ip link set imds-peer netns imds
+            ip addr add 169.254.169.1/24 dev imds-host
+            ip addr add fd00:ec2::1/64 dev imds-host nodad
+            ip link set imds-host up
+            ip netns exec imds sh -ec '
+              ip link set lo up
+              ip addr add {IMDS_V4}/24 dev imds-peer
+              ip addr add {IMDS_V6}/64 dev imds-peer nodad
+              ip link set imds-peer up
+              ip route add default via 169.254.169.1
+              ip -6 route add {CONTAINER_V6_NET} via fd00:ec2::1
+            '
+            sysctl -qw net.ipv6.conf.all.forwarding=1
+            """
+        )
+        self._server("imds", "::", 80, "imds-ok", "imds")
+
+    def _credentials(self) -> None:
+        self._server(None, "127.0.0.1", 51679, "creds-ok", "creds")
+        self.sandbox.iptables(
+            "-t", "nat", "-A", "PREROUTING", "-d", f"{CREDS}/32", "-p", "tcp", "--dport", "80",
+            "-j", "DNAT", "--to-destination", "127.0.0.1:51679",
+        )
+
+    # -- docker -----------------------------------------------------------
+    def start_docker(self, *extra: str) -> None:
+        d = self.docker_dir
+        d.mkdir(parents=True, exist_ok=True)
+        if not self._alive("containerd.pid"):
+            self.sandbox.spawn(
+                ["sh", "-c", f"echo $$ > {d}/containerd.pid; exec containerd --root {d}/ctr-root "
+                 f"--state {d}/ctr-state --address {d}/containerd.sock"],
+                d / "containerd.log",
+            )
+            self._wait_for(d / "containerd.sock", "containerd")
+        self.dockerd_args = list(extra) or self.dockerd_args
+        args = [
+            "dockerd", "--data-root", f"{d}/data", "--exec-root", f"{d}/exec",
+            "--pidfile", f"{d}/dockerd.pid", "-H", f"unix://{self.sock}",
+            "--containerd", f"{d}/containerd.sock", "--storage-driver", "vfs",
+            "--userland-proxy=false",
+        ]
+        if self.ipv6:
+            args += ["--ipv6", "--fixed-cidr-v6", CONTAINER_V6_NET]
+        self.sock.unlink(missing_ok=True)
+        self.sandbox.spawn([*args, *self.dockerd_args], d / "dockerd.log")
+        self._wait_for(self.sock, "dockerd")
+        deadline = time.monotonic() + 60
+        while self.docker("info", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise SandboxError("dockerd did not answer: " + self._tail("dockerd.log"))
+            time.sleep(0.2)
+        self.sandbox.sh(
+            "[ ! -d /proc/sys/net/ipv4/conf/docker0 ] || sysctl -qw net.ipv4.conf.docker0.route_localnet=1"
+        )
+
+    def stop_docker(self) -> None:
+        pidfile = self.docker_dir / "dockerd.pid"
+        if not pidfile.exists():
+            return
+        self.sandbox.sh(
+            f"pid=$(cat {pidfile}); kill $pid; "
+            f"for i in $(seq 200); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.1; done; kill -9 $pid",
+            check=False,
+        )
+        pidfile.unlink(missing_ok=True)
+
+    def restart_docker(self) -> None:
+        self.stop_docker()
+        self.start_docker()
+
+    def _alive(self, pidfile: str) -> bool:
+        p = self.docker_dir / pidfile
+        return p.exists() and self.sandbox.run(["kill", "-0", p.read_text().strip()], check=False).returncode == 0
+
+    def _wait_for(self, path: Path, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise SandboxError(f"{what} did not start: " + self._tail(f"{what}.log"))
+            time.sleep(0.05)
+
+    def _tail(self, log: str) -> str:
+        try:
+            return (self.docker_dir / log).read_text()[-3000:]
+        except OSError:
+            return "(no log)"
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+        return self.sandbox.run(
+            ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args], check=check, timeout=timeout
+        )
+
+    def import_image(self) -> None:
+        if self.docker("image", "inspect", IMAGE, check=False).returncode == 0:
+            return
+        tar = self.dir / "busybox.tar"
+        tar.write_bytes(busybox_tarball())
+        self.docker("import", "--change", 'CMD ["/bin/sh"]', str(tar), IMAGE)
+
+    # -- probes -----------------------------------------------------------
+    def probe(self, address: str, port: int = 80, *, network: str | None = None, timeout: int = 2) -> str:
+        """Run a container that opens address:port over HTTP; return what it read."""
+        host = f"[{address}]" if ":" in address else address
+        script = (
+            f"printf 'GET /latest/meta-data/ HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' "
+            f"| nc -w {timeout} {address} {port}"
+        )
+        args = ["run", "--rm"]
+        if network:
+            args += ["--network", network]
+        return self.docker(*args, IMAGE, "sh", "-c", script, check=False, timeout=60).stdout
+
+    def reaches(self, address: str, **kw: object) -> bool:
+        body = "creds-ok" if address == CREDS else "imds-ok"
+        return body in self.probe(address, **kw)  # type: ignore[arg-type]
+
+    def host_reaches_imds(self, address: str = IMDS_V4) -> bool:
+        cp = self.sandbox.run(
+            [sys.executable, "-c",
+             "import socket,sys; s=socket.create_connection((sys.argv[1],80),2); "
+             "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); s.shutdown(socket.SHUT_WR); "
+             "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())", address],
+            check=False,
+        )
+        return "imds-ok" in cp.stdout
+
+    # -- ecs-harden -------------------------------------------------------
+    def policy(self, text: str = "", name: str = "policy.yaml") -> Path:
+        path = self.dir / name
+        base = (
+            f"state_dir: {self.dir}/state\n"
+            f"report:\n  status_file: {self.dir}/status.json\n"
+        )
+        if "ecs_config:" not in text:
+            base += f"ecs_config:\n  path: {self.dir}/ecs.config\n"
+        path.write_text(base + text)
+        os.chmod(path, 0o600)
+        return path
+
+    def harden(self, *args: str, policy: Path | None = None, check: bool = False,
+               timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+        pol = policy or self.dir / "policy.yaml"
+        if not pol.exists():
+            self.policy()
+        argv = [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(pol), *args]
+        return self.sandbox.run(argv, check=check, timeout=timeout, env={"PYTHONPATH": str(PROJECT)})
+
+    def report(self, *args: str, policy: Path | None = None) -> tuple[int, dict[str, object]]:
+        cp = self.harden(*args, "--format", "json", policy=policy)
+        try:
+            return cp.returncode, json.loads(cp.stdout)
+        except json.JSONDecodeError:
+            raise SandboxError(f"no JSON from ecs-harden {args}: {cp.stdout} {cp.stderr}") from None
+
+
+import subprocess  # noqa: E402  (for the annotations above)
