@@ -45,7 +45,7 @@ def test_apply_blocks_containers_but_not_the_host_or_credentials(clean: EcsHost)
     # Twice changes nothing.
     code, again = clean.report("apply")
     assert code == 0 and again["changes"] == []
-    assert not any(f["changed"] for f in again["findings"])
+    assert not any(f["changed"] for f in findings(again).values())
 
 
 def test_still_blocked_after_dockerd_restarts_without_the_agent(clean: EcsHost) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.lab.sandbox import Sandbox, SandboxError
 
@@ -164,7 +166,8 @@ class EcsHost:
                 raise SandboxError("dockerd did not answer: " + self._tail("dockerd.log"))
             time.sleep(0.2)
         self.sandbox.sh(
-            "[ ! -d /proc/sys/net/ipv4/conf/docker0 ] || sysctl -qw net.ipv4.conf.docker0.route_localnet=1"
+            "[ ! -d /proc/sys/net/ipv4/conf/docker0 ] "
+            "|| sysctl -qw net.ipv4.conf.docker0.route_localnet=1"
         )
 
     def stop_docker(self) -> None:
@@ -184,7 +187,9 @@ class EcsHost:
 
     def _alive(self, pidfile: str) -> bool:
         p = self.docker_dir / pidfile
-        return p.exists() and self.sandbox.run(["kill", "-0", p.read_text().strip()], check=False).returncode == 0
+        if not p.exists():
+            return False
+        return self.sandbox.run(["kill", "-0", p.read_text().strip()], check=False).returncode == 0
 
     def _wait_for(self, path: Path, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -199,7 +204,9 @@ class EcsHost:
         except OSError:
             return "(no log)"
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return self.sandbox.run(
             ["/usr/bin/docker", "-H", f"unix://{self.sock}", *args], check=check, timeout=timeout
         )
@@ -252,14 +259,14 @@ class EcsHost:
         return path
 
     def harden(self, *args: str, policy: Path | None = None, check: bool = False,
-               timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
         pol = policy or self.dir / "policy.yaml"
         if not pol.exists():
             self.policy()
         argv = [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(pol), *args]
         return self.sandbox.run(argv, check=check, timeout=timeout, env={"PYTHONPATH": str(PROJECT)})
 
-    def report(self, *args: str, policy: Path | None = None) -> tuple[int, dict[str, object]]:
+    def report(self, *args: str, policy: Path | None = None) -> tuple[int, dict[str, Any]]:
         cp = self.harden(*args, "--format", "json", policy=policy)
         try:
             return cp.returncode, json.loads(cp.stdout)
@@ -267,4 +274,3 @@ class EcsHost:
             raise SandboxError(f"no JSON from ecs-harden {args}: {cp.stdout} {cp.stderr}") from None
 
 
-import subprocess  # noqa: E402  (for the annotations above)

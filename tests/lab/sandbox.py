@@ -7,6 +7,7 @@ process inside, so a test that fails or is interrupted leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -22,7 +23,9 @@ import psutil
 
 PR_SET_PDEATHSIG = 1
 VARIANTS = ("legacy", "nft")
-XTABLES = ("iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save")
+XTABLES = (
+    "iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save"
+)
 
 
 def _die_with_parent() -> None:
@@ -96,17 +99,13 @@ class Sandbox:
                 p.kill()
         if self.holder is not None and self.holder.poll() is None:
             if self.pid:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.holder.kill()
             self.holder.wait(timeout=10)
         for p in self.background:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self.holder = None
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -138,10 +137,14 @@ class Sandbox:
             raise SandboxError(f"{' '.join(argv)} exited {cp.returncode}: {cp.stderr.strip()[-2000:]}")
         return cp
 
-    def sh(self, script: str, *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, script: str, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(["sh", "-ec", script], check=check, timeout=timeout)
 
-    def spawn(self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         fh: IO[Any] = open(log, "ab")  # noqa: SIM115 - owned by the child
         p = subprocess.Popen(
             self.argv(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
