@@ -1,0 +1,104 @@
+"""Every backend reads what iptables itself prints, and commits all-or-nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import lab_missing
+from tests.lab.host import PROJECT
+from tests.lab.sandbox import Sandbox
+
+# (backend, variant): python-iptables is only ever used on legacy hosts.
+COMBOS = [("python-iptables", "legacy"), ("xtables-cli", "nft"), ("xtables-cli", "legacy")]
+
+RULES_V4 = [
+    "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+    "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    '-A FORWARD -d 169.254.169.254/32 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP',
+    "-A FORWARD -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT",
+    "-A FORWARD ! -s 10.0.0.0/8 -p udp -m udp --dport 53 -j RETURN",
+    "-A FORWARD -j REJECT --reject-with icmp-host-prohibited",
+    "-A FORWARD -m state --state NEW -j LOG",
+    "-A FORWARD -j LAB",
+    "-A FORWARD -g LAB",
+]
+RULES_V6 = [
+    "-A FORWARD -d fd00:ec2::254/128 -i docker+ -j DROP",
+    "-A FORWARD -s fd00:dead::/64 -o eth0 -p tcp -m tcp ! --dport 22 -j ACCEPT",
+]
+
+
+@pytest.fixture(params=COMBOS, ids=[f"{b}-{v}" for b, v in COMBOS])
+def box(request: pytest.FixtureRequest) -> Iterator[tuple[Sandbox, str]]:
+    why = lab_missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    backend, variant = request.param
+    with Sandbox(variant) as sb:
+        yield sb, backend
+
+
+def drive(sb: Sandbox, backend: str, family: int, *args: str, ops: Any = None) -> Any:
+    cp = sb.run(
+        [sys.executable, "-m", "tests.lab.backend_cli", backend, str(family), *args],
+        input=json.dumps(ops) if ops is not None else None,
+        env={"PYTHONPATH": str(PROJECT)}, check=False,
+    )
+    assert cp.returncode == 0, cp.stderr
+    return json.loads(cp.stdout) if args[0] == "read" else None
+
+
+@pytest.mark.parametrize("family,rules", [(4, RULES_V4), (6, RULES_V6)])
+def test_reads_what_iptables_prints(box: tuple[Sandbox, str], family: int, rules: list[str]) -> None:
+    sb, backend = box
+    sb.iptables("-N", "LAB", family=family)
+    for rule in rules:
+        if family == 4 or "LAB" not in rule:
+            sb.iptables(*shlex.split(rule), family=family)
+    printed = sb.rules("FORWARD", family)
+    got = drive(sb, backend, family, "read", "FORWARD", "LAB", "MISSING")
+    assert got["FORWARD"]["rules"] == printed
+    assert got["FORWARD"]["policy"] == "ACCEPT"
+    assert got["LAB"] == {"policy": None, "rules": []}
+    assert got["MISSING"] is None
+
+
+def test_commit_applies_every_op_in_order(box: tuple[Sandbox, str]) -> None:
+    sb, backend = box
+    block = ["-d", "169.254.169.254/32", "-i", "docker+", "-m", "comment", "--comment", "a comment", "-j", "DROP"]
+    sb.iptables("-A", "FORWARD", "-i", "docker+", "-d", "169.254.169.254/32", "-j", "DROP")
+    sb.iptables("-A", "FORWARD", "-o", "eth0", "-j", "ACCEPT")
+    drive(sb, backend, 4, "commit", ops=[
+        {"op": "new", "chain": "DOCKER-USER"},
+        {"op": "insert", "chain": "DOCKER-USER", "position": 1, "args": block},
+        {"op": "delete", "chain": "FORWARD", "args": ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]},
+        {"op": "insert", "chain": "FORWARD", "position": 1, "args": block},
+    ])
+    want = '-d 169.254.169.254/32 -i docker+ -m comment --comment "a comment" -j DROP'
+    assert sb.rules("DOCKER-USER") == [f"-A DOCKER-USER {want}"]
+    assert sb.rules("FORWARD") == [f"-A FORWARD {want}", "-A FORWARD -o eth0 -j ACCEPT"]
+
+
+def test_failed_commit_changes_nothing(box: tuple[Sandbox, str]) -> None:
+    sb, backend = box
+    sb.iptables("-A", "FORWARD", "-o", "eth0", "-j", "ACCEPT")
+    before = sb.iptables("-S")
+    cp = sb.run(
+        [sys.executable, "-m", "tests.lab.backend_cli", backend, "4", "commit"],
+        input=json.dumps([
+            {"op": "insert", "chain": "FORWARD", "position": 1, "args": ["-i", "docker+", "-j", "DROP"]},
+            {"op": "delete", "chain": "FORWARD", "args": ["-s", "192.0.2.1/32", "-j", "ACCEPT"]},
+        ]),
+        env={"PYTHONPATH": str(PROJECT)}, check=False,
+    )
+    assert cp.returncode != 0
+    assert sb.iptables("-S") == before

@@ -1,0 +1,47 @@
+"""Drive one firewall backend from inside a sandbox: the contract tests' hands.
+
+    python -m tests.lab.backend_cli BACKEND FAMILY read CHAIN...   -> JSON {chain: [rule text]}
+    python -m tests.lab.backend_cli BACKEND FAMILY commit          <- JSON ops on stdin
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op
+from ecs_harden.firewall.libiptc import Libiptc
+from ecs_harden.firewall.xtables_cli import XtablesCli
+
+
+def make(name: str, family: int) -> Backend:
+    return Libiptc(family) if name == "python-iptables" else XtablesCli(family)
+
+
+def main(argv: list[str]) -> int:
+    backend = make(argv[0], int(argv[1]))
+    if argv[2] == "read":
+        reader = backend.snapshot()
+        out: dict[str, object] = {}
+        for name in argv[3:]:
+            chain = reader(name)
+            out[name] = None if chain is None else {
+                "policy": chain.policy, "rules": [r.text() for r in chain.rules]
+            }
+        print(json.dumps(out))
+        return 0
+    ops: list[Op] = []
+    for item in json.load(sys.stdin):
+        kind = item["op"]
+        if kind == "new":
+            ops.append(NewChain(item["chain"]))
+        elif kind == "insert":
+            ops.append(Insert(item["chain"], item["position"], tuple(item["args"])))
+        else:
+            ops.append(Delete(item["chain"], tuple(item["args"])))
+    backend.commit(ops)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

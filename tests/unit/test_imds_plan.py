@@ -1,0 +1,109 @@
+"""Planning the live block: inserts, dedupe, moves, and what remove takes."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+import pytest
+
+import ecs_harden.imds.live as live
+from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
+from ecs_harden.firewall.evaluate import ChainReader
+from ecs_harden.firewall.rule import Chain, parse_chain_listing
+from ecs_harden.imds.block import Block
+from ecs_harden.imds.bridges import judge
+from ecs_harden.imds.live import LiveBlockComponent
+
+V4 = ipaddress.ip_network("169.254.169.254/32")
+OURS = '-d 169.254.169.254/32 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
+HAND = "-d 169.254.169.254/32 -i docker+ -j DROP"
+
+
+class FakeBackend:
+    """An in-memory table: the unit-test stand-in for a real backend."""
+
+    family = 4
+    name = "fake"
+
+    def __init__(self, text: str):
+        self.text = text
+        self.committed: list[Sequence[Op]] = []
+
+    def snapshot(self) -> ChainReader:
+        names = {ln.split()[1] for ln in self.text.splitlines() if ln.split()[0] in ("-P", "-N", "-A")}
+
+        def read(name: str) -> Chain | None:
+            return parse_chain_listing(name, self.text) if name in names else None
+
+        return read
+
+    def commit(self, ops: Sequence[Op]) -> None:
+        self.committed.append(list(ops))
+
+
+def component(text: str) -> tuple[LiveBlockComponent, FakeBackend]:
+    be = FakeBackend(text)
+    return LiveBlockComponent(4, lambda: be, ("docker+",), V4), be
+
+
+def test_empty_host_creates_docker_user_and_both_copies() -> None:
+    c, _ = component("-P FORWARD ACCEPT\n")
+    insp = c.inspect()
+    assert insp.findings[0].status == "drift"
+    assert "chain DOCKER-USER does not exist" in insp.findings[0].detail
+    assert insp.plan == (
+        NewChain("DOCKER-USER"),
+        Insert("DOCKER-USER", 1, Block("docker+", V4).args()),
+        Insert("FORWARD", 1, Block("docker+", V4).args()),
+    )
+
+
+def test_compliant_host_plans_nothing() -> None:
+    c, _ = component(
+        f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n-A FORWARD {OURS}\n"
+        f"-A DOCKER-USER {OURS}\n-A DOCKER-USER -j RETURN\n"
+    )
+    insp = c.inspect()
+    assert insp.findings[0].status == "ok"
+    assert insp.changes == () and insp.plan is None
+
+
+def test_hand_made_single_copy_is_accepted_as_the_block() -> None:
+    c, _ = component(f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD {HAND}\n-A DOCKER-USER {HAND}\n")
+    assert c.inspect().findings[0].status == "ok"
+
+
+def test_duplicates_are_deleted_and_one_inserted_in_one_transaction() -> None:
+    c, be = component(
+        f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD {OURS}\n-A DOCKER-USER {HAND}\n-A DOCKER-USER {HAND}\n"
+        f"-A DOCKER-USER {OURS}\n"
+    )
+    insp = c.inspect()
+    assert "3 copies of the DROP for docker+ in DOCKER-USER" in insp.findings[0].detail
+    ops = list(insp.plan)  # type: ignore[call-overload]
+    assert [type(o) for o in ops] == [Delete, Delete, Delete, Insert]
+    c.execute(insp)
+    assert be.committed == [ops]
+
+
+def test_remove_takes_only_rules_with_our_comment() -> None:
+    c, _ = component(f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD {OURS}\n-A DOCKER-USER {HAND}\n")
+    ops = c.removal_ops()
+    assert len(ops) == 1 and isinstance(ops[0], Delete) and ops[0].chain == "FORWARD"
+
+
+def test_ipv6_without_kernel_support_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    be = FakeBackend("")
+    c = LiveBlockComponent(6, lambda: be, ("docker+",), ipaddress.ip_network("fd00:ec2::254/128"))
+    monkeypatch.setattr(live, "ipv6_available", lambda: False)
+    (f,) = c.inspect().findings
+    assert f.status == "ok" and "no IPv6" in f.detail
+    assert c.removal_ops() == []
+
+
+def test_bridges_judge() -> None:
+    assert judge(["docker0"], ("docker+",)).status == "ok"
+    f = judge(["docker0", "br-0123456789ab"], ("docker+",))
+    assert f.status == "warn" and "br-0123456789ab" in f.detail and "br-+" in f.detail
+    assert judge(["docker0", "br-0123456789ab"], ("docker+", "br-+")).status == "ok"
