@@ -226,6 +226,12 @@ class EcsHost:
             f"printf 'GET /latest/meta-data/ HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' "
             f"| nc -w {timeout} {address} {port}"
         )
+        if ":" in address:
+            # The container's IPv6 address is unusable until duplicate address detection ends.
+            script = (
+                "i=0; while ip -6 addr show dev eth0 | grep -q tentative && [ $i -lt 50 ]; "
+                "do sleep 0.1; i=$((i+1)); done; " + script
+            )
         args = ["run", "--rm"]
         if network:
             args += ["--network", network]
