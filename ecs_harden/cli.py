@@ -11,7 +11,7 @@ from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
 from ecs_harden.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HardenError, UsageError
-from ecs_harden.reconcile import Outcome, Reconciler, build_components, live_blocks
+from ecs_harden.reconcile import Outcome, Reconciler, build_components, live_blocks, persisted_files
 from ecs_harden.report import render_text
 
 
@@ -115,6 +115,10 @@ def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
         for line in component.remove():
             removed.append(f"ip{'' if component.family == 4 else '6'}tables {line}")
             log.warning("rule.removed", family=component.family, rule=line)
+    for persisted in persisted_files(policy, found):
+        for line in persisted.remove():
+            removed.append(line)
+            log.warning("persisted.removed", family=persisted.family, rule=line)
     for line in removed:
         print(f"removed: {line}")
     if not removed:

@@ -7,15 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ecs_harden import logs
+from ecs_harden import flavors, logs
 from ecs_harden.component import Component
 from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import Facts
 from ecs_harden.firewall.detect import backend_for
+from ecs_harden.imds.block import Block
 from ecs_harden.imds.bridges import BridgesComponent
 from ecs_harden.imds.live import LiveBlockComponent
+from ecs_harden.journal import ChangeJournal
+from ecs_harden.persist.files import PersistedFileComponent
+from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, Finding, Report
 
@@ -30,10 +34,34 @@ def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
     return out
 
 
+def families(policy: Policy) -> tuple[int, ...]:
+    return (4, 6) if policy.imds.ipv6 is not None else (4,)
+
+
+def persisted_files(policy: Policy, facts: Facts) -> list[PersistedFileComponent]:
+    if not policy.imds.persist:
+        return []
+    flavor = flavors.by_name(facts.flavor)
+    journal = ChangeJournal(policy.state_dir)
+    out = []
+    for family in families(policy):
+        address = policy.imds.ipv4 if family == 4 else policy.imds.ipv6
+        assert address is not None
+        blocks = [Block(i, address) for i in policy.imds.interfaces]
+        out.append(PersistedFileComponent(
+            family, flavor.rules_file(family), flavor.name, blocks, policy.imds.interfaces, journal
+        ))
+    return out
+
+
 def build_components(policy: Policy, facts: Facts) -> list[Component]:
+    persistence: list[Component] = [*persisted_files(policy, facts)]
+    if policy.imds.persist:
+        persistence.append(ServiceComponent(flavors.by_name(facts.flavor), families(policy)))
     return [
         *live_blocks(policy, facts),
         BridgesComponent(policy.imds.interfaces),
+        *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),
     ]

@@ -37,6 +37,7 @@ class Amzn1(Amzn2):
     restore_services: ClassVar[tuple[str, ...]] = ("iptables", "ip6tables")
     restore_package: ClassVar[str | None] = "iptables"
     install_command: ClassVar[str | None] = "yum install -y iptables"
+    service_manager: ClassVar[str] = "sysv"
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:

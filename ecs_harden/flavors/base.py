@@ -54,10 +54,23 @@ class Flavor:
     restore_services: ClassVar[tuple[str, ...]] = ()
     restore_package: ClassVar[str | None] = None
     install_command: ClassVar[str | None] = None
+    # How restore services are enabled for boot: "systemd" (systemctl) or "sysv" (chkconfig).
+    service_manager: ClassVar[str] = "systemd"
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:
         return False
+
+    @classmethod
+    def rules_file(cls, family: int) -> str | None:
+        return cls.rules_v4 if family == 4 else cls.rules_v6
+
+    @classmethod
+    def services_for(cls, families: tuple[int, ...]) -> tuple[str, ...]:
+        """The restore services the given IP families need (one per family, or one shared)."""
+        if len(cls.restore_services) < 2:
+            return cls.restore_services
+        return tuple(cls.restore_services[0 if f == 4 else 1] for f in families)
 
 
 class Unknown(Flavor):

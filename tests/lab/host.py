@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.lab.flavors import dress
 from tests.lab.sandbox import Sandbox, SandboxError
 
 IMDS_V4 = "169.254.169.254"
@@ -65,8 +66,13 @@ def busybox_tarball() -> bytes:
 
 
 class EcsHost:
-    def __init__(self, variant: str, *, ipv6: bool = True):
-        self.sandbox = Sandbox(variant)
+    def __init__(
+        self, variant: str, *, ipv6: bool = True, flavor: str = "debian",
+        etc_from: Path | None = None, install_restore: bool = True,
+    ):
+        self.sandbox = Sandbox(variant, etc_from=etc_from)
+        self.flavor = flavor
+        self.install_restore = install_restore
         self.ipv6 = ipv6
         self.dir = self.sandbox.dir
         self.docker_dir = self.dir / "docker"
@@ -81,6 +87,8 @@ class EcsHost:
     def start(self, *, docker: bool = True) -> EcsHost:
         self.sandbox.start()
         try:
+            if self.sandbox.etc_from is None:
+                dress(self.sandbox, self.flavor, install_restore=self.install_restore)
             self._imds()
             self._credentials()
             if docker:
@@ -270,7 +278,10 @@ class EcsHost:
         if not pol.exists():
             self.policy()
         argv = [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(pol), *args]
-        return self.sandbox.run(argv, check=check, timeout=timeout, env={"PYTHONPATH": str(PROJECT)})
+        path = f"{self.dir}/bin:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        return self.sandbox.run(
+            argv, check=check, timeout=timeout, env={"PYTHONPATH": str(PROJECT), "PATH": path}
+        )
 
     def report(self, *args: str, policy: Path | None = None) -> tuple[int, dict[str, Any]]:
         cp = self.harden(*args, "--format", "json", policy=policy)

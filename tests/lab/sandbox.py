@@ -37,7 +37,7 @@ class SandboxError(RuntimeError):
 
 
 class Sandbox:
-    def __init__(self, variant: str, workdir: Path | None = None):
+    def __init__(self, variant: str, workdir: Path | None = None, etc_from: Path | None = None):
         if variant not in VARIANTS:
             raise ValueError(variant)
         self.variant = variant
@@ -46,6 +46,7 @@ class Sandbox:
         self.holder: subprocess.Popen[bytes] | None = None
         self.pid = 0  # PID 1 of the namespace, as this machine sees it
         self.background: list[subprocess.Popen[bytes]] = []
+        self.etc_from = etc_from  # another sandbox's /etc: the same disk after a reboot
 
     # -- life cycle -------------------------------------------------------
     def start(self) -> Sandbox:
@@ -70,18 +71,25 @@ class Sandbox:
         return self
 
     def _set_up(self) -> None:
-        alt = self.dir / "alternatives"
-        if alt.exists():
-            shutil.rmtree(alt)
-        shutil.copytree("/etc/alternatives", alt, symlinks=True)
+        # A private copy of /etc: persistence writes /etc/sysconfig, /etc/iptables and
+        # enables units in /etc/systemd/system, which must never reach this machine's own.
+        etc = self.dir / "etc"
+        if etc.exists():
+            shutil.rmtree(etc)
+        subprocess.run(["cp", "-a", str(self.etc_from or "/etc"), str(etc)], check=True)
+        alt = etc / "alternatives"
         for name in XTABLES:
             base, _, rest = name.partition("-")
             target = f"/usr/sbin/{base}-{self.variant}" + (f"-{rest}" if rest else "")
             (alt / name).unlink(missing_ok=True)
             (alt / name).symlink_to(target)
+        if self.etc_from is None:
+            # Start from a host that has never been hardened or persisted.
+            for stale in ("iptables", "sysconfig", "ecs", "ecs-harden"):
+                shutil.rmtree(etc / stale, ignore_errors=True)
         self.sh(
             f"""
-            mount --bind {alt} /etc/alternatives
+            mount --bind {etc} /etc
             mount -t tmpfs -o mode=755 tmpfs /run
             mkdir -p /run/netns /run/lock /run/lab-cgroup
             # A sysfs of this network namespace, so /sys/class/net shows our bridges,
@@ -92,6 +100,11 @@ class Sandbox:
             ip link set lo up
             """
         )
+
+    @property
+    def etc(self) -> Path:
+        """This sandbox's /etc, as seen from outside."""
+        return self.dir / "etc"
 
     def stop(self) -> None:
         for p in self.background:

@@ -1,0 +1,169 @@
+"""imds.ipv4.persisted / imds.ipv6.persisted: the boot file would restore an effective block."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ecs_harden import proc
+from ecs_harden.atomic import ensure_dir
+from ecs_harden.component import Inspection
+from ecs_harden.ecsconfig.component import read_bytes
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.firewall.evaluate import Probe
+from ecs_harden.imds.block import DOCKER_USER, MANAGED_CHAINS, Block
+from ecs_harden.journal import ChangeJournal
+from ecs_harden.persist.rulesfile import RulesFile
+from ecs_harden.report import DRIFT, ERROR, OK, Finding
+
+
+def restore_binary(family: int) -> str:
+    return "iptables-restore" if family == 4 else "ip6tables-restore"
+
+
+def restore_test(family: int, data: bytes) -> str | None:
+    """None when `iptables-restore --test` accepts data, else its complaint."""
+    done = proc.run(
+        [restore_binary(family), "--test"], input=data.decode("utf-8", "surrogateescape"), check=False
+    )
+    if done.returncode == 0:
+        return None
+    out = (done.stderr or done.stdout).strip()
+    return out.splitlines()[-1] if out else f"exit {done.returncode}"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    old: bytes | None
+    new: bytes
+
+
+class PersistedFileComponent:
+    def __init__(
+        self,
+        family: int,
+        path: str | None,
+        flavor: str,
+        blocks: Sequence[Block],
+        interfaces: tuple[str, ...],
+        journal: ChangeJournal,
+    ):
+        self.family = family
+        self.name = f"imds.ipv{family}.persisted"
+        self.path = path
+        self.flavor = flavor
+        self.blocks = tuple(blocks)
+        self.interfaces = interfaces
+        self.journal = journal
+        self._validated: dict[tuple[int, int, int], str | None] = {}
+
+    def expected(self) -> str:
+        where = self.path or "a boot rules file"
+        return f"{where} restores the DROP once at the top of {' and '.join(MANAGED_CHAINS)}"
+
+    def _corrupt(self, data: bytes) -> str | None:
+        """Validate the existing file, remembering the answer until the file changes."""
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = (0, len(data), 0)
+        if key not in self._validated:
+            self._validated = {key: restore_test(self.family, data) if data.strip() else None}
+        return self._validated[key]
+
+    def inspect(self) -> Inspection:
+        if self.path is None:
+            return Inspection((Finding(
+                self.name, ERROR, self.expected(), "no mechanism",
+                f"flavor {self.flavor}: no known way this distribution restores firewall rules at boot; "
+                "the live block still works, persist it yourself or set imds.persist: false",
+            ),))
+        old = read_bytes(self.path)
+        if old is not None:
+            complaint = self._corrupt(old)
+            if complaint is not None:
+                return Inspection((Finding(
+                    self.name, ERROR, self.expected(), "unreadable",
+                    f"{self.path} is rejected by {restore_binary(self.family)} --test ({complaint}); "
+                    "left untouched: fix it by hand, then run ecs-harden apply",
+                ),))
+        rules = RulesFile(old or b"")
+        finding = self.judge(rules, exists=old is not None)
+        new = rules.merged(self.blocks)
+        if old is not None and new == old:
+            return Inspection((finding,))
+        verb = "create" if old is None else "merge the block into"
+        return Inspection((finding,), (f"{verb} {self.path}",), frozenset({self.name}), _Plan(old, new))
+
+    def judge(self, rules: RulesFile, *, exists: bool) -> Finding:
+        assert self.path is not None
+        if not exists:
+            return Finding(self.name, DRIFT, self.expected(), "missing",
+                           f"{self.path} does not exist: after a reboot nothing blocks IMDS until "
+                           "ecs-harden runs")
+        problems: list[str] = []
+        counts: list[str] = []
+        if rules.filter_table() is None:
+            problems.append("no *filter table")
+        elif DOCKER_USER not in rules.declared():
+            problems.append(f"{DOCKER_USER} is not declared")
+        for chain in MANAGED_CHAINS:
+            top = rules.leading(chain, self.blocks)
+            for b in self.blocks:
+                copies = rules.copies(b, chain)
+                counts.append(f"{chain} {b.interface}: {len(copies)}")
+                if not copies:
+                    problems.append(f"no DROP for {b.interface} in {chain}")
+                elif len(copies) > 1:
+                    problems.append(f"{len(copies)} copies of the DROP for {b.interface} in {chain}")
+                elif copies[0][0] not in top and chain == DOCKER_USER:
+                    problems.append(f"the DROP for {b.interface} is not the first rule of {chain}")
+        for b in self.blocks:
+            probe = Probe(b.interface, b.address, self.interfaces)
+            for started, when in ((False, "at boot"), (True, "once Docker starts")):
+                leaks = sorted(o.rule for o in rules.outcomes(probe, docker_started=started)
+                               if o.verdict != "block")
+                if leaks:
+                    problems.append(f"{when}, traffic from {b.interface} is let through by {leaks[0]}")
+        actual = "; ".join(counts)
+        if problems:
+            return Finding(self.name, DRIFT, self.expected(), actual, f"{self.path}: " + "; ".join(problems))
+        return Finding(self.name, OK, self.expected(), actual,
+                       f"{self.path} restores an effective block at boot, before Docker starts")
+
+    def execute(self, inspection: Inspection) -> None:
+        plan = inspection.plan
+        if not isinstance(plan, _Plan) or self.path is None:
+            return
+        complaint = restore_test(self.family, plan.new)
+        if complaint is not None:
+            raise RuntimeFailure(
+                f"{self.path}: the merged file fails {restore_binary(self.family)} --test ({complaint}); "
+                "nothing written"
+            )
+        if read_bytes(self.path) != plan.old:
+            raise RuntimeFailure(f"{self.path}: changed while being merged; will retry")
+        if plan.old is None:
+            ensure_dir(os.path.dirname(self.path), mode=0o755)
+        self.journal.replace_file(
+            self.path, plan.old, plan.new, kind=f"rules.v{self.family}", summary=inspection.changes
+        )
+
+    def remove(self) -> list[str]:
+        """Take the agent's own lines out of the file (rollback)."""
+        if self.path is None:
+            return []
+        old = read_bytes(self.path)
+        if old is None:
+            return []
+        rules = RulesFile(old)
+        lines = rules.our_lines()
+        if not lines:
+            return []
+        new = rules.without_ours()
+        self.journal.replace_file(self.path, old, new, kind=f"rules.v{self.family}",
+                                  summary=[f"remove ecs-harden lines from {self.path}"])
+        return [f"{self.path}: {rules.lines[i].strip()}" for i in lines]

@@ -1,0 +1,197 @@
+"""RulesFile: an iptables-save file (what iptables.service and netfilter-persistent restore).
+
+Merged, never dumped: every line the operator wrote stays byte for byte; only the
+block's own lines (and the DOCKER-USER declaration they need) are added, moved or
+removed, and only inside the `*filter` table. Docker's dynamic chains are never
+written, so nothing stale is frozen into the boot ruleset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ecs_harden.firewall.evaluate import ChainReader, Outcome, PathEvaluator, Probe
+from ecs_harden.firewall.rule import Chain, Rule, parse_line
+from ecs_harden.imds.block import COMMENT, DOCKER_USER, MANAGED_CHAINS, Block
+
+BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
+
+# What Docker puts at the top of FORWARD when it starts after the restore.
+DOCKER_START = (
+    f"-A FORWARD -j {DOCKER_USER}",
+    "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "-A FORWARD -o docker0 -j DOCKER",
+    "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+    "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+)
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+@dataclass(frozen=True)
+class FilterTable:
+    start: int  # index of the `*filter` line
+    commit: int  # index of its COMMIT line
+
+
+class RulesFile:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.lines = _decode(data).splitlines(keepends=True)
+
+    def filter_table(self) -> FilterTable | None:
+        start = None
+        for i, line in enumerate(self.lines):
+            s = line.strip()
+            if s == "*filter":
+                start = i
+            elif s == "COMMIT" and start is not None:
+                return FilterTable(start, i)
+            elif s.startswith("*"):
+                start = None
+        return None
+
+    def _filter_lines(self) -> list[tuple[int, str]]:
+        table = self.filter_table()
+        if table is None:
+            return []
+        return [(i, self.lines[i].strip()) for i in range(table.start + 1, table.commit)]
+
+    def declared(self) -> dict[str, str]:
+        """Chain name -> policy ('-' for user chains) declared in the filter table."""
+        out: dict[str, str] = {}
+        for _, line in self._filter_lines():
+            if line.startswith(":"):
+                parts = line[1:].split()
+                if parts:
+                    out[parts[0]] = parts[1] if len(parts) > 1 else "-"
+            elif line.startswith("-N "):
+                out[line.split()[1]] = "-"
+        return out
+
+    def rules(self) -> list[tuple[int, Rule]]:
+        out: list[tuple[int, Rule]] = []
+        for i, line in self._filter_lines():
+            if line.startswith("-A "):
+                try:
+                    rule = parse_line(line)
+                except ValueError:
+                    continue
+                if rule is not None:
+                    out.append((i, rule))
+        return out
+
+    def chain(self, name: str, prepend: Sequence[str] = ()) -> Chain | None:
+        declared = self.declared()
+        if name not in declared and name not in BUILTIN:
+            return None
+        extra = [r for r in (parse_line(x) for x in prepend) if r is not None and r.chain == name]
+        rules = tuple(extra) + tuple(r for _, r in self.rules() if r.chain == name)
+        policy = declared.get(name, "ACCEPT") if name in BUILTIN else None
+        return Chain(name, policy, rules)
+
+    def reader(self, *, docker_started: bool) -> ChainReader:
+        prepend = DOCKER_START if docker_started else ()
+        docker_chains = {"DOCKER", DOCKER_USER} if docker_started else set()
+
+        def read(name: str) -> Chain | None:
+            chain = self.chain(name, prepend)
+            if chain is None and name in docker_chains:
+                return Chain(name, None, ())  # Docker creates it empty; RETURN is implied
+            return chain
+
+        return read
+
+    def outcomes(self, probe: Probe, *, docker_started: bool) -> frozenset[Outcome]:
+        return PathEvaluator(self.reader(docker_started=docker_started)).outcomes(probe)
+
+    def copies(self, block: Block, chain: str) -> list[tuple[int, Rule]]:
+        return [(i, r) for i, r in self.rules() if r.chain == chain and block.is_copy(r)]
+
+    def leading(self, chain: str, blocks: Sequence[Block]) -> set[int]:
+        """Line indexes of the copies that open the chain, before any other rule."""
+        out: set[int] = set()
+        for i, r in self.rules():
+            if r.chain != chain:
+                continue
+            if not any(b.is_copy(r) for b in blocks):
+                break
+            out.add(i)
+        return out
+
+    def catch_all_rejects(self) -> list[str]:
+        """FORWARD/INPUT rules that would drop every container connection (or the
+        credentials endpoint behind INPUT) once restored: the iptables-services stock file."""
+        out = []
+        for _, r in self.rules():
+            if r.chain not in ("FORWARD", "INPUT") or r.target not in ("REJECT", "DROP"):
+                continue
+            if r.src or r.dst or r.in_iface or r.out_iface or r.proto or r.unknown:
+                continue
+            if all(m.module == "comment" for m in r.matches):
+                out.append(r.text())
+        return out
+
+    def our_lines(self) -> list[int]:
+        return [
+            i for i, r in self.rules()
+            if r.chain in MANAGED_CHAINS and r.target == "DROP" and r.has_comment(COMMENT)
+        ]
+
+    # -- edits ------------------------------------------------------------
+    def merged(self, blocks: Sequence[Block]) -> bytes:
+        """The file with each block exactly once at the top of each managed chain."""
+        nl = "\r\n" if self.lines and self.lines[0].endswith("\r\n") else "\n"
+        table = self.filter_table()
+        if table is None:
+            head = "" if not self.lines or self.lines[-1].endswith("\n") else nl
+            body = [f"*filter{nl}", *(f":{c} ACCEPT [0:0]{nl}" for c in BUILTIN),
+                    f":{DOCKER_USER} - [0:0]{nl}"]
+            for chain in MANAGED_CHAINS:
+                body += [f"{b.rule(chain).text()}{nl}" for b in blocks]
+            body.append(f"COMMIT{nl}")
+            return _encode("".join(self.lines) + head + "".join(body))
+
+        drop: set[int] = set()
+        insert_at: dict[int, list[str]] = {}
+        for chain in MANAGED_CHAINS:
+            top = self.leading(chain, blocks)
+            for b in blocks:
+                copies = self.copies(b, chain)
+                if len(copies) == 1 and copies[0][0] in top:
+                    continue
+                drop.update(i for i, _ in copies)
+        # Where each chain's rules start once the stale copies are gone.
+        for chain in MANAGED_CHAINS:
+            missing = [b for b in blocks if not any(i not in drop for i, _ in self.copies(b, chain))]
+            if not missing:
+                continue
+            remaining = [i for i, r in self.rules() if r.chain == chain and i not in drop]
+            at = remaining[0] if remaining else table.commit
+            insert_at.setdefault(at, []).extend(f"{b.rule(chain).text()}{nl}" for b in missing)
+        declare: list[str] = []
+        if DOCKER_USER not in self.declared():
+            declare.append(f":{DOCKER_USER} - [0:0]{nl}")
+        last_decl = max(
+            (i for i, line in self._filter_lines() if line.startswith(":")), default=table.start
+        )
+        out: list[str] = []
+        for i, line in enumerate(self.lines):
+            if i in insert_at:
+                out.extend(insert_at[i])
+            if i not in drop:
+                out.append(line)
+            if i == last_decl:
+                out.extend(declare)
+        return _encode("".join(out))
+
+    def without_ours(self) -> bytes:
+        drop = set(self.our_lines())
+        return _encode("".join(line for i, line in enumerate(self.lines) if i not in drop))

@@ -1,0 +1,132 @@
+"""imds.persistence.service: the distribution's boot restore is enabled (and safe to enable).
+
+Enabling only: the restore service is never started or restarted here, because
+restarting iptables.service flushes the live tables and Docker's rules with them
+(moby/moby#12294).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from ecs_harden import proc
+from ecs_harden.component import Inspection
+from ecs_harden.ecsconfig.component import read_bytes
+from ecs_harden.flavors import Flavor
+from ecs_harden.persist.rulesfile import RulesFile
+from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding
+
+CHECK = "imds.persistence.service"
+
+
+def systemd_state(unit: str) -> str:
+    """`systemctl is-enabled` (works offline): enabled, disabled, masked, ... or not-found."""
+    done = proc.run(["systemctl", "is-enabled", unit], check=False)
+    state = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
+    if state:
+        return state[0]
+    if "No such file" in done.stderr or "not found" in done.stderr or done.returncode == 4:
+        return "not-found"
+    return "unknown: " + done.stderr.strip()
+
+
+def sysv_state(service: str, rc_root: str = "/etc") -> str:
+    """chkconfig's view, read from the rc symlinks it maintains (runlevel 3)."""
+    if not os.path.exists(os.path.join(rc_root, "init.d", service)) and not os.path.exists(
+        os.path.join(rc_root, "rc.d", "init.d", service)
+    ):
+        return "not-found"
+    for pattern in ("rc.d/rc3.d/S??" + service, "rc3.d/S??" + service):
+        if glob.glob(os.path.join(rc_root, pattern)):
+            return "enabled"
+    return "disabled"
+
+
+class ServiceComponent:
+    name = CHECK
+
+    def __init__(self, flavor: type[Flavor], families: tuple[int, ...]):
+        self.flavor = flavor
+        self.families = families
+        self.services = flavor.services_for(families)
+
+    def expected(self) -> str:
+        return (", ".join(self.services) or "a boot restore service") + " enabled for boot"
+
+    def state(self, service: str) -> str:
+        if self.flavor.service_manager == "sysv":
+            return sysv_state(service)
+        return systemd_state(service)
+
+    def enable_argv(self, service: str) -> tuple[str, ...]:
+        if self.flavor.service_manager == "sysv":
+            return ("chkconfig", service, "on")
+        return ("systemctl", "enable", service)
+
+    def breaking_rules(self) -> list[str]:
+        out = []
+        for family in self.families:
+            path = self.flavor.rules_file(family)
+            data = read_bytes(path) if path else None
+            if data:
+                out += [f"{path}: {r}" for r in RulesFile(data).catch_all_rejects()]
+        return out
+
+    def inspect(self) -> Inspection:
+        if not self.services:
+            return Inspection((Finding(
+                CHECK, ERROR, self.expected(), "no mechanism",
+                f"flavor {self.flavor.name}: no known boot restore service; the block is not restored "
+                "at boot unless you persist it yourself (or set imds.persist: false)",
+            ),))
+        states = {s: self.state(s) for s in self.services}
+        actual = ", ".join(f"{s}: {st}" for s, st in states.items())
+        missing = [s for s, st in states.items() if st == "not-found"]
+        if missing:
+            return Inspection((Finding(
+                CHECK, ERROR, self.expected(), actual,
+                f"{', '.join(missing)} not installed (package {self.flavor.restore_package}): "
+                f"run `{self.flavor.install_command}`, then ecs-harden apply",
+            ),))
+        off = [s for s, st in states.items() if not st.startswith("enabled")]
+        breaking = self.breaking_rules()
+        if not off:
+            if breaking:
+                return Inspection((Finding(
+                    CHECK, WARN, self.expected(), actual,
+                    f"enabled, but at boot it restores {breaking[0]}, which cuts containers off "
+                    "(or the task credentials endpoint behind INPUT)",
+                ),))
+            return Inspection(
+                (Finding(CHECK, OK, self.expected(), actual, "the boot restore is enabled"),)
+            )
+        masked = [s for s in off if states[s] == "masked"]
+        if masked:
+            return Inspection((Finding(
+                CHECK, DRIFT, self.expected(), actual,
+                f"{', '.join(masked)} is masked; unmask it (systemctl unmask) if the block should "
+                "survive a reboot; ecs-harden does not override a mask",
+            ),))
+        if breaking:
+            return Inspection((Finding(
+                CHECK, DRIFT, self.expected(), actual,
+                f"not enabled, and not enabled by ecs-harden: at boot it would restore {breaking[0]}, "
+                "which cuts every container off (and the task credentials endpoint behind INPUT). "
+                "Remove the catch-all REJECT/DROP lines from the file, then run ecs-harden apply",
+            ),))
+        argvs = tuple(self.enable_argv(s) for s in off)
+        return Inspection(
+            (Finding(CHECK, DRIFT, self.expected(), actual,
+                     f"{', '.join(off)} not enabled: the persisted block is not restored at boot"),),
+            tuple(" ".join(a) for a in argvs),
+            frozenset({CHECK}),
+            argvs,
+        )
+
+    def execute(self, inspection: Inspection) -> None:
+        argvs = inspection.plan
+        if not isinstance(argvs, tuple):
+            return
+        for argv in argvs:
+            proc.run(argv, timeout=60)
