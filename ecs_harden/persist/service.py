@@ -95,7 +95,7 @@ class ServiceComponent:
             if breaking:
                 return Inspection((Finding(
                     CHECK, WARN, self.expected(), actual,
-                    f"enabled, but at boot it restores {breaking[0]}, which cuts containers off "
+                    f"enabled, but at boot it restores {'; '.join(breaking)}, which cuts containers off "
                     "(or the task credentials endpoint behind INPUT)",
                 ),))
             return Inspection(
@@ -111,7 +111,7 @@ class ServiceComponent:
         if breaking:
             return Inspection((Finding(
                 CHECK, DRIFT, self.expected(), actual,
-                f"not enabled, and not enabled by ecs-harden: at boot it would restore {breaking[0]}, "
+                f"not enabled, and not enabled by ecs-harden: at boot it would restore {'; '.join(breaking)}, "
                 "which cuts every container off (and the task credentials endpoint behind INPUT). "
                 "Remove the catch-all REJECT/DROP lines from the file, then run ecs-harden apply",
             ),))

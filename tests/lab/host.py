@@ -103,7 +103,7 @@ class EcsHost:
         self.sandbox.stop()
 
     def __enter__(self) -> EcsHost:
-        return self.start()
+        return self if self.sandbox.holder is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -266,8 +266,6 @@ class EcsHost:
             f"state_dir: {self.dir}/state\n"
             f"report:\n  status_file: {self.dir}/status.json\n"
         )
-        if "ecs_config:" not in text:
-            base += f"ecs_config:\n  path: {self.dir}/ecs.config\n"
         path.write_text(base + text)
         os.chmod(path, 0o600)
         return path
