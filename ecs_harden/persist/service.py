@@ -91,11 +91,12 @@ class ServiceComponent:
             ),))
         off = [s for s, st in states.items() if not st.startswith("enabled")]
         breaking = self.breaking_rules()
+        restores = "; ".join(breaking)
         if not off:
             if breaking:
                 return Inspection((Finding(
                     CHECK, WARN, self.expected(), actual,
-                    f"enabled, but at boot it restores {'; '.join(breaking)}, which cuts containers off "
+                    f"enabled, but at boot it restores {restores}, which cuts containers off "
                     "(or the task credentials endpoint behind INPUT)",
                 ),))
             return Inspection(
@@ -111,7 +112,7 @@ class ServiceComponent:
         if breaking:
             return Inspection((Finding(
                 CHECK, DRIFT, self.expected(), actual,
-                f"not enabled, and not enabled by ecs-harden: at boot it would restore {'; '.join(breaking)}, "
+                f"not enabled, and not enabled by ecs-harden: at boot it would restore {restores}, "
                 "which cuts every container off (and the task credentials endpoint behind INPUT). "
                 "Remove the catch-all REJECT/DROP lines from the file, then run ecs-harden apply",
             ),))

@@ -1,0 +1,72 @@
+"""imds.persistence.service: states, refusal on breaking rules, enable argv per init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecs_harden import flavors, proc
+from ecs_harden.persist import service
+from ecs_harden.persist.service import ServiceComponent, sysv_state
+
+
+def test_services_per_family() -> None:
+    assert flavors.by_name("amzn2023").services_for((4, 6)) == ("iptables.service", "ip6tables.service")
+    assert flavors.by_name("amzn2023").services_for((4,)) == ("iptables.service",)
+    assert flavors.by_name("debian").services_for((4, 6)) == ("netfilter-persistent.service",)
+
+
+def test_unknown_flavor_is_error() -> None:
+    (f,) = ServiceComponent(flavors.Unknown, (4,)).inspect().findings
+    assert f.status == "error"
+
+
+@pytest.fixture
+def states(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    table: dict[str, str] = {}
+    monkeypatch.setattr(service, "systemd_state", lambda unit: table.get(unit, "not-found"))
+    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self: [])
+    return table
+
+
+def test_not_installed_names_install_command(states: dict[str, str]) -> None:
+    (f,) = ServiceComponent(flavors.by_name("amzn2"), (4,)).inspect().findings
+    assert f.status == "error" and "yum install -y iptables-services" in f.detail
+
+
+def test_disabled_plans_systemctl_enable_never_start(states: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    states.update({"iptables.service": "disabled", "ip6tables.service": "enabled"})
+    c = ServiceComponent(flavors.by_name("rhel"), (4, 6))
+    insp = c.inspect()
+    assert insp.findings[0].status == "drift"
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: calls.append(tuple(argv)))
+    c.execute(insp)
+    assert calls == [("systemctl", "enable", "iptables.service")]
+
+
+def test_masked_is_not_overridden(states: dict[str, str]) -> None:
+    states["netfilter-persistent.service"] = "masked"
+    insp = ServiceComponent(flavors.by_name("debian"), (4,)).inspect()
+    assert insp.findings[0].status == "drift" and insp.changes == ()
+
+
+def test_enabled_is_ok(states: dict[str, str]) -> None:
+    states["netfilter-persistent.service"] = "enabled"
+    assert ServiceComponent(flavors.by_name("debian"), (4, 6)).inspect().findings[0].status == "ok"
+
+
+def test_amzn1_uses_chkconfig() -> None:
+    c = ServiceComponent(flavors.by_name("amzn1"), (4,))
+    assert c.enable_argv("iptables") == ("chkconfig", "iptables", "on")
+
+
+def test_sysv_state_reads_rc_links(tmp_path: Path) -> None:
+    assert sysv_state("iptables", str(tmp_path)) == "not-found"
+    (tmp_path / "rc.d" / "init.d").mkdir(parents=True)
+    (tmp_path / "rc.d" / "init.d" / "iptables").write_text("#!/bin/sh\n")
+    assert sysv_state("iptables", str(tmp_path)) == "disabled"
+    (tmp_path / "rc.d" / "rc3.d").mkdir()
+    (tmp_path / "rc.d" / "rc3.d" / "S08iptables").symlink_to("../init.d/iptables")
+    assert sysv_state("iptables", str(tmp_path)) == "enabled"
