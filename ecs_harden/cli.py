@@ -25,6 +25,16 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         type=str.lower, help="log level (default: info)")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecs-harden",
@@ -48,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("apply", "converge once, report what changed")
     fmt(p)
     p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    p = command("run", "the daemon (foreground; systemd Type=notify)")
+    p.add_argument("--interval", type=_seconds, metavar="SECONDS",
+                   help="seconds between polls and heartbeats (overrides the policy)")
+    p.add_argument("--once", action="store_true", help="reconcile once, write the status file, exit")
+    fmt(command("status", "the daemon's last report (status file)"))
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -75,6 +90,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _reconcile(args, policy)
     if args.command == "remove":
         return _remove(args, policy)
+    if args.command == "run":
+        from ecs_harden.daemon.loop import Daemon
+
+        return Daemon(policy, args.policy, interval=args.interval).run(once=args.once)
+    if args.command == "status":
+        return _status(args, policy)
     print(f"ecs-harden: unknown command {args.command}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -124,6 +145,37 @@ def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     if not removed:
         print("nothing to remove")
     return EXIT_OK
+
+
+def _status(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+    from ecs_harden.daemon.status import read_status
+
+    path = policy.report.status_file
+    try:
+        data, age = read_status(path)
+    except FileNotFoundError:
+        print(f"ecs-harden: no status file at {path}: the daemon is not running", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, ValueError) as exc:
+        print(f"ecs-harden: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    daemon = data.get("daemon") or {}
+    interval = float(daemon.get("interval") or policy.interval)
+    stale = age > 3 * interval
+    if args.format == "json":
+        print(json.dumps({**data, "age_seconds": round(age, 3), "stale": stale}, indent=2))
+    else:
+        for f in data.get("findings", []):
+            print(f"{f.get('status', '?').upper():6} {f.get('check', '?'):50} {f.get('detail', '')}")
+        state = "compliant" if data.get("compliant") else "NOT compliant"
+        print(f"\n{data.get('host')}: {state}; daemon pid {daemon.get('pid')} since {daemon.get('started')}, "
+              f"{daemon.get('reconciles')} reconciles, {daemon.get('repairs')} repairs; "
+              f"status written {age:.1f}s ago")
+    if stale:
+        print(f"ecs-harden: {path} is {age:.0f}s old (more than 3 x {interval:g}s): "
+              "the daemon is not running", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK if data.get("compliant") else EXIT_DRIFT
 
 
 def exit_code(outcome: Outcome) -> int:

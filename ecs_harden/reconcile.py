@@ -89,16 +89,19 @@ class Reconciler:
         changes: list[str] = []
         errors: list[str] = []
         for component in self.components:
-            f, c, e = self._one(component, repair=repair and self.policy.enforce, dry_run=dry_run)
+            f, c, e = self.run_component(
+                component, repair=repair and self.policy.enforce, dry_run=dry_run
+            )
             findings.extend(f)
             changes.extend(c)
             errors.extend(e)
         report = Report(self.policy.mode, self.platform, tuple(findings), failed=bool(errors))
         return Outcome(report, tuple(changes), tuple(errors))
 
-    def _one(
-        self, component: Component, *, repair: bool, dry_run: bool
+    def run_component(
+        self, component: Component, *, repair: bool, dry_run: bool = False
     ) -> tuple[list[Finding], list[str], list[str]]:
+        """Findings, changes made (or planned, with dry_run) and errors for one component."""
         try:
             first = component.inspect()
         except HardenError as exc:

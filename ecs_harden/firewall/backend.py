@@ -12,6 +12,7 @@ from ecs_harden.firewall.evaluate import ChainReader
 @dataclass(frozen=True)
 class NewChain:
     chain: str
+    table: str = "filter"
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Insert:
     chain: str
     position: int  # 1-based, as iptables -I
     args: tuple[str, ...]
+    table: str = "filter"
 
 
 @dataclass(frozen=True)
@@ -27,19 +29,21 @@ class Delete:
 
     chain: str
     args: tuple[str, ...]
+    table: str = "filter"
 
 
 Op = Union[NewChain, Insert, Delete]
 
 
 def describe(op: Op) -> str:
-    if isinstance(op, NewChain):
-        return f"-N {op.chain}"
     from ecs_harden.firewall.rule import quote_args
 
+    table = "" if op.table == "filter" else f"-t {op.table} "
+    if isinstance(op, NewChain):
+        return f"{table}-N {op.chain}"
     if isinstance(op, Insert):
-        return f"-I {op.chain} {op.position} {quote_args(op.args)}"
-    return f"-D {op.chain} {quote_args(op.args)}"
+        return f"{table}-I {op.chain} {op.position} {quote_args(op.args)}"
+    return f"{table}-D {op.chain} {quote_args(op.args)}"
 
 
 class Backend(Protocol):
@@ -48,8 +52,8 @@ class Backend(Protocol):
     family: int  # 4 or 6
     name: str
 
-    def snapshot(self) -> ChainReader:
-        """A reader of chains as they are now (None for a chain that does not exist)."""
+    def snapshot(self, table: str = "filter") -> ChainReader:
+        """A reader of one table's chains as they are now (None for a chain that does not exist)."""
         ...
 
     def commit(self, ops: Sequence[Op]) -> None:

@@ -106,24 +106,27 @@ class Libiptc:
         self.family = family
         iptc = _iptc()
         self._iptc = iptc
-        table_cls = iptc.Table if family == 4 else iptc.Table6
-        self.table = table_cls(table_cls.FILTER, autocommit=False)
+        self._table_cls = iptc.Table if family == 4 else iptc.Table6
         self.rule_cls = iptc.Rule if family == 4 else iptc.Rule6
 
-    def _read(self, name: str) -> Chain | None:
-        if not self.table.is_chain(name):
+    def table(self, name: str) -> Any:
+        return self._table_cls(name, autocommit=False)
+
+    def _read(self, table: Any, name: str) -> Chain | None:
+        if not table.is_chain(name):
             return None
-        chain = self._iptc.Chain(self.table, name)
+        chain = self._iptc.Chain(table, name)
         policy = chain.get_policy().name if chain.is_builtin() else None
         rules = tuple(parse_args(name, rule_args(r)) for r in chain.rules)
         return Chain(name, policy, rules)
 
-    def snapshot(self) -> ChainReader:
+    def snapshot(self, table: str = "filter") -> ChainReader:
+        t = self.table(table)
         try:
-            self.table.refresh()
+            t.refresh()
         except Exception as exc:
-            raise RuntimeFailure(f"python-iptables: cannot read the filter table: {exc}") from None
-        return self._read
+            raise RuntimeFailure(f"python-iptables: cannot read the {table} table: {exc}") from None
+        return lambda name: self._read(t, name)
 
     def _build(self, rule: Rule) -> Any:
         r = self.rule_cls()
@@ -150,29 +153,35 @@ class Libiptc:
         if not ops:
             return
         iptc = self._iptc
+        tables = {name: self.table(name) for name in dict.fromkeys(op.table for op in ops)}
         try:
             with xtables_lock():
-                self.table.refresh()
+                for table in tables.values():
+                    table.refresh()
                 for op in ops:
+                    table = tables[op.table]
                     if isinstance(op, NewChain):
-                        if not self.table.is_chain(op.chain):
-                            self.table.create_chain(op.chain)
+                        if not table.is_chain(op.chain):
+                            table.create_chain(op.chain)
                     elif isinstance(op, Insert):
-                        chain = iptc.Chain(self.table, op.chain)
+                        chain = iptc.Chain(table, op.chain)
                         chain.insert_rule(self._build(parse_args(op.chain, op.args)), op.position - 1)
                     elif isinstance(op, Delete):
                         want = parse_args(op.chain, op.args)
-                        chain = iptc.Chain(self.table, op.chain)
+                        chain = iptc.Chain(table, op.chain)
                         for existing in chain.rules:
                             if _same(parse_args(op.chain, rule_args(existing)), want):
                                 chain.delete_rule(existing)
                                 break
                         else:
                             raise RuntimeFailure(f"no rule in {op.chain} to delete: {' '.join(op.args)}")
-                self.table.commit()
+                for table in tables.values():
+                    table.commit()
         except RuntimeFailure:
-            self.table.refresh()
+            for table in tables.values():
+                table.refresh()
             raise
         except Exception as exc:
-            self.table.refresh()
+            for table in tables.values():
+                table.refresh()
             raise RuntimeFailure(f"python-iptables: commit failed: {exc}") from None

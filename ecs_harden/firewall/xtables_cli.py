@@ -25,37 +25,41 @@ class XtablesCli:
         self.family = family
         self.binary = "iptables" if family == 4 else "ip6tables"
 
-    def read_chain(self, name: str) -> Chain | None:
-        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", "filter", "-S", name], check=False)
+    def read_chain(self, name: str, table: str = "filter") -> Chain | None:
+        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", table, "-S", name], check=False)
         if done.returncode != 0:
             if "No chain" in done.stderr or "does not exist" in done.stderr:
                 return None
             # iptables-nft 1.8.9 calls a chain that does not exist "incompatible";
             # only the whole table's listing tells the two apart.
-            if "incompatible" in done.stderr and not self._chain_listed(name):
+            if "incompatible" in done.stderr and not self._chain_listed(name, table):
                 return None
             raise RuntimeFailure(
                 f"`{self.binary} -S {name}` exited {done.returncode}: {done.stderr.strip()}"
             )
         return parse_chain_listing(name, done.stdout)
 
-    def _chain_listed(self, name: str) -> bool:
-        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", "filter", "-S"], check=False)
+    def _chain_listed(self, name: str, table: str) -> bool:
+        done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", table, "-S"], check=False)
         return any(line.split()[:2] in (["-N", name], ["-P", name]) for line in done.stdout.splitlines())
 
-    def snapshot(self) -> ChainReader:
-        return self.read_chain
+    def snapshot(self, table: str = "filter") -> ChainReader:
+        return lambda name: self.read_chain(name, table)
 
     def restore_script(self, ops: Sequence[Op]) -> str:
-        lines = ["*filter"]
-        for op in ops:
-            if isinstance(op, NewChain):
-                lines.append(f"-N {op.chain}")
-            elif isinstance(op, Insert):
-                lines.append(f"-I {op.chain} {op.position} {quote_args(op.args)}")
-            elif isinstance(op, Delete):
-                lines.append(f"-D {op.chain} {quote_args(op.args)}")
-        lines.append("COMMIT")
+        lines: list[str] = []
+        for table in dict.fromkeys(op.table for op in ops):
+            lines.append(f"*{table}")
+            for op in ops:
+                if op.table != table:
+                    continue
+                if isinstance(op, NewChain):
+                    lines.append(f"-N {op.chain}")
+                elif isinstance(op, Insert):
+                    lines.append(f"-I {op.chain} {op.position} {quote_args(op.args)}")
+                elif isinstance(op, Delete):
+                    lines.append(f"-D {op.chain} {quote_args(op.args)}")
+            lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
     def commit(self, ops: Sequence[Op]) -> None:

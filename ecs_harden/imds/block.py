@@ -13,6 +13,11 @@ DOCKER_USER = "DOCKER-USER"
 # chain Docker jumps to first and never rewrites, so the copy there stays in front
 # when dockerd restarts and re-inserts its ACCEPT rules at the top of FORWARD.
 MANAGED_CHAINS = (DOCKER_USER, FORWARD)
+# The guard: the same DROP in raw PREROUTING, which Docker never writes to. While dockerd
+# (re)starts it inserts its ACCEPT rules into FORWARD before it puts the jump to DOCKER-USER
+# back on top; the guard closes that window. Live only: at boot no container runs yet.
+GUARD_TABLE = "raw"
+GUARD_CHAIN = "PREROUTING"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from ecs_harden.component import Inspection
 from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
-from ecs_harden.imds.block import COMMENT, DOCKER_USER, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import COMMENT, DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
 from ecs_harden.report import DRIFT, OK, Finding
 
 
@@ -28,6 +28,8 @@ class BlockState:
     block: Block
     copies: dict[str, list[Rule]]  # chain -> copies found there
     outcomes: frozenset[Outcome]
+    guards: list[Rule]  # copies in raw PREROUTING
+    guard_on_top: bool  # the guards open the chain, before any other rule
 
     @property
     def effective(self) -> bool:
@@ -68,14 +70,21 @@ class LiveBlockComponent:
         reader = self.backend.snapshot()
         evaluator = PathEvaluator(reader)
         chains = {name: evaluator.chain(name) for name in MANAGED_CHAINS}
+        raw = self.backend.snapshot(GUARD_TABLE)(GUARD_CHAIN)
+        raw_rules = raw.rules if raw else ()
+        leading = 0
+        while leading < len(raw_rules) and any(b.is_copy(raw_rules[leading]) for b in self.blocks):
+            leading += 1
         states = []
         for block in self.blocks:
             copies = {
                 name: [r for r in (chain.rules if chain else ()) if block.is_copy(r)]
                 for name, chain in chains.items()
             }
+            guards = [r for r in raw_rules if block.is_copy(r)]
+            on_top = any(block.is_copy(r) for r in raw_rules[:leading])
             probe = Probe(block.interface, self.address, self.interfaces)
-            states.append(BlockState(block, copies, evaluator.outcomes(probe)))
+            states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, on_top))
         return chains, states
 
     def inspect(self) -> Inspection:
@@ -112,6 +121,17 @@ class LiveBlockComponent:
                     problems.append(f"no DROP for {st.block.interface} in {name}")
                 elif n > 1:
                     problems.append(f"{n} copies of the DROP for {st.block.interface} in {name}")
+            g = len(st.guards)
+            counts.append(f"raw {GUARD_CHAIN} {st.block.interface}: {g}")
+            if g == 0:
+                problems.append(
+                    f"no guard for {st.block.interface} in raw {GUARD_CHAIN} (it closes the window "
+                    "while dockerd restarts)"
+                )
+            elif g > 1:
+                problems.append(f"{g} copies of the guard for {st.block.interface} in raw {GUARD_CHAIN}")
+            elif not st.guard_on_top:
+                problems.append(f"the guard for {st.block.interface} is not at the top of raw {GUARD_CHAIN}")
             leak = st.first_leak()
             if leak is not None:
                 what = "accepted" if leak.verdict == "accept" else "may be accepted"
@@ -137,13 +157,14 @@ class LiveBlockComponent:
         """Every rule this agent added (ours by comment), in every managed chain."""
         if self.family == 6 and not ipv6_available():
             return []
-        reader = self.backend.snapshot()
         ops: list[Op] = []
-        for name in MANAGED_CHAINS:
-            chain = reader(name)
-            for rule in chain.rules if chain else ():
-                if rule.target == "DROP" and rule.has_comment(COMMENT):
-                    ops.append(Delete(name, rule.args))
+        for table, names in (("filter", MANAGED_CHAINS), (GUARD_TABLE, (GUARD_CHAIN,))):
+            reader = self.backend.snapshot(table)
+            for name in names:
+                chain = reader(name)
+                for rule in chain.rules if chain else ():
+                    if rule.target == "DROP" and rule.has_comment(COMMENT):
+                        ops.append(Delete(name, rule.args, table))
         return ops
 
     def remove(self) -> list[str]:
@@ -169,4 +190,7 @@ def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
                 continue
             ops.extend(Delete(name, r.args) for r in copies)
             ops.append(Insert(name, 1, st.block.args()))
+        if len(st.guards) != 1 or not st.guard_on_top:
+            ops.extend(Delete(GUARD_CHAIN, r.args, GUARD_TABLE) for r in st.guards)
+            ops.append(Insert(GUARD_CHAIN, 1, st.block.args(), GUARD_TABLE))
     return ops

@@ -82,10 +82,19 @@ def test_commit_applies_every_op_in_order(box: tuple[Sandbox, str]) -> None:
         {"op": "insert", "chain": "DOCKER-USER", "position": 1, "args": block},
         {"op": "delete", "chain": "FORWARD", "args": ["-d", "169.254.169.254/32", "-i", "docker+", "-j", "DROP"]},
         {"op": "insert", "chain": "FORWARD", "position": 1, "args": block},
+        {"op": "insert", "chain": "PREROUTING", "position": 1, "args": block, "table": "raw"},
     ])
     want = '-d 169.254.169.254/32 -i docker+ -m comment --comment "a comment" -j DROP'
     assert sb.rules("DOCKER-USER") == [f"-A DOCKER-USER {want}"]
     assert sb.rules("FORWARD") == [f"-A FORWARD {want}", "-A FORWARD -o eth0 -j ACCEPT"]
+    raw = [ln for ln in sb.iptables("-t", "raw", "-S", "PREROUTING").splitlines() if ln.startswith("-A")]
+    assert raw == [f"-A PREROUTING {want}"]
+    got = drive(sb, backend, 4, "read", "--raw", "PREROUTING")
+    assert got["PREROUTING"]["rules"] == raw
+    drive(sb, backend, 4, "commit", ops=[
+        {"op": "delete", "chain": "PREROUTING", "args": block, "table": "raw"},
+    ])
+    assert "-A PREROUTING" not in sb.iptables("-t", "raw", "-S", "PREROUTING")
 
 
 def test_failed_commit_changes_nothing(box: tuple[Sandbox, str]) -> None:

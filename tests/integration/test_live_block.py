@@ -89,10 +89,15 @@ def test_block_moved_below_dockers_accept_is_named_and_fixed(clean: EcsHost) -> 
 def test_an_accept_inserted_above_everything_is_named_and_overridden(clean: EcsHost) -> None:
     clean.report("apply")
     clean.sandbox.iptables("-I", "FORWARD", "1", "-i", "docker0", "-j", "ACCEPT")
+    assert not clean.reaches(IMDS_V4)  # the raw PREROUTING guard still holds
+    guard = [r for r in clean.sandbox.iptables("-t", "raw", "-S", "PREROUTING").splitlines() if IMDS_V4 in r]
+    assert len(guard) == 1
+    clean.sandbox.iptables("-t", "raw", "-D", *shlex.split(guard[0])[1:])
     assert clean.reaches(IMDS_V4)
     code, report = clean.report("check")
     assert code == 3
-    assert "`-A FORWARD -i docker0 -j ACCEPT`" in findings(report)["imds.ipv4.live"]["detail"]
+    detail = findings(report)["imds.ipv4.live"]["detail"]
+    assert "`-A FORWARD -i docker0 -j ACCEPT`" in detail and "no guard for docker+ in raw PREROUTING" in detail
     assert clean.report("apply")[0] == 0
     assert not clean.reaches(IMDS_V4)
     # The operator's rule stays; ours is above it.

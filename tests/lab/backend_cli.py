@@ -21,9 +21,10 @@ def make(name: str, family: int) -> Backend:
 def main(argv: list[str]) -> int:
     backend = make(argv[0], int(argv[1]))
     if argv[2] == "read":
-        reader = backend.snapshot()
+        table, names = ("raw", argv[4:]) if argv[3:4] == ["--raw"] else ("filter", argv[3:])
+        reader = backend.snapshot(table)
         out: dict[str, object] = {}
-        for name in argv[3:]:
+        for name in names:
             chain = reader(name)
             out[name] = None if chain is None else {
                 "policy": chain.policy, "rules": [r.text() for r in chain.rules]
@@ -32,13 +33,13 @@ def main(argv: list[str]) -> int:
         return 0
     ops: list[Op] = []
     for item in json.load(sys.stdin):
-        kind = item["op"]
+        kind, table = item["op"], item.get("table", "filter")
         if kind == "new":
-            ops.append(NewChain(item["chain"]))
+            ops.append(NewChain(item["chain"], table))
         elif kind == "insert":
-            ops.append(Insert(item["chain"], item["position"], tuple(item["args"])))
+            ops.append(Insert(item["chain"], item["position"], tuple(item["args"]), table))
         else:
-            ops.append(Delete(item["chain"], tuple(item["args"])))
+            ops.append(Delete(item["chain"], tuple(item["args"]), table))
     backend.commit(ops)
     return 0
 

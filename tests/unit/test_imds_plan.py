@@ -26,15 +26,17 @@ class FakeBackend:
     family = 4
     name = "fake"
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, raw: str = f"-P PREROUTING ACCEPT\n-A PREROUTING {OURS}\n"):
         self.text = text
+        self.raw = raw
         self.committed: list[Sequence[Op]] = []
 
-    def snapshot(self) -> ChainReader:
-        names = {ln.split()[1] for ln in self.text.splitlines() if ln.split()[0] in ("-P", "-N", "-A")}
+    def snapshot(self, table: str = "filter") -> ChainReader:
+        text = self.raw if table == "raw" else self.text
+        names = {ln.split()[1] for ln in text.splitlines() if ln.split()[0] in ("-P", "-N", "-A")}
 
         def read(name: str) -> Chain | None:
-            return parse_chain_listing(name, self.text) if name in names else None
+            return parse_chain_listing(name, text) if name in names else None
 
         return read
 
@@ -42,21 +44,33 @@ class FakeBackend:
         self.committed.append(list(ops))
 
 
-def component(text: str) -> tuple[LiveBlockComponent, FakeBackend]:
-    be = FakeBackend(text)
+def component(text: str, raw: str | None = None) -> tuple[LiveBlockComponent, FakeBackend]:
+    be = FakeBackend(text) if raw is None else FakeBackend(text, raw)
     return LiveBlockComponent(4, lambda: be, ("docker+",), V4), be
 
 
-def test_empty_host_creates_docker_user_and_both_copies() -> None:
-    c, _ = component("-P FORWARD ACCEPT\n")
+def test_empty_host_creates_docker_user_both_copies_and_the_guard() -> None:
+    c, _ = component("-P FORWARD ACCEPT\n", raw="-P PREROUTING ACCEPT\n")
     insp = c.inspect()
     assert insp.findings[0].status == "drift"
     assert "chain DOCKER-USER does not exist" in insp.findings[0].detail
+    assert "no guard for docker+ in raw PREROUTING" in insp.findings[0].detail
     assert insp.plan == (
         NewChain("DOCKER-USER"),
         Insert("DOCKER-USER", 1, Block("docker+", V4).args()),
         Insert("FORWARD", 1, Block("docker+", V4).args()),
+        Insert("PREROUTING", 1, Block("docker+", V4).args(), "raw"),
     )
+
+
+def test_guard_below_another_raw_rule_is_moved_up() -> None:
+    c, _ = component(
+        f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD {OURS}\n-A DOCKER-USER {OURS}\n",
+        raw=f"-P PREROUTING ACCEPT\n-A PREROUTING -j ACCEPT\n-A PREROUTING {OURS}\n",
+    )
+    insp = c.inspect()
+    assert "not at the top of raw PREROUTING" in insp.findings[0].detail
+    assert [type(o).__name__ for o in insp.plan] == ["Delete", "Insert"]  # type: ignore[attr-defined]
 
 
 def test_compliant_host_plans_nothing() -> None:
@@ -90,7 +104,8 @@ def test_duplicates_are_deleted_and_one_inserted_in_one_transaction() -> None:
 def test_remove_takes_only_rules_with_our_comment() -> None:
     c, _ = component(f"-P FORWARD ACCEPT\n-N DOCKER-USER\n-A FORWARD {OURS}\n-A DOCKER-USER {HAND}\n")
     ops = c.removal_ops()
-    assert len(ops) == 1 and isinstance(ops[0], Delete) and ops[0].chain == "FORWARD"
+    assert [(o.table, o.chain) for o in ops] == [("filter", "FORWARD"), ("raw", "PREROUTING")]
+    assert all(isinstance(o, Delete) for o in ops)
 
 
 def test_ipv6_without_kernel_support_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,1 @@
+"""The daemon: reconcile on every observable change, poll what cannot be observed."""

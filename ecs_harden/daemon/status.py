@@ -1,0 +1,62 @@
+"""The status file (the daemon's last report) and the node_exporter textfile."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from ecs_harden.atomic import ensure_dir, write_atomic
+from ecs_harden.report import STATUSES, Report
+
+
+def write_status(path: str, report: Report, daemon: dict[str, Any]) -> None:
+    ensure_dir(os.path.dirname(path), mode=0o755)
+    data = report.to_json({"daemon": daemon})
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+
+
+def read_status(path: str) -> tuple[dict[str, Any], float]:
+    """The status and its age in seconds; OSError/ValueError when unreadable."""
+    with open(path, "rb") as fh:
+        data = json.loads(fh.read())
+        age = time.time() - os.fstat(fh.fileno()).st_mtime
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data, age
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(report: Report, *, repairs: int, duration: float, last: float) -> str:
+    lines = [
+        "# HELP ecs_harden_compliant 1 when every check holds (no drift, no error).",
+        "# TYPE ecs_harden_compliant gauge",
+        f"ecs_harden_compliant {1 if report.compliant else 0}",
+        "# HELP ecs_harden_finding 1 for the status each check has now.",
+        "# TYPE ecs_harden_finding gauge",
+    ]
+    for f in report.findings:
+        for status in STATUSES:
+            value = 1 if f.status == status else 0
+            lines.append(f'ecs_harden_finding{{check="{_label(f.check)}",status="{status}"}} {value}')
+    lines += [
+        "# HELP ecs_harden_repairs_total Repairs made since the daemon started.",
+        "# TYPE ecs_harden_repairs_total counter",
+        f"ecs_harden_repairs_total {repairs}",
+        "# HELP ecs_harden_reconcile_duration_seconds How long the last reconcile took.",
+        "# TYPE ecs_harden_reconcile_duration_seconds gauge",
+        f"ecs_harden_reconcile_duration_seconds {duration:.6f}",
+        "# HELP ecs_harden_last_reconcile_timestamp_seconds When the last reconcile finished.",
+        "# TYPE ecs_harden_last_reconcile_timestamp_seconds gauge",
+        f"ecs_harden_last_reconcile_timestamp_seconds {last:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str, text: str) -> None:
+    ensure_dir(os.path.dirname(path), mode=0o755)
+    write_atomic(path, text.encode(), mode=0o644)

@@ -1,0 +1,228 @@
+"""`ecs-harden run` in the lab: READY after the block, repairs within a second or an interval,
+through dockerd restarts, SIGHUP with a broken policy, SIGTERM leaving the rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.lab.host import IMDS_V4, PROJECT, EcsHost
+
+INTERVAL = 1.0
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    pid: int  # the daemon itself, as this machine sees it
+    notify: socket.socket
+    messages: list[str]
+    log: Path
+
+    def wait_for(self, field: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if field in m.split("\n"):
+                    return m
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                break
+        raise AssertionError(f"no {field} from the daemon; got {self.messages}; log: {self.log.read_text()[-3000:]}")
+
+    def collect(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.notify.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                return
+
+
+def policy_text(host: EcsHost) -> str:
+    return (
+        f"interval: {INTERVAL}\nresync: 60\n"
+        f"report:\n  status_file: {host.dir}/status.json\n  textfile: {host.dir}/metrics/ecs_harden.prom\n"
+    )
+
+
+def start_daemon(host: EcsHost, policy: Path) -> Running:
+    sock_path = host.dir / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    log = host.dir / "daemon.log"
+    proc = host.sandbox.spawn(
+        [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(policy), "run"],
+        log,
+        env={"PYTHONPATH": str(PROJECT), "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"},
+    )
+    deadline = time.monotonic() + 10
+    kids: list[psutil.Process] = []
+    while not kids and time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children()
+        time.sleep(0.02)
+    assert kids, "the daemon did not start"
+    return Running(proc, kids[0].pid, notify, [], log)
+
+
+@pytest.fixture
+def daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
+    text = policy_text(clean)
+    policy = clean.dir / "daemon-policy.yaml"
+    policy.write_text(text)
+    os.chmod(policy, 0o600)
+    run = start_daemon(clean, policy)
+    try:
+        yield clean, run
+    finally:
+        if run.proc.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)
+            run.proc.wait(timeout=10)
+        run.notify.close()
+
+
+def our_rules(host: EcsHost, chain: str) -> list[str]:
+    return [r for r in host.sandbox.rules(chain) if IMDS_V4 in r and "-j DROP" in r]
+
+
+def until(check: object, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if check():  # type: ignore[operator]
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout}s")
+
+
+def test_ready_after_the_block_then_watchdog_pings(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    # READY came after the first reconcile: the block is already there.
+    assert len(our_rules(host, "DOCKER-USER")) == 1 and len(our_rules(host, "FORWARD")) == 1
+    assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in run.messages)
+    run.collect(1.6)
+    assert sum("WATCHDOG=1" in m.split("\n") for m in run.messages) >= 2
+    assert not host.reaches(IMDS_V4)
+
+
+def test_deleted_block_comes_back_quickly(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    rule = our_rules(host, "DOCKER-USER")[0]
+    host.sandbox.iptables("-D", *shlex.split(rule)[1:])
+    limit = 1.0 + 2.0 if host.variant == "nft" else INTERVAL + 1.0 + 2.0  # generous: the bench measures
+    try:
+        until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, limit)
+    except AssertionError:
+        Path("/tmp/daemon-last.log").write_text(run.log.read_text())
+        raise
+    # An operator's `iptables -F FORWARD` too.
+    host.sandbox.iptables("-F", "FORWARD")
+    until(lambda: len(our_rules(host, "FORWARD")) == 1, limit)
+    until(lambda: json.loads((host.dir / "status.json").read_text())["daemon"]["repairs"] >= 2, 5)
+    status = json.loads((host.dir / "status.json").read_text())
+    assert status["compliant"] is True, [f for f in status["findings"] if f["status"] != "ok"]
+    metrics = (host.dir / "metrics" / "ecs_harden.prom").read_text()
+    assert "ecs_harden_compliant 1" in metrics
+    repairs = [ln for ln in metrics.splitlines() if ln.startswith("ecs_harden_repairs_total ")]
+    assert repairs and int(repairs[0].split()[1]) >= 2
+    events = [json.loads(ln) for ln in run.log.read_text().splitlines() if ln.startswith("{")]
+    assert any(e["event"] == "drift.repaired" and e["check"] == "imds.ipv4.live" for e in events)
+    assert host.harden("status", policy=host.dir / "daemon-policy.yaml").returncode == 0
+
+
+def test_ecs_config_rewritten_is_repaired(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    config = host.sandbox.etc / "ecs" / "ecs.config"
+    config.write_text("ECS_CLUSTER=prod\nECS_AWSVPC_BLOCK_IMDS=false\n")
+    until(lambda: "ECS_AWSVPC_BLOCK_IMDS=true" in config.read_text(), 4.0)
+    assert config.read_text().startswith("ECS_CLUSTER=prod\n")
+
+
+def test_dockerd_restarts_ten_times_and_no_probe_gets_through(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    # A probe that outlives dockerd: a namespace wired into docker0 like a container,
+    # opening IMDS in a loop and writing down every answer.
+    leaks = host.dir / "leaks.txt"
+    leaks.write_text("")
+    host.sandbox.sh(
+        """
+        ip netns add fakec 2>/dev/null || true
+        ip link add fakec-host type veth peer name fakec-eth
+        ip link set fakec-eth netns fakec
+        ip link set fakec-host master docker0 up
+        ip netns exec fakec ip addr add 172.17.250.250/16 dev fakec-eth
+        ip netns exec fakec ip link set fakec-eth up
+        ip netns exec fakec ip link set lo up
+        ip netns exec fakec ip route add default via 172.17.0.1
+        """
+    )
+    loop = host.sandbox.spawn(
+        ["ip", "netns", "exec", "fakec", "sh", "-c",
+         f"while :; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 1 {IMDS_V4} 80 >> {leaks}; sleep 0.1; done"],
+        host.dir / "probe-loop.log",
+    )
+    try:
+        for _ in range(10):
+            host.restart_docker()
+            assert not host.reaches(IMDS_V4)
+        drift = [ln for ln in run.log.read_text().splitlines() if "drift" in ln or "repair" in ln]
+        Path("/tmp/daemon-last.log").write_text(run.log.read_text())
+        assert "imds-ok" not in leaks.read_text(), drift
+        assert run.proc.poll() is None
+    finally:
+        loop.kill()
+        host.sandbox.sh("ip link del fakec-host 2>/dev/null || true; ip netns del fakec 2>/dev/null || true")
+
+
+def test_sighup_with_broken_policy_keeps_the_old_one(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    policy = host.dir / "daemon-policy.yaml"
+    policy.write_text("mode: sideways\n")
+    os.kill(run.pid, signal.SIGHUP)
+    time.sleep(1.0)
+    assert run.proc.poll() is None
+    assert "policy.reload_failed" in run.log.read_text()
+    rule = our_rules(host, "DOCKER-USER")[0]
+    host.sandbox.iptables("-D", *shlex.split(rule)[1:])
+    until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, INTERVAL + 3.0)  # still enforcing
+
+
+def test_sigterm_exits_0_and_leaves_the_block(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.proc.wait(timeout=20) == 0
+    run.wait_for("STOPPING=1", timeout=5)
+    assert len(our_rules(host, "DOCKER-USER")) == 1 and len(our_rules(host, "FORWARD")) == 1
+    assert not host.reaches(IMDS_V4)
+    # With the daemon gone, `status` notices once the file is older than three intervals.
+    time.sleep(3 * INTERVAL + 0.5)
+    assert host.harden("status", policy=host.dir / "daemon-policy.yaml").returncode == 1
+
+
+def test_invalid_policy_at_start_exits_2(clean: EcsHost) -> None:
+    bad = clean.dir / "bad-policy.yaml"
+    bad.write_text("interval: -3\n")
+    os.chmod(bad, 0o600)
+    cp = clean.harden("run", policy=bad, timeout=30)
+    assert cp.returncode == 2 and "interval" in cp.stderr
