@@ -26,7 +26,8 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), mode)
-            os.fchown(fh.fileno(), uid, gid)
+            if (uid, gid) != (os.geteuid(), os.getegid()):
+                os.fchown(fh.fileno(), uid, gid)
             os.fsync(fh.fileno())
         os.rename(tmp, path)
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""LegacyProbe: a cheap fingerprint of a legacy (x_tables) filter table.
+"""LegacyProbe: a cheap fingerprint of a legacy (x_tables) table.
 
 Legacy iptables sends no change notifications. Instead of decoding the table with
 python-iptables at every poll, this asks the kernel for the raw table blob
@@ -12,12 +12,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import operator
 import socket
 import struct
+from collections.abc import Callable
 
 SO_GET_INFO = 64
 SO_GET_ENTRIES = 65
-TABLE = b"filter"
 
 
 class _Layout:
@@ -39,10 +40,13 @@ class ProbeUnavailable(Exception):
 
 
 class LegacyProbe:
-    def __init__(self, family: int):
+    def __init__(self, family: int, table: str = "filter"):
         self.layout = _Layout(family)
+        self.table = table.encode()
         libc_name = ctypes.util.find_library("c") or "libc.so.6"
         self.libc = ctypes.CDLL(libc_name, use_errno=True)
+        self._info: tuple[int, ...] | None = None
+        self._getter: Callable[[bytes], tuple[bytes, ...]] | None = None
         try:
             self.sock = socket.socket(self.layout.domain, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except OSError as exc:
@@ -59,29 +63,46 @@ class LegacyProbe:
 
     def info(self) -> tuple[int, ...]:
         # struct ipt_getinfo: name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size
-        buf = ctypes.create_string_buffer(TABLE, 32 + 4 * 13)
+        buf = ctypes.create_string_buffer(self.table, 32 + 4 * 13)
         self._getsockopt(SO_GET_INFO, buf)
         return struct.unpack_from("=13I", buf.raw, 32)
+
+    def _segments(self, blob: bytes, size: int) -> Callable[[bytes], tuple[bytes, ...]]:
+        """A getter for every entry's bytes except its counters (and comefrom)."""
+        lay = self.layout
+        slices: list[slice] = []
+        pos = 0
+        while pos < size:
+            (next_offset,) = struct.unpack_from("=H", blob, pos + lay.next_offset_at)
+            if next_offset == 0:
+                break
+            slices.append(slice(pos, pos + lay.comefrom_at))
+            slices.append(slice(pos + lay.counters_at + 16, pos + next_offset))
+            pos += next_offset
+        getter = operator.itemgetter(*slices) if len(slices) > 1 else (lambda b: (b[slices[0]],))
+        return getter
 
     def fingerprint(self) -> str:
         info = self.info()
         size = info[-1]
         head = 40  # struct ipt_get_entries: name[32], size, padding to 8
         buf = ctypes.create_string_buffer(head + size)
-        struct.pack_into("=32sI", buf, 0, TABLE, size)
+        struct.pack_into("=32sI", buf, 0, self.table, size)
         self._getsockopt(SO_GET_ENTRIES, buf)
-        blob = memoryview(buf.raw)[head: head + size]
-        h = hashlib.blake2b(repr(info).encode(), digest_size=16)
-        lay = self.layout
-        pos = 0
-        while pos < size:
-            (next_offset,) = struct.unpack_from("=H", blob, pos + lay.next_offset_at)
-            if next_offset == 0:
-                break
-            h.update(blob[pos: pos + lay.comefrom_at])
-            h.update(blob[pos + lay.counters_at + 16: pos + next_offset])
-            pos += next_offset
+        blob = buf.raw[head: head + size]
+        # The entry layout is the same while the table's shape is: walk it only when that
+        # changes, then slice in C. A walk against a stale layout only ever causes one
+        # needless reconcile, after which the layout is walked again.
+        if info != self._info or self._getter is None:
+            self._getter = self._segments(blob, size) if size else (lambda b: ())
+            self._info = info
+        h = hashlib.sha1(repr(info).encode())
+        h.update(b"".join(self._getter(blob)))
         return h.hexdigest()
+
+    def relayout(self) -> None:
+        """Forget the cached layout (after our own change, or a suspected one)."""
+        self._getter = None
 
     def close(self) -> None:
         self.sock.close()

@@ -32,6 +32,7 @@ from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import iso
+from ecs_harden.imds.block import GUARD_TABLE
 from ecs_harden.imds.bridges import BridgesComponent
 from ecs_harden.imds.live import LiveBlockComponent
 from ecs_harden.persist.files import PersistedFileComponent
@@ -116,10 +117,11 @@ class Daemon:
                 self.log.warning("nftevents.unavailable", error=str(exc))
         elif self.facts.iptables == "legacy":
             for family in families(self.policy):
-                try:
-                    self.probes.append(LegacyProbe(family))
-                except ProbeUnavailable as exc:
-                    self.log.warning("legacy_probe.unavailable", family=family, error=str(exc))
+                for table in ("filter", GUARD_TABLE):
+                    try:
+                        self.probes.append(LegacyProbe(family, table))
+                    except ProbeUnavailable as exc:
+                        self.log.warning("legacy_probe.unavailable", family=family, error=str(exc))
             self.fingerprints = self._fingerprints()
 
     def _close_watchers(self) -> None:
@@ -170,6 +172,8 @@ class Daemon:
         self.counters.last_reconcile = time.time()
         self.counters.last_error = errors[-1] if errors else None
         if self.probes and FIREWALL in groups:
+            for p in self.probes:
+                p.relayout()
             self.fingerprints = self._fingerprints()  # our own changes are not news
         if FILES in groups or ECS in groups:
             self._file_sig = self._signature()

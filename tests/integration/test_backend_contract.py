@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import lab_missing
+from tests.integration.conftest import require_lab
 from tests.lab.host import PROJECT
 from tests.lab.sandbox import Sandbox
 
@@ -37,11 +36,7 @@ RULES_V6 = [
 
 @pytest.fixture(params=COMBOS, ids=[f"{b}-{v}" for b, v in COMBOS])
 def box(request: pytest.FixtureRequest) -> Iterator[tuple[Sandbox, str]]:
-    why = lab_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_lab()
     backend, variant = request.param
     with Sandbox(variant) as sb:
         yield sb, backend

@@ -132,16 +132,20 @@ def test_deleted_block_comes_back_quickly(daemon: tuple[EcsHost, Running]) -> No
     except AssertionError:
         Path("/tmp/daemon-last.log").write_text(run.log.read_text())
         raise
+    # The raw PREROUTING guard (its own table: its own probe on legacy).
+    guard = [r for r in host.sandbox.iptables("-t", "raw", "-S", "PREROUTING").splitlines() if IMDS_V4 in r]
+    host.sandbox.iptables("-t", "raw", "-D", *shlex.split(guard[0])[1:])
+    until(lambda: IMDS_V4 in host.sandbox.iptables("-t", "raw", "-S", "PREROUTING"), limit)
     # An operator's `iptables -F FORWARD` too.
     host.sandbox.iptables("-F", "FORWARD")
     until(lambda: len(our_rules(host, "FORWARD")) == 1, limit)
-    until(lambda: json.loads((host.dir / "status.json").read_text())["daemon"]["repairs"] >= 2, 5)
+    until(lambda: json.loads((host.dir / "status.json").read_text())["daemon"]["repairs"] >= 3, 5)
     status = json.loads((host.dir / "status.json").read_text())
     assert status["compliant"] is True, [f for f in status["findings"] if f["status"] != "ok"]
     metrics = (host.dir / "metrics" / "ecs_harden.prom").read_text()
     assert "ecs_harden_compliant 1" in metrics
     repairs = [ln for ln in metrics.splitlines() if ln.startswith("ecs_harden_repairs_total ")]
-    assert repairs and int(repairs[0].split()[1]) >= 2
+    assert repairs and int(repairs[0].split()[1]) >= 3
     events = [json.loads(ln) for ln in run.log.read_text().splitlines() if ln.startswith("{")]
     assert any(e["event"] == "drift.repaired" and e["check"] == "imds.ipv4.live" for e in events)
     assert host.harden("status", policy=host.dir / "daemon-policy.yaml").returncode == 0

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import lab_missing
+from tests.integration.conftest import require_lab
 from tests.lab.host import CREDS, IMDS_V4, EcsHost
 
 
 @pytest.fixture(params=["legacy", "nft"])
 def bare(request: pytest.FixtureRequest) -> Iterator[EcsHost]:
-    why = lab_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require_lab()
     h = EcsHost(request.param).start(docker=False)
     try:
         yield h

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import lab_missing
+from tests.integration.conftest import require_lab
 from tests.lab.flavors import USUAL_VARIANTS, boot_restore
 from tests.lab.host import CREDS, IMDS_V4, IMDS_V6, EcsHost
 
@@ -30,17 +30,9 @@ def disk() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _need_lab() -> None:
-    why = lab_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-
-
 @pytest.mark.parametrize("flavor,variant", CASES, ids=[f"{f}-{v}" for f, v in CASES])
 def test_block_survives_reboot(flavor: str, variant: str, disk: Path) -> None:
-    _need_lab()
+    require_lab()
     with EcsHost(variant, flavor=flavor).start(docker=False) as first:
         first.policy()
         facts = first.harden("facts", "--format", "json").stdout
@@ -78,7 +70,7 @@ def test_block_survives_reboot(flavor: str, variant: str, disk: Path) -> None:
 
 
 def test_operator_rules_survive_byte_for_byte_outside_our_lines() -> None:
-    _need_lab()
+    require_lab()
     original = (
         "# operator's firewall, keep this comment\n"
         "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
@@ -125,7 +117,7 @@ COMMIT
 
 
 def test_stock_reject_file_is_detected_and_the_service_not_enabled() -> None:
-    _need_lab()
+    require_lab()
     with EcsHost("nft", flavor="rhel").start(docker=False) as h:
         (h.sandbox.etc / "sysconfig").mkdir(exist_ok=True)
         (h.sandbox.etc / "sysconfig" / "iptables").write_text(STOCK_RHEL)
@@ -140,7 +132,7 @@ def test_stock_reject_file_is_detected_and_the_service_not_enabled() -> None:
 
 
 def test_missing_restore_package_names_the_install_command() -> None:
-    _need_lab()
+    require_lab()
     with EcsHost("nft", flavor="amzn2023", install_restore=False).start(docker=False) as h:
         h.policy()
         code, report = h.report("apply")
@@ -150,7 +142,7 @@ def test_missing_restore_package_names_the_install_command() -> None:
 
 
 def test_corrupt_file_is_reported_and_left_untouched() -> None:
-    _need_lab()
+    require_lab()
     with EcsHost("nft", flavor="debian").start(docker=False) as h:
         (h.sandbox.etc / "iptables").mkdir()
         path = h.sandbox.etc / "iptables" / "rules.v4"
@@ -167,7 +159,7 @@ def test_corrupt_file_is_reported_and_left_untouched() -> None:
 
 
 def test_unknown_flavor_persisted_is_error_but_live_works() -> None:
-    _need_lab()
+    require_lab()
     with EcsHost("nft", flavor="debian").start(docker=False) as h:
         osr = h.sandbox.etc / "os-release"
         osr.write_text('ID=alpine\nVERSION_ID=3.19\n')
