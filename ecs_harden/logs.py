@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines on stderr unless a person is watching."""
+"""structlog set-up: events on stderr, JSON lines unless a person is watching."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def configure(fmt: str | None = None, level: str = "info") -> None:
-    """fmt is 'json' or 'console'; None picks console on a TTY, JSON otherwise."""
+    """fmt is 'json' or 'console'; None picks JSON unless stdout is a TTY (as SPEC says)."""
     if fmt is None:
-        fmt = "console" if sys.stderr.isatty() else "json"
+        fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
