@@ -15,7 +15,8 @@ DOCKER_USER = "DOCKER-USER"
 MANAGED_CHAINS = (DOCKER_USER, FORWARD)
 # The guard: the same DROP in raw PREROUTING, which Docker never writes to. While dockerd
 # (re)starts it inserts its ACCEPT rules into FORWARD before it puts the jump to DOCKER-USER
-# back on top; the guard closes that window. Live only: at boot no container runs yet.
+# back on top; the guard closes that window. Persisted too, so that a host rebooted
+# without the agent is still compliant.
 GUARD_TABLE = "raw"
 GUARD_CHAIN = "PREROUTING"
 

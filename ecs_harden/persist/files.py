@@ -12,7 +12,7 @@ from ecs_harden.component import Inspection
 from ecs_harden.ecsconfig.component import read_bytes
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
-from ecs_harden.imds.block import DOCKER_USER, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.rulesfile import RulesFile
 from ecs_harden.report import DRIFT, ERROR, OK, Finding
@@ -121,6 +121,12 @@ class PersistedFileComponent:
                     problems.append(f"{len(copies)} copies of the DROP for {b.interface} in {chain}")
                 elif copies[0][0] not in top and chain == DOCKER_USER:
                     problems.append(f"the DROP for {b.interface} is not the first rule of {chain}")
+        top = rules.leading(GUARD_CHAIN, self.blocks, GUARD_TABLE)
+        for b in self.blocks:
+            guards = rules.copies(b, GUARD_CHAIN, GUARD_TABLE)
+            counts.append(f"raw {GUARD_CHAIN} {b.interface}: {len(guards)}")
+            if len(guards) != 1 or guards[0][0] not in top:
+                problems.append(f"the guard for {b.interface} is not once at the top of raw {GUARD_CHAIN}")
         for b in self.blocks:
             probe = Probe(b.interface, b.address, self.interfaces)
             for started, when in ((False, "at boot"), (True, "once Docker starts")):

@@ -2,8 +2,9 @@
 
 Merged, never dumped: every line the operator wrote stays byte for byte; only the
 block's own lines (and the DOCKER-USER declaration they need) are added, moved or
-removed, and only inside the `*filter` table. Docker's dynamic chains are never
-written, so nothing stale is frozen into the boot ruleset.
+removed: at the top of DOCKER-USER and FORWARD in `*filter`, and of PREROUTING in
+`*raw` (the guard). Docker's dynamic chains are never written, so nothing stale is
+frozen into the boot ruleset.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from dataclasses import dataclass
 
 from ecs_harden.firewall.evaluate import ChainReader, Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Rule, parse_line
-from ecs_harden.imds.block import COMMENT, DOCKER_USER, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import COMMENT, DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
 
-BUILTIN = ("INPUT", "FORWARD", "OUTPUT")
+BUILTIN = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "raw": ("PREROUTING", "OUTPUT"),
+}
+# Where the block goes, per table, in the order the chains are written.
+PLACES = {"filter": MANAGED_CHAINS, GUARD_TABLE: (GUARD_CHAIN,)}
 
 # What Docker puts at the top of FORWARD when it starts after the restore.
 DOCKER_START = (
@@ -36,8 +42,8 @@ def _encode(text: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class FilterTable:
-    start: int  # index of the `*filter` line
+class Section:
+    start: int  # index of the `*table` line
     commit: int  # index of its COMMIT line
 
 
@@ -46,28 +52,32 @@ class RulesFile:
         self.data = data
         self.lines = _decode(data).splitlines(keepends=True)
 
-    def filter_table(self) -> FilterTable | None:
+    # -- reading ----------------------------------------------------------
+    def section(self, table: str = "filter") -> Section | None:
         start = None
         for i, line in enumerate(self.lines):
             s = line.strip()
-            if s == "*filter":
+            if s == f"*{table}":
                 start = i
             elif s == "COMMIT" and start is not None:
-                return FilterTable(start, i)
+                return Section(start, i)
             elif s.startswith("*"):
                 start = None
         return None
 
-    def _filter_lines(self) -> list[tuple[int, str]]:
-        table = self.filter_table()
-        if table is None:
-            return []
-        return [(i, self.lines[i].strip()) for i in range(table.start + 1, table.commit)]
+    def filter_table(self) -> Section | None:
+        return self.section("filter")
 
-    def declared(self) -> dict[str, str]:
-        """Chain name -> policy ('-' for user chains) declared in the filter table."""
+    def _lines(self, table: str) -> list[tuple[int, str]]:
+        sec = self.section(table)
+        if sec is None:
+            return []
+        return [(i, self.lines[i].strip()) for i in range(sec.start + 1, sec.commit)]
+
+    def declared(self, table: str = "filter") -> dict[str, str]:
+        """Chain name -> policy ('-' for user chains) declared in the table."""
         out: dict[str, str] = {}
-        for _, line in self._filter_lines():
+        for _, line in self._lines(table):
             if line.startswith(":"):
                 parts = line[1:].split()
                 if parts:
@@ -76,9 +86,9 @@ class RulesFile:
                 out[line.split()[1]] = "-"
         return out
 
-    def rules(self) -> list[tuple[int, Rule]]:
+    def rules(self, table: str = "filter") -> list[tuple[int, Rule]]:
         out: list[tuple[int, Rule]] = []
-        for i, line in self._filter_lines():
+        for i, line in self._lines(table):
             if line.startswith("-A "):
                 try:
                     rule = parse_line(line)
@@ -90,11 +100,11 @@ class RulesFile:
 
     def chain(self, name: str, prepend: Sequence[str] = ()) -> Chain | None:
         declared = self.declared()
-        if name not in declared and name not in BUILTIN:
+        if name not in declared and name not in BUILTIN["filter"]:
             return None
         extra = [r for r in (parse_line(x) for x in prepend) if r is not None and r.chain == name]
         rules = tuple(extra) + tuple(r for _, r in self.rules() if r.chain == name)
-        policy = declared.get(name, "ACCEPT") if name in BUILTIN else None
+        policy = declared.get(name, "ACCEPT") if name in BUILTIN["filter"] else None
         return Chain(name, policy, rules)
 
     def reader(self, *, docker_started: bool) -> ChainReader:
@@ -112,13 +122,13 @@ class RulesFile:
     def outcomes(self, probe: Probe, *, docker_started: bool) -> frozenset[Outcome]:
         return PathEvaluator(self.reader(docker_started=docker_started)).outcomes(probe)
 
-    def copies(self, block: Block, chain: str) -> list[tuple[int, Rule]]:
-        return [(i, r) for i, r in self.rules() if r.chain == chain and block.is_copy(r)]
+    def copies(self, block: Block, chain: str, table: str = "filter") -> list[tuple[int, Rule]]:
+        return [(i, r) for i, r in self.rules(table) if r.chain == chain and block.is_copy(r)]
 
-    def leading(self, chain: str, blocks: Sequence[Block]) -> set[int]:
+    def leading(self, chain: str, blocks: Sequence[Block], table: str = "filter") -> set[int]:
         """Line indexes of the copies that open the chain, before any other rule."""
         out: set[int] = set()
-        for i, r in self.rules():
+        for i, r in self.rules(table):
             if r.chain != chain:
                 continue
             if not any(b.is_copy(r) for b in blocks):
@@ -141,56 +151,64 @@ class RulesFile:
 
     def our_lines(self) -> list[int]:
         return [
-            i for i, r in self.rules()
-            if r.chain in MANAGED_CHAINS and r.target == "DROP" and r.has_comment(COMMENT)
+            i
+            for table, chains in PLACES.items()
+            for i, r in self.rules(table)
+            if r.chain in chains and r.target == "DROP" and r.has_comment(COMMENT)
         ]
 
     # -- edits ------------------------------------------------------------
     def merged(self, blocks: Sequence[Block]) -> bytes:
-        """The file with each block exactly once at the top of each managed chain."""
+        """The file with each block exactly once at the top of each place it belongs."""
         nl = "\r\n" if self.lines and self.lines[0].endswith("\r\n") else "\n"
-        table = self.filter_table()
-        if table is None:
-            head = "" if not self.lines or self.lines[-1].endswith("\n") else nl
-            body = [f"*filter{nl}", *(f":{c} ACCEPT [0:0]{nl}" for c in BUILTIN),
-                    f":{DOCKER_USER} - [0:0]{nl}"]
-            for chain in MANAGED_CHAINS:
-                body += [f"{b.rule(chain).text()}{nl}" for b in blocks]
-            body.append(f"COMMIT{nl}")
-            return _encode("".join(self.lines) + head + "".join(body))
-
         drop: set[int] = set()
         insert_at: dict[int, list[str]] = {}
-        for chain in MANAGED_CHAINS:
-            top = self.leading(chain, blocks)
-            for b in blocks:
-                copies = self.copies(b, chain)
-                if len(copies) == 1 and copies[0][0] in top:
-                    continue
-                drop.update(i for i, _ in copies)
-        # Where each chain's rules start once the stale copies are gone.
-        for chain in MANAGED_CHAINS:
-            missing = [b for b in blocks if not any(i not in drop for i, _ in self.copies(b, chain))]
-            if not missing:
+        after: dict[int, list[str]] = {}
+        appended: list[str] = []
+        for table, chains in PLACES.items():
+            sec = self.section(table)
+            if sec is None:
+                appended += self._new_section(table, chains, blocks, nl)
                 continue
-            remaining = [i for i, r in self.rules() if r.chain == chain and i not in drop]
-            at = remaining[0] if remaining else table.commit
-            insert_at.setdefault(at, []).extend(f"{b.rule(chain).text()}{nl}" for b in missing)
-        declare: list[str] = []
-        if DOCKER_USER not in self.declared():
-            declare.append(f":{DOCKER_USER} - [0:0]{nl}")
-        last_decl = max(
-            (i for i, line in self._filter_lines() if line.startswith(":")), default=table.start
-        )
+            for chain in chains:
+                top = self.leading(chain, blocks, table)
+                for b in blocks:
+                    copies = self.copies(b, chain, table)
+                    if not (len(copies) == 1 and copies[0][0] in top):
+                        drop.update(i for i, _ in copies)
+            for chain in chains:
+                missing = [b for b in blocks
+                           if not any(i not in drop for i, _ in self.copies(b, chain, table))]
+                if not missing:
+                    continue
+                remaining = [i for i, r in self.rules(table) if r.chain == chain and i not in drop]
+                at = remaining[0] if remaining else sec.commit
+                insert_at.setdefault(at, []).extend(f"{b.rule(chain).text()}{nl}" for b in missing)
+            declared = self.declared(table)
+            wanted = [c for c in chains if c not in BUILTIN[table] and c not in declared]
+            if wanted:
+                last_decl = max((i for i, ln in self._lines(table) if ln.startswith(":")), default=sec.start)
+                after.setdefault(last_decl, []).extend(f":{c} - [0:0]{nl}" for c in wanted)
         out: list[str] = []
         for i, line in enumerate(self.lines):
-            if i in insert_at:
-                out.extend(insert_at[i])
+            out.extend(insert_at.get(i, ()))
             if i not in drop:
                 out.append(line)
-            if i == last_decl:
-                out.extend(declare)
+            out.extend(after.get(i, ()))
+        if appended:
+            if out and not out[-1].endswith("\n"):
+                out.append(nl)
+            out += appended
         return _encode("".join(out))
+
+    @staticmethod
+    def _new_section(table: str, chains: Sequence[str], blocks: Sequence[Block], nl: str) -> list[str]:
+        body = [f"*{table}{nl}", *(f":{c} ACCEPT [0:0]{nl}" for c in BUILTIN[table])]
+        body += [f":{c} - [0:0]{nl}" for c in chains if c not in BUILTIN[table]]
+        for chain in chains:
+            body += [f"{b.rule(chain).text()}{nl}" for b in blocks]
+        body.append(f"COMMIT{nl}")
+        return body
 
     def without_ours(self) -> bytes:
         drop = set(self.our_lines())

@@ -236,3 +236,15 @@ def test_invalid_policy_at_start_exits_2(clean: EcsHost) -> None:
     os.chmod(bad, 0o600)
     cp = clean.harden("run", policy=bad, timeout=30)
     assert cp.returncode == 2 and "interval" in cp.stderr
+
+
+def test_run_once_reconciles_writes_status_and_exits(clean: EcsHost) -> None:
+    policy = clean.dir / "daemon-policy.yaml"
+    policy.write_text(policy_text(clean))
+    os.chmod(policy, 0o600)
+    (clean.dir / "status.json").unlink(missing_ok=True)
+    cp = clean.harden("run", "--once", policy=policy, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    status = json.loads((clean.dir / "status.json").read_text())
+    assert status["compliant"] is True and status["daemon"]["reconciles"] == 1
+    assert len(our_rules(clean, "DOCKER-USER")) == 1

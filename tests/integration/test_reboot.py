@@ -55,6 +55,7 @@ def test_block_survives_reboot(flavor: str, variant: str, disk: Path) -> None:
         assert after.sandbox.rules("FORWARD") == []  # the ruleset is empty after the "reboot"
         restored = boot_restore(after.sandbox, flavor)
         assert sorted(restored) == sorted(FILES[flavor])
+        assert IMDS_V4 in after.sandbox.iptables("-t", "raw", "-S", "PREROUTING")  # the guard too
         after.start_docker()
         after.import_image()
         assert not after.reaches(IMDS_V4)
@@ -88,14 +89,15 @@ def test_operator_rules_survive_byte_for_byte_outside_our_lines() -> None:
         assert h.report("apply")[0] == 0
         merged = path.read_text()
         ours = [ln for ln in merged.splitlines(keepends=True) if "ecs-harden" in ln or ln == ":DOCKER-USER - [0:0]\n"]
-        assert len(ours) == 3
-        assert "".join(ln for ln in merged.splitlines(keepends=True) if ln not in ours) == original
+        assert len(ours) == 4  # the declaration, DOCKER-USER, FORWARD, and the raw guard
+        skeleton = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        assert "".join(ln for ln in merged.splitlines(keepends=True) if ln not in ours) == original + skeleton
         assert path.stat().st_mode & 0o777 == 0o640
-        # remove takes our lines out again, the declaration stays harmlessly.
+        # remove takes our lines out again; the declaration and the empty raw table stay, harmlessly.
         assert h.harden("remove", "--yes").returncode == 0
         assert path.read_text() == original.replace(
             ":OUTPUT ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n", 1
-        )
+        ) + skeleton
         assert h.report("apply")[0] == 0
 
 

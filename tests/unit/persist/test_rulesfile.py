@@ -43,7 +43,11 @@ def test_aws_recipe_dump_gets_our_rule_on_top_and_keeps_everything_else() -> Non
     assert effective(out)
     text = out.decode()
     assert "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT" in text
-    assert text.count("169.254.169.254") == 2  # the shadowed hand copy replaced by ours on top
+    # The shadowed hand copy replaced by ours on top; the guard in a new *raw section.
+    assert text.count("169.254.169.254") == 3
+    assert text.endswith("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         '-A PREROUTING -d 169.254.169.254/32 -i docker+ -m comment --comment '
+                         '"ecs-harden: block IMDS from containers" -j DROP\nCOMMIT\n')
     assert RulesFile(out).merged(BLOCKS) == out
 
 
@@ -91,9 +95,11 @@ def test_merge_property(rules: list[str], declare_docker_user: bool) -> None:
     for chain in ("DOCKER-USER", "FORWARD"):
         assert len(merged.copies(BLOCKS[0], chain)) == 1
     # Every operator line other than block copies is kept, in order.
+    assert len(merged.copies(BLOCKS[0], "PREROUTING", "raw")) == 1
     def others(b: bytes) -> list[str]:
         return [ln for ln in b.decode().splitlines()
                 if "169.254.169.254" not in ln and ln != ":DOCKER-USER - [0:0]"]
-    assert others(out) == others(data)
+    raw_skeleton = ["*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", "COMMIT"]
+    assert others(out) == others(data) + raw_skeleton
     assert RulesFile(out).merged(BLOCKS) == out
-    assert others(RulesFile(out).without_ours()) == others(data)
+    assert others(RulesFile(out).without_ours()) == others(data) + raw_skeleton
