@@ -11,6 +11,7 @@ The status file is rewritten after every reconcile and at least every `interval`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import selectors
 import signal
@@ -95,8 +96,6 @@ class Daemon:
     # -- set-up -----------------------------------------------------------
     def _configure(self, policy: Policy) -> None:
         if self.interval_override is not None:
-            import dataclasses
-
             policy = dataclasses.replace(policy, interval=self.interval_override)
         self.policy = policy
         self.facts = facts_mod.gather()
