@@ -334,6 +334,3 @@ _T = TypeVar("_T")
 def _replace(obj: _T, values: Mapping[str, Any]) -> _T:
     return dataclasses.replace(obj, **values)  # type: ignore[type-var]
 
-
-def settings_dict(policy: Policy) -> dict[str, str | None]:
-    return dict(policy.ecs_config.settings)

@@ -95,7 +95,7 @@ class Reconciler:
             findings.extend(f)
             changes.extend(c)
             errors.extend(e)
-        report = Report(self.policy.mode, self.platform, tuple(findings), failed=bool(errors))
+        report = Report(self.policy.mode, self.platform, tuple(findings))
         return Outcome(report, tuple(changes), tuple(errors))
 
     def run_component(

@@ -40,15 +40,10 @@ class Report:
     findings: tuple[Finding, ...]
     time: str = field(default_factory=utc_now)
     host: str = field(default_factory=socket.gethostname)
-    failed: bool = False  # a component could not be inspected or repaired
 
     @property
     def compliant(self) -> bool:
         return not any(f.status in (DRIFT, ERROR) for f in self.findings)
-
-    @property
-    def changed(self) -> bool:
-        return any(f.changed for f in self.findings)
 
     def to_json(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
