@@ -128,11 +128,7 @@ def test_deleted_block_comes_back_quickly(daemon: tuple[EcsHost, Running]) -> No
     rule = our_rules(host, "DOCKER-USER")[0]
     host.sandbox.iptables("-D", *shlex.split(rule)[1:])
     limit = 1.0 + 2.0 if host.variant == "nft" else INTERVAL + 1.0 + 2.0  # generous: the bench measures
-    try:
-        until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, limit)
-    except AssertionError:
-        Path("/tmp/daemon-last.log").write_text(run.log.read_text())
-        raise
+    until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, limit)
     # The raw PREROUTING guard (its own table: its own probe on legacy).
     guard = [r for r in host.sandbox.iptables("-t", "raw", "-S", "PREROUTING").splitlines() if IMDS_V4 in r]
     host.sandbox.iptables("-t", "raw", "-D", *shlex.split(guard[0])[1:])
@@ -169,8 +165,16 @@ def test_ecs_config_rewritten_is_repaired(daemon: tuple[EcsHost, Running]) -> No
 def test_dockerd_restarts_ten_times_and_no_probe_gets_through(daemon: tuple[EcsHost, Running]) -> None:
     host, run = daemon
     run.wait_for("READY=1")
-    # A probe that outlives dockerd: a namespace wired into docker0 like a container,
-    # opening IMDS in a loop and writing down every answer.
+    # With --live-restore a real container keeps running (and probing) while dockerd restarts.
+    host.stop_docker()
+    host.start_docker("--live-restore")
+    probe = (
+        f"while :; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {IMDS_V4} 80 "
+        "&& echo; sleep 0.1; done"
+    )
+    cid = host.docker("run", "-d", "lab/busybox", "sh", "-c", probe).stdout.strip()
+    # A second probe that outlives even the container runtime: a namespace wired into
+    # docker0 like a container, writing down every answer.
     leaks = host.dir / "leaks.txt"
     leaks.write_text("")
     host.sandbox.sh(
@@ -194,13 +198,20 @@ def test_dockerd_restarts_ten_times_and_no_probe_gets_through(daemon: tuple[EcsH
         for _ in range(10):
             host.restart_docker()
             assert not host.reaches(IMDS_V4)
+        running = host.docker("inspect", "-f", "{{.State.Running}}", cid).stdout.strip()
+        assert running == "true"  # the probing container lived through every restart
+        logs = host.docker("logs", cid).stdout
         drift = [ln for ln in run.log.read_text().splitlines() if "drift" in ln or "repair" in ln]
-        Path("/tmp/daemon-last.log").write_text(run.log.read_text())
+        assert "imds-ok" not in logs, drift
         assert "imds-ok" not in leaks.read_text(), drift
         assert run.proc.poll() is None
     finally:
         loop.kill()
+        host.docker("rm", "-f", cid, check=False)
         host.sandbox.sh("ip link del fakec-host 2>/dev/null || true; ip netns del fakec 2>/dev/null || true")
+        host.stop_docker()
+        host.dockerd_args = []
+        host.start_docker()
 
 
 def test_sighup_with_broken_policy_keeps_the_old_one(daemon: tuple[EcsHost, Running]) -> None:
