@@ -2,7 +2,7 @@
 
 Any nf_tables change in this network namespace (a rule added or deleted by Docker,
 an operator, or ourselves) makes the socket readable within milliseconds. Legacy
-iptables sends nothing: on such hosts the daemon polls (see legacy_probe).
+iptables sends nothing: on such hosts the daemon polls (see daemon.loop).
 """
 
 from __future__ import annotations
