@@ -259,3 +259,14 @@ def test_run_once_reconciles_writes_status_and_exits(clean: EcsHost) -> None:
     status = json.loads((clean.dir / "status.json").read_text())
     assert status["compliant"] is True and status["daemon"]["reconciles"] == 1
     assert len(our_rules(clean, "DOCKER-USER")) == 1
+
+
+def test_sighup_with_a_valid_policy_applies_it(daemon: tuple[EcsHost, Running]) -> None:
+    host, run = daemon
+    run.wait_for("READY=1")
+    policy = host.dir / "daemon-policy.yaml"
+    policy.write_text(policy_text(host) + 'imds:\n  interfaces: ["docker+", "br-+"]\n')
+    os.kill(run.pid, signal.SIGHUP)
+    until(lambda: any("-i br-+" in r for r in our_rules(host, "DOCKER-USER")), 10)
+    assert "policy.reloaded" in run.log.read_text()
+    assert run.proc.poll() is None
