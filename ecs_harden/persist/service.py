@@ -22,7 +22,10 @@ CHECK = "imds.persistence.service"
 
 def systemd_state(unit: str) -> str:
     """`systemctl is-enabled` (works offline): enabled, disabled, masked, ... or not-found."""
-    done = proc.run(["systemctl", "is-enabled", unit], check=False)
+    try:
+        done = proc.run(["systemctl", "is-enabled", unit], check=False)
+    except proc.CommandError as exc:
+        return f"unknown: {exc}"
     state = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
     if state:
         return state[0]
@@ -82,6 +85,12 @@ class ServiceComponent:
             ),))
         states = {s: self.state(s) for s in self.services}
         actual = ", ".join(f"{s}: {st}" for s, st in states.items())
+        unknown = [st for st in states.values() if st.startswith("unknown")]
+        if unknown:
+            return Inspection((Finding(
+                CHECK, ERROR, self.expected(), actual,
+                f"cannot tell whether the boot restore is enabled ({unknown[0]})",
+            ),))
         missing = [s for s, st in states.items() if st == "not-found"]
         if missing:
             return Inspection((Finding(

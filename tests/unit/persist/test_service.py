@@ -70,3 +70,11 @@ def test_sysv_state_reads_rc_links(tmp_path: Path) -> None:
     (tmp_path / "rc.d" / "rc3.d").mkdir()
     (tmp_path / "rc.d" / "rc3.d" / "S08iptables").symlink_to("../init.d/iptables")
     assert sysv_state("iptables", str(tmp_path)) == "enabled"
+
+
+def test_no_systemctl_is_an_error_finding_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self: [])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    insp = ServiceComponent(flavors.by_name("amzn2023"), (4,)).inspect()
+    assert insp.findings[0].status == "error" and "cannot tell" in insp.findings[0].detail
+    assert insp.changes == ()
