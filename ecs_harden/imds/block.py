@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden.firewall.rule import Network, Rule, network, parse_args
@@ -52,3 +53,20 @@ class Block:
 
     def is_ours(self, rule: Rule) -> bool:
         return self.is_copy(rule) and rule.has_comment(COMMENT)
+
+
+def leading_copies(rules: Sequence[Rule], blocks: Sequence[Block]) -> int:
+    """How many rules open the chain that are copies of some block, before any other rule."""
+    n = 0
+    while n < len(rules) and any(b.is_copy(rules[n]) for b in blocks):
+        n += 1
+    return n
+
+
+def count_problem(what: str, interface: str, chain: str, n: int) -> str | None:
+    """The drift in a copy count, worded the same for the live ruleset and the files."""
+    if n == 0:
+        return f"no {what} for {interface} in {chain}"
+    if n > 1:
+        return f"{n} copies of the {what} for {interface} in {chain}"
+    return None

@@ -15,7 +15,16 @@ from ecs_harden.component import Inspection
 from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
-from ecs_harden.imds.block import COMMENT, DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import (
+    COMMENT,
+    DOCKER_USER,
+    GUARD_CHAIN,
+    GUARD_TABLE,
+    MANAGED_CHAINS,
+    Block,
+    count_problem,
+    leading_copies,
+)
 from ecs_harden.report import DRIFT, OK, Finding
 
 
@@ -64,7 +73,8 @@ class LiveBlockComponent:
 
     def expected(self) -> str:
         pats = ", ".join(self.interfaces)
-        return f"DROP -i {pats} -d {self.address} once in {' and '.join(MANAGED_CHAINS)}, effective"
+        return (f"DROP -i {pats} -d {self.address} once in {' and '.join(MANAGED_CHAINS)} and raw "
+                f"{GUARD_CHAIN}, effective")
 
     def observe(self) -> tuple[dict[str, Chain | None], list[BlockState]]:
         reader = self.backend.snapshot()
@@ -72,9 +82,7 @@ class LiveBlockComponent:
         chains = {name: evaluator.chain(name) for name in MANAGED_CHAINS}
         raw = self.backend.snapshot(GUARD_TABLE)(GUARD_CHAIN)
         raw_rules = raw.rules if raw else ()
-        leading = 0
-        while leading < len(raw_rules) and any(b.is_copy(raw_rules[leading]) for b in self.blocks):
-            leading += 1
+        leading = leading_copies(raw_rules, self.blocks)
         states = []
         for block in self.blocks:
             copies = {
@@ -115,21 +123,15 @@ class LiveBlockComponent:
             for name in MANAGED_CHAINS:
                 n = len(st.copies[name])
                 counts.append(f"{name} {st.block.interface}: {n}")
-                if chains[name] is None:
-                    continue
-                if n == 0:
-                    problems.append(f"no DROP for {st.block.interface} in {name}")
-                elif n > 1:
-                    problems.append(f"{n} copies of the DROP for {st.block.interface} in {name}")
+                problem = count_problem("DROP", st.block.interface, name, n)
+                if chains[name] is not None and problem:
+                    problems.append(problem)
             g = len(st.guards)
             counts.append(f"raw {GUARD_CHAIN} {st.block.interface}: {g}")
-            if g == 0:
-                problems.append(
-                    f"no guard for {st.block.interface} in raw {GUARD_CHAIN} (it closes the window "
-                    "while dockerd restarts)"
-                )
-            elif g > 1:
-                problems.append(f"{g} copies of the guard for {st.block.interface} in raw {GUARD_CHAIN}")
+            problem = count_problem("guard", st.block.interface, f"raw {GUARD_CHAIN}", g)
+            why = " (it closes the window while dockerd restarts)" if g == 0 else ""
+            if problem:
+                problems.append(problem + why)
             elif not st.guard_on_top:
                 problems.append(f"the guard for {st.block.interface} is not at the top of raw {GUARD_CHAIN}")
             leak = st.first_leak()

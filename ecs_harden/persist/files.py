@@ -12,7 +12,14 @@ from ecs_harden.component import Inspection
 from ecs_harden.ecsconfig.component import read_bytes
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
-from ecs_harden.imds.block import DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import (
+    DOCKER_USER,
+    GUARD_CHAIN,
+    GUARD_TABLE,
+    MANAGED_CHAINS,
+    Block,
+    count_problem,
+)
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.rulesfile import RulesFile
 from ecs_harden.report import DRIFT, ERROR, OK, Finding
@@ -60,7 +67,8 @@ class PersistedFileComponent:
 
     def expected(self) -> str:
         where = self.path or "a boot rules file"
-        return f"{where} restores the DROP once at the top of {' and '.join(MANAGED_CHAINS)}"
+        return (f"{where} restores the DROP once at the top of {' and '.join(MANAGED_CHAINS)}, "
+                f"and the guard at the top of raw {GUARD_CHAIN}")
 
     def _corrupt(self, data: bytes) -> str | None:
         """Validate the existing file, remembering the answer until the file changes."""
@@ -115,10 +123,9 @@ class PersistedFileComponent:
             for b in self.blocks:
                 copies = rules.copies(b, chain)
                 counts.append(f"{chain} {b.interface}: {len(copies)}")
-                if not copies:
-                    problems.append(f"no DROP for {b.interface} in {chain}")
-                elif len(copies) > 1:
-                    problems.append(f"{len(copies)} copies of the DROP for {b.interface} in {chain}")
+                problem = count_problem("DROP", b.interface, chain, len(copies))
+                if problem:
+                    problems.append(problem)
                 elif copies[0][0] not in top and chain == DOCKER_USER:
                     problems.append(f"the DROP for {b.interface} is not the first rule of {chain}")
         top = rules.leading(GUARD_CHAIN, self.blocks, GUARD_TABLE)

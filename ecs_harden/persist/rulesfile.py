@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from ecs_harden.firewall.evaluate import ChainReader, Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Rule, parse_line
-from ecs_harden.imds.block import COMMENT, DOCKER_USER, GUARD_CHAIN, GUARD_TABLE, MANAGED_CHAINS, Block
+from ecs_harden.imds.block import (
+    COMMENT,
+    DOCKER_USER,
+    GUARD_CHAIN,
+    GUARD_TABLE,
+    MANAGED_CHAINS,
+    Block,
+    leading_copies,
+)
 
 BUILTIN = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -127,14 +135,9 @@ class RulesFile:
 
     def leading(self, chain: str, blocks: Sequence[Block], table: str = "filter") -> set[int]:
         """Line indexes of the copies that open the chain, before any other rule."""
-        out: set[int] = set()
-        for i, r in self.rules(table):
-            if r.chain != chain:
-                continue
-            if not any(b.is_copy(r) for b in blocks):
-                break
-            out.add(i)
-        return out
+        own = [(i, r) for i, r in self.rules(table) if r.chain == chain]
+        n = leading_copies([r for _, r in own], blocks)
+        return {i for i, _ in own[:n]}
 
     def catch_all_rejects(self) -> list[str]:
         """FORWARD/INPUT rules that would drop every container connection (or the
