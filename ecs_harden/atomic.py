@@ -1,26 +1,73 @@
-"""Atomic file replacement: temp file beside the target, fsync, rename, directory fsync."""
+"""Atomic file replacement: temp file beside the target, fsync, rename, directory fsync.
+
+A path that is a symlink stays one: the file it points to is replaced, in that
+file's own directory (configuration management often links /etc/ecs/ecs.config
+to a file it owns). A dangling link is refused, never replaced by a regular file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 
 from ecs_harden.errors import RuntimeFailure
 
+UNIT = "ecs-harden.service"
+
+
+class DanglingLink(RuntimeFailure):
+    """The path is a symlink whose target does not exist."""
+
+    def __init__(self, path: str, target: str):
+        self.path = path
+        self.target = target
+        super().__init__(
+            f"{path} is a symlink to {target}, which does not exist; ecs-harden converges the "
+            "file a link points to and will not replace the link with a regular file: "
+            "create the target, or point the link at an existing file"
+        )
+
+
+def read_only_hint(directory: str) -> str:
+    """Why a write may fail with EROFS on a host where the file system is writable."""
+    return (
+        f" (read-only file system: when {UNIT} runs this, its sandbox (ProtectSystem=strict) "
+        f"must list {directory} in ReadWritePaths=; add a drop-in)"
+    )
+
+
+def resolve(path: str) -> str:
+    """The file path names after following symlinks; DanglingLink when it names none."""
+    if not os.path.islink(path):
+        return path
+    real = os.path.realpath(path)
+    if not os.path.lexists(real) or os.path.islink(real):
+        # realpath stops at the first missing component, or loops
+        raise DanglingLink(path, os.readlink(path))
+    return real
+
+
+def _failure(path: str, what: str, exc: OSError, directory: str) -> RuntimeFailure:
+    hint = read_only_hint(directory) if exc.errno == errno.EROFS else ""
+    return RuntimeFailure(f"{path}: {what}: {exc.strerror}{hint}")
+
 
 def write_atomic(path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid: int = 0) -> None:
     """Replace path with data. An existing file keeps its mode and owner; a new one gets these."""
-    directory = os.path.dirname(os.path.abspath(path))
+    target = resolve(path)
+    shown = path if target == path else f"{path} (-> {target})"
+    directory = os.path.dirname(os.path.abspath(target))
     try:
-        st = os.stat(path)
+        st = os.stat(target)
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         pass
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=directory)
     except OSError as exc:
-        raise RuntimeFailure(f"{path}: cannot create a temporary file: {exc.strerror}") from None
+        raise _failure(shown, "cannot create a temporary file", exc, directory) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -29,11 +76,11 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid
             if (uid, gid) != (os.geteuid(), os.getegid()):
                 os.fchown(fh.fileno(), uid, gid)
             os.fsync(fh.fileno())
-        os.rename(tmp, path)
+        os.rename(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise RuntimeFailure(f"{path}: cannot write: {exc.strerror}") from None
+        raise _failure(shown, "cannot write", exc, directory) from None
     fsync_dir(directory)
 
 
@@ -50,4 +97,17 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
     try:
         os.makedirs(path, mode=mode, exist_ok=True)
     except OSError as exc:
-        raise RuntimeFailure(f"{path}: cannot create directory: {exc.strerror}") from None
+        raise _failure(path, "cannot create directory", exc, path) from None
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The file's bytes (through symlinks), None when there is no file; DanglingLink for a dead link."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DanglingLink(path, os.readlink(path)) from None
+        return None
+    except OSError as exc:
+        raise RuntimeFailure(f"{path}: cannot read: {exc.strerror}") from None

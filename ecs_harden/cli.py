@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -10,7 +11,16 @@ from collections.abc import Sequence
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
-from ecs_harden.errors import EXIT_DRIFT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, HardenError, UsageError
+from ecs_harden.errors import (
+    EXIT_DRIFT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    HardenError,
+    PolicyError,
+    UsageError,
+)
+from ecs_harden.lock import ReconcileLock
 from ecs_harden.reconcile import Outcome, Reconciler, build_components, live_blocks, persisted_files
 from ecs_harden.report import render_text
 
@@ -63,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls and heartbeats (overrides the policy)")
     p.add_argument("--once", action="store_true", help="reconcile once, write the status file, exit")
     fmt(command("status", "the daemon's last report (status file)"))
+    command("prepare", "create the directories and files the sandboxed unit writes "
+            "(the unit's ExecStartPre=+)")
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -85,17 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "facts":
         return _facts(args)
+    if args.command == "status":
+        return _status(args)
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)
     if args.command == "remove":
         return _remove(args, policy)
+    if args.command == "prepare":
+        return _prepare(policy)
     if args.command == "run":
         from ecs_harden.daemon.loop import Daemon
 
         return Daemon(policy, args.policy, interval=args.interval).run(once=args.once)
-    if args.command == "status":
-        return _status(args, policy)
     print(f"ecs-harden: unknown command {args.command}", file=sys.stderr)
     return EXIT_USAGE
 
@@ -121,7 +135,11 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     reconciler = Reconciler(policy, found.platform(), build_components(policy, found))
     repair = args.command == "apply"
     dry_run = bool(getattr(args, "dry_run", False))
-    outcome = reconciler.run(repair=repair, dry_run=dry_run)
+    if repair and not dry_run:
+        with ReconcileLock():  # read, plan and commit while no other ecs-harden can
+            outcome = reconciler.run(repair=True)
+    else:
+        outcome = reconciler.run(repair=False, dry_run=dry_run)
     _print(args.format, outcome, dry_run=dry_run, applied=repair and not dry_run)
     return exit_code(outcome)
 
@@ -129,8 +147,27 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
 def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     if not args.yes:
         raise UsageError("remove takes the IMDS block away; say --yes to do it")
-    log = logs.get("ecs_harden.remove")
     found = facts_mod.gather()
+    with ReconcileLock():
+        removed = _remove_locked(policy, found)
+    for line in removed:
+        print(f"removed: {line}")
+    if not removed:
+        print("nothing to remove")
+    return EXIT_OK
+
+
+def _prepare(policy: policy_mod.Policy) -> int:
+    from ecs_harden import flavors, unitpaths
+
+    for path in unitpaths.prepare(policy, flavors.detect().name):
+        logs.get("ecs_harden.prepare").info("path.created", path=path)
+        print(f"created: {path}")
+    return EXIT_OK
+
+
+def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[str]:
+    log = logs.get("ecs_harden.remove")
     removed: list[str] = []
     for component in live_blocks(policy, found):
         for line in component.remove():
@@ -140,17 +177,23 @@ def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
         for line in persisted.remove():
             removed.append(line)
             log.warning("persisted.removed", family=persisted.family, rule=line)
-    for line in removed:
-        print(f"removed: {line}")
-    if not removed:
-        print("nothing to remove")
-    return EXIT_OK
+    return removed
 
 
-def _status(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+def _status(args: argparse.Namespace) -> int:
     from ecs_harden.daemon.status import read_status
 
+    # The daemon matters most when the policy on disk is broken: show it anyway.
+    invalid: str | None = None
+    try:
+        policy = policy_mod.load(args.policy)
+    except PolicyError as exc:
+        invalid = str(exc)
+        policy = dataclasses.replace(policy_mod.Policy(), report=policy_mod.ReportPolicy(
+            status_file=policy_mod.salvage_status_file(args.policy)))
     path = policy.report.status_file
+    if invalid:
+        print(f"ecs-harden: the policy file does not load: {invalid}", file=sys.stderr)
     try:
         data, age = read_status(path)
     except FileNotFoundError:
@@ -162,8 +205,11 @@ def _status(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     daemon = data.get("daemon") or {}
     interval = float(daemon.get("interval") or policy.interval)
     stale = age > 3 * interval
+    running = (daemon.get("policy") or {}).get("source", "unknown")
     if args.format == "json":
-        print(json.dumps({**data, "age_seconds": round(age, 3), "stale": stale}, indent=2))
+        extra = {"age_seconds": round(age, 3), "stale": stale,
+                 "policy_file": {"valid": invalid is None, "error": invalid}}
+        print(json.dumps({**data, **extra}, indent=2))
     else:
         for f in data.get("findings", []):
             print(f"{f.get('status', '?').upper():6} {f.get('check', '?'):50} {f.get('detail', '')}")
@@ -171,6 +217,13 @@ def _status(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
         print(f"\n{data.get('host')}: {state}; daemon pid {daemon.get('pid')} since {daemon.get('started')}, "
               f"{daemon.get('reconciles')} reconciles, {daemon.get('repairs')} repairs; "
               f"status written {age:.1f}s ago")
+        reload_error = (daemon.get("policy") or {}).get("reload_error")
+        if reload_error:
+            print(f"policy: the daemon's last reload failed ({reload_error}); "
+                  f"it runs its previous policy, from {running}")
+        if invalid:
+            print(f"policy: the file on disk is INVALID ({invalid}); the daemon runs the policy "
+                  f"it loaded from {running}")
     if stale:
         print(f"ecs-harden: {path} is {age:.0f}s old (more than 3 x {interval:g}s): "
               "the daemon is not running", file=sys.stderr)

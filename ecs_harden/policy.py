@@ -97,6 +97,19 @@ def load(cli_path: str | None = None) -> Policy:
     return parse(data, source=path)
 
 
+def salvage_status_file(cli_path: str | None = None) -> str:
+    """Where the daemon writes its status, from a policy that does not load: its
+    report.status_file if the YAML still says so plainly, else the default."""
+    path, _ = resolve_path(cli_path)
+    try:
+        with open(path, "rb") as fh:
+            data = yaml.safe_load(fh)
+        value = data["report"]["status_file"]
+    except Exception:  # any way of being broken means: fall back to the default
+        return ReportPolicy.status_file
+    return value if isinstance(value, str) and os.path.isabs(value) else ReportPolicy.status_file
+
+
 def _check_ownership(path: str, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise PolicyError(f"{path}: policy is not a regular file")

@@ -36,6 +36,7 @@ from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import iso
 from ecs_harden.imds.bridges import BridgesComponent
 from ecs_harden.imds.live import LiveBlockComponent
+from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
@@ -90,6 +91,8 @@ class Daemon:
         self.reload_requested = False
         self.nft: NftEvents | None = None
         self.polling = False  # legacy iptables: nothing to observe, poll
+        self.policy_error: str | None = None  # the last reload that failed, while it stands
+        self.policy_loaded = time.time()
         self._configure(policy)
 
     # -- set-up -----------------------------------------------------------
@@ -135,17 +138,14 @@ class Daemon:
         """Reconcile the components of the given groups; True when no error."""
         t0 = time.monotonic()
         errors: list[str] = []
-        for i, component in enumerate(self.components):
-            if group_of(component) not in groups:
-                continue
-            try:
-                found, _, errs = self.reconciler.run_component(component, repair=True)
-            except Exception as exc:  # a bug must not kill the daemon
-                self.log.exception("reconcile.crashed", component=component.name)
-                found, errs = [Finding(component.name, ERROR, detail=str(exc))], [str(exc)]
-            self.findings[i] = found
-            errors += errs
-            self.counters.repairs += sum(1 for f in found if f.changed)
+        try:
+            with ReconcileLock(timeout=DAEMON_TIMEOUT):
+                for i, component in enumerate(self.components):
+                    if group_of(component) in groups:
+                        errors += self._reconcile_one(i, component)
+        except HardenError as exc:  # the lock: another ecs-harden holds it too long
+            self.log.error("reconcile.lock_failed", error=str(exc))
+            errors.append(str(exc))
         self.counters.reconciles += 1
         self.counters.last_duration = time.monotonic() - t0
         self.counters.last_reconcile = time.time()
@@ -156,6 +156,16 @@ class Daemon:
                        duration=round(self.counters.last_duration, 4), errors=len(errors))
         self.publish()
         return not errors
+
+    def _reconcile_one(self, i: int, component: Component) -> list[str]:
+        try:
+            found, _, errs = self.reconciler.run_component(component, repair=True)
+        except Exception as exc:  # a bug must not kill the daemon
+            self.log.exception("reconcile.crashed", component=component.name)
+            found, errs = [Finding(component.name, ERROR, detail=str(exc))], [str(exc)]
+        self.findings[i] = found
+        self.counters.repairs += sum(1 for f in found if f.changed)
+        return errs
 
     def report(self) -> Report:
         found = [f for i in sorted(self.findings) for f in self.findings[i]]
@@ -172,13 +182,22 @@ class Daemon:
             "last_reconcile": iso(c.last_reconcile) if c.last_reconcile else None,
             "interval": self.policy.interval,
             "heartbeat": iso(time.time()),
+            "policy": {
+                "source": self.policy.source,
+                "loaded": iso(self.policy_loaded),
+                "reload_error": self.policy_error,
+            },
         }
 
     def summary(self, report: Report) -> str:
         bad = [f.check for f in report.findings if f.status in (DRIFT, ERROR)]
         if not bad:
-            return f"compliant: {len(report.findings)} checks hold; {self.counters.repairs} repairs"
-        return f"NOT compliant: {', '.join(bad)}"
+            line = f"compliant: {len(report.findings)} checks hold; {self.counters.repairs} repairs"
+        else:
+            line = f"NOT compliant: {', '.join(bad)}"
+        if self.policy_error:
+            line += f"; policy reload failed, running the policy from {self.policy.source}"
+        return line
 
     def publish(self) -> None:
         report = self.report()
@@ -220,9 +239,13 @@ class Daemon:
             policy = policy_mod.load(self.policy_path)
         except PolicyError as exc:
             self.log.error("policy.reload_failed", error=str(exc), kept=self.policy.source)
+            self.policy_error = str(exc)
+            self.publish()
             self.notifier.status(f"policy reload failed, kept the old one: {exc}")
             self.notifier.send("READY=1")
             return
+        self.policy_error = None
+        self.policy_loaded = time.time()
         self._configure(policy)
         self._open_watchers()
         self.log.info("policy.reloaded", source=policy.source)

@@ -5,25 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ecs_harden.atomic import ensure_dir
+from ecs_harden.atomic import DanglingLink, ensure_dir, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.ecsconfig.envfile import EnvFile, Line
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.policy import Policy
-from ecs_harden.report import DRIFT, OK, Finding
+from ecs_harden.report import DRIFT, ERROR, OK, Finding
 
 ECS_INIT_DEFAULTS = {"ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST": "true"}
-
-
-def read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RuntimeFailure(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _show(value: bytes) -> str:
@@ -98,7 +88,14 @@ class EcsConfigComponent:
         self.journal = ChangeJournal(policy.state_dir)
 
     def inspect(self) -> Inspection:
-        old = read_bytes(self.path)
+        try:
+            old = read_bytes(self.path)
+        except DanglingLink as exc:
+            return Inspection(tuple(
+                Finding(f"ecs_config.{k}", ERROR, "absent" if v is None else f"{k}={v}",
+                        "dangling symlink", str(exc))
+                for k, v in self.settings.items()
+            ))
         envfile = EnvFile.parse(old) if old is not None else None
         findings = tuple(judge(envfile, k, v) for k, v in self.settings.items())
         new = (envfile or EnvFile(())).with_settings(self.settings).render()

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden import proc
-from ecs_harden.atomic import ensure_dir
+from ecs_harden.atomic import DanglingLink, ensure_dir, read_bytes
 from ecs_harden.component import Inspection
-from ecs_harden.ecsconfig.component import read_bytes
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
 from ecs_harden.imds.block import (
@@ -89,7 +88,10 @@ class PersistedFileComponent:
                 f"flavor {self.flavor}: no known way this distribution restores firewall rules at boot; "
                 "the live block still works, persist it yourself or set imds.persist: false",
             ),))
-        old = read_bytes(self.path)
+        try:
+            old = read_bytes(self.path)
+        except DanglingLink as exc:
+            return Inspection((Finding(self.name, ERROR, self.expected(), "dangling symlink", str(exc)),))
         if old is not None:
             complaint = self._corrupt(old)
             if complaint is not None:

@@ -11,8 +11,8 @@ import glob
 import os
 
 from ecs_harden import proc
+from ecs_harden.atomic import read_bytes
 from ecs_harden.component import Inspection
-from ecs_harden.ecsconfig.component import read_bytes
 from ecs_harden.flavors import Flavor
 from ecs_harden.persist.rulesfile import RulesFile
 from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding
@@ -20,10 +20,17 @@ from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding
 CHECK = "imds.persistence.service"
 
 
+# netfilter-persistent also ships a SysV script, so a plain `systemctl enable` runs
+# update-rc.d in the caller, which writes /etc/rc?.d: read-only in the unit's sandbox,
+# and needless where systemd boots the host. Skipping SysV leaves the native unit to
+# PID 1 (over D-Bus), which writes its symlinks outside our sandbox.
+SYSTEMCTL_ENV = {"SYSTEMCTL_SKIP_SYSV": "1"}
+
+
 def systemd_state(unit: str) -> str:
     """`systemctl is-enabled` (works offline): enabled, disabled, masked, ... or not-found."""
     try:
-        done = proc.run(["systemctl", "is-enabled", unit], check=False)
+        done = proc.run(["systemctl", "is-enabled", unit], check=False, env=SYSTEMCTL_ENV)
     except proc.CommandError as exc:
         return f"unknown: {exc}"
     state = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
@@ -139,4 +146,4 @@ class ServiceComponent:
         if not isinstance(argvs, tuple):
             return
         for argv in argvs:
-            proc.run(argv, timeout=60)
+            proc.run(argv, timeout=60, env=SYSTEMCTL_ENV)

@@ -66,7 +66,8 @@ class Harden:
         cp = subprocess.run(
             ["unshare", "--net", "--", *argv, *args],
             capture_output=True, text=True, timeout=120, check=False,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+                 "ECS_HARDEN_LOCK_FILE": str(self.tmp / "reconcile.lock")},
         )
         return Result(cp.returncode, cp.stdout, cp.stderr)
 
