@@ -20,6 +20,7 @@ from ecs_harden.errors import RuntimeFailure
 
 DEFAULT_PATH = "/run/ecs-harden/reconcile.lock"
 ENV_VAR = "ECS_HARDEN_LOCK_FILE"
+TIMEOUT_ENV_VAR = "ECS_HARDEN_LOCK_TIMEOUT"
 CLI_TIMEOUT = 60.0
 DAEMON_TIMEOUT = 10.0  # well inside the unit's WatchdogSec=30
 
@@ -32,10 +33,19 @@ def default_path() -> str:
     return os.environ.get(ENV_VAR) or DEFAULT_PATH
 
 
+def cli_timeout() -> float:
+    """How long `apply`/`remove` wait for the lock: $ECS_HARDEN_LOCK_TIMEOUT seconds, else 60."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV_VAR, ""))
+    except ValueError:
+        return CLI_TIMEOUT
+    return value if value >= 0 else CLI_TIMEOUT
+
+
 class ReconcileLock:
-    def __init__(self, path: str | None = None, timeout: float = CLI_TIMEOUT):
+    def __init__(self, path: str | None = None, timeout: float | None = None):
         self.path = path or default_path()
-        self.timeout = timeout
+        self.timeout = cli_timeout() if timeout is None else timeout
         self.fd: int | None = None
 
     def _open(self) -> int:

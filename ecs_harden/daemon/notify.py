@@ -31,6 +31,8 @@ class Notifier:
         msg = "\n".join(fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                # A receiver that stops reading must not stall enforcement: give up after 2 s.
+                s.settimeout(2.0)
                 s.connect(self.address)
                 s.sendall(msg)
             return True

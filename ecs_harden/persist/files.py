@@ -171,7 +171,10 @@ class PersistedFileComponent:
         """Take the agent's own lines out of the file (rollback)."""
         if self.path is None:
             return []
-        old = read_bytes(self.path)
+        try:
+            old = read_bytes(self.path)
+        except DanglingLink:
+            return []  # nothing of ours can be in a file that does not exist
         if old is None:
             return []
         rules = RulesFile(old)

@@ -59,7 +59,7 @@ class Harden:
         self.policy.write_text(text)
         os.chmod(self.policy, 0o600)
 
-    def __call__(self, *args: str, policy: bool = True) -> Result:
+    def __call__(self, *args: str, policy: bool = True, env: dict[str, str] | None = None) -> Result:
         argv = [sys.executable, "-m", "ecs_harden", "--log-format", "json"]
         if policy:
             argv += ["--policy", str(self.policy)]
@@ -67,7 +67,8 @@ class Harden:
             ["unshare", "--net", "--", *argv, *args],
             capture_output=True, text=True, timeout=120, check=False,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
-                 "ECS_HARDEN_LOCK_FILE": str(self.tmp / "reconcile.lock")},
+                 "ECS_HARDEN_LOCK_FILE": str(self.tmp / "reconcile.lock"),
+                 "XTABLES_LOCKFILE": str(self.tmp / "xtables.lock"), **(env or {})},
         )
         return Result(cp.returncode, cp.stdout, cp.stderr)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
+import sys
 import time
 
-from tests.lab.host import IMDS_V4, EcsHost
+from tests.lab.host import IMDS_V4, PROJECT, EcsHost
 
 CHURN = """
 iptables -w -N LAB-CHURN
@@ -55,3 +58,82 @@ def test_apply_50_times_while_another_process_writes_500_rules(clean: EcsHost) -
         if churn.poll() is None:
             churn.kill()
         clean.sandbox.sh("iptables -w -F LAB-CHURN 2>/dev/null; iptables -w -X LAB-CHURN 2>/dev/null || true")
+
+
+CONFIG = (
+    b"ECS_CLUSTER=prod\n# managed by CM\nECS_ENGINE_AUTH_DATA={\"r\":{\"auth\":\"c2VjcmV0\"}}\n"
+    b'ECS_AWSVPC_BLOCK_IMDS="true"\n'
+)
+CONVERGED = (
+    b"ECS_CLUSTER=prod\n# managed by CM\nECS_ENGINE_AUTH_DATA={\"r\":{\"auth\":\"c2VjcmV0\"}}\n"
+    b"ECS_AWSVPC_BLOCK_IMDS=true\nECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false\n"
+)
+MANAGED = (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING"))
+
+
+def _strip_block(host: EcsHost) -> None:
+    """Take every copy of the block out, v4 and v6, and reset ecs.config to its drifted text."""
+    for fam, binary in ((4, "iptables"), (6, "ip6tables")):
+        for table, chain in MANAGED:
+            rules = host.sandbox.rules_in(table, chain, fam)
+            for number in reversed([i + 1 for i, r in enumerate(rules) if "ecs-harden" in r]):
+                host.sandbox.run([binary, "-w", "-t", table, "-D", chain, str(number)])
+    (host.sandbox.etc / "ecs" / "ecs.config").write_bytes(CONFIG)
+
+
+def _copies(host: EcsHost) -> dict[str, int]:
+    return {
+        f"v{fam} {table} {chain}": sum("ecs-harden" in r for r in host.sandbox.rules_in(table, chain, fam))
+        for fam in (4, 6) for table, chain in MANAGED
+    }
+
+
+def _applies_at_once(host: EcsHost, n: int) -> list[str]:
+    """n `ecs-harden apply` started together; their exit codes."""
+    argv = " ".join(shlex.quote(a) for a in (
+        sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(host.dir / "policy.yaml"), "apply"))
+    script = (
+        f"for i in $(seq {n}); do ({argv} >/dev/null 2>>{host.dir}/applies.err; echo $? >> {host.dir}/codes) & done; wait"
+    )
+    (host.dir / "codes").unlink(missing_ok=True)
+    host.sandbox.run(["sh", "-c", script], env={"PYTHONPATH": str(PROJECT)}, timeout=300)
+    return (host.dir / "codes").read_text().split()
+
+
+def test_concurrent_applies_leave_exactly_one_copy(clean: EcsHost) -> None:
+    (clean.sandbox.etc / "ecs").mkdir(exist_ok=True)
+    for _ in range(10):
+        _strip_block(clean)
+        codes = _applies_at_once(clean, 4)
+        assert codes == ["0"] * 4, (codes, (clean.dir / "applies.err").read_text()[-3000:])
+        assert set(_copies(clean).values()) == {1}, _copies(clean)
+        assert (clean.sandbox.etc / "ecs" / "ecs.config").read_bytes() == CONVERGED
+    assert clean.report("check")[0] == 0
+
+
+def test_applies_racing_the_daemon_leave_exactly_one_copy(clean: EcsHost) -> None:
+    from tests.integration.test_daemon import start_daemon
+
+    (clean.sandbox.etc / "ecs").mkdir(exist_ok=True)
+    policy = clean.policy("interval: 0.2\n", name="daemon-policy.yaml")
+    clean.policy()
+    run = start_daemon(clean, policy)
+    try:
+        run.wait_for("READY=1")
+        for _ in range(10):
+            _strip_block(clean)  # the daemon sees this at once (events) or within 0.2 s (polls)
+            codes = _applies_at_once(clean, 2)
+            assert set(codes) <= {"0", "3"}, (codes, (clean.dir / "applies.err").read_text()[-3000:])
+            run.collect(0.6)  # let the daemon finish whatever it started (and drain its notifications)
+            assert set(_copies(clean).values()) == {1}, _copies(clean)
+            assert (clean.sandbox.etc / "ecs" / "ecs.config").read_bytes() == CONVERGED
+        assert run.proc.poll() is None, run.log.read_text()[-3000:]
+    finally:
+        if run.proc.poll() is None:
+            os.kill(run.pid, signal.SIGTERM)
+            try:
+                run.proc.wait(timeout=30)
+            except Exception:
+                print(run.log.read_text()[-5000:])
+                raise
+        run.notify.close()

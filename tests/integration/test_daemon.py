@@ -218,7 +218,7 @@ def test_sighup_with_broken_policy_keeps_the_old_one(daemon: tuple[EcsHost, Runn
     host, run = daemon
     run.wait_for("READY=1")
     policy = host.dir / "daemon-policy.yaml"
-    policy.write_text("mode: sideways\n")
+    policy.write_text(policy.read_text() + "mode: sideways\n")  # a typo in the operator's policy
     os.kill(run.pid, signal.SIGHUP)
     time.sleep(1.0)
     assert run.proc.poll() is None
@@ -226,6 +226,12 @@ def test_sighup_with_broken_policy_keeps_the_old_one(daemon: tuple[EcsHost, Runn
     rule = our_rules(host, "DOCKER-USER")[0]
     host.sandbox.iptables("-D", *shlex.split(rule)[1:])
     until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, INTERVAL + 3.0)  # still enforcing
+    # The status file records the failed reload, and `status` still shows the daemon.
+    recorded = json.loads((host.dir / "status.json").read_text())["daemon"]["policy"]
+    assert "mode" in recorded["reload_error"] and recorded["source"] == str(policy)
+    shown = host.harden("status", policy=policy)
+    assert shown.returncode in (0, 3), shown.stderr
+    assert "last reload failed" in shown.stdout and "INVALID" in shown.stdout
 
 
 def test_sigterm_exits_0_and_leaves_the_block(daemon: tuple[EcsHost, Running]) -> None:

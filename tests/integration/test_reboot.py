@@ -176,3 +176,29 @@ def test_unknown_flavor_persisted_is_error_but_live_works() -> None:
         code, report = h.report("check")
         assert code == 0
         assert not any(x["check"].endswith(".persisted") for x in report["findings"])
+
+
+def test_symlinked_rules_files_stay_links_and_dangling_is_an_error() -> None:
+    require_lab()
+    with EcsHost("nft", flavor="debian").start(docker=False) as h:
+        etc = h.sandbox.etc
+        (etc / "iptables").mkdir()
+        (etc / "cm").mkdir()
+        operator = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 192.0.2.9/32 -j DROP\nCOMMIT\n"
+        (etc / "cm" / "rules.v4").write_text(operator)
+        os.chmod(etc / "cm" / "rules.v4", 0o644)
+        (etc / "iptables" / "rules.v4").symlink_to("/etc/cm/rules.v4")
+        (etc / "iptables" / "rules.v6").symlink_to("/etc/cm/missing.v6")  # dangling
+        h.policy()
+        code, report = h.report("apply")
+        f = {x["check"]: x for x in report["findings"]}
+        assert code == 3
+        assert f["imds.ipv4.persisted"]["status"] == "ok" and f["imds.ipv4.persisted"]["changed"] is True
+        assert (etc / "iptables" / "rules.v4").is_symlink()
+        merged = (etc / "cm" / "rules.v4").read_text()
+        assert "-A INPUT -s 192.0.2.9/32 -j DROP" in merged and IMDS_V4 in merged
+        assert oct((etc / "cm" / "rules.v4").stat().st_mode & 0o777) == "0o644"
+        v6 = f["imds.ipv6.persisted"]
+        assert v6["status"] == "error" and "/etc/iptables/rules.v6" in v6["detail"] and "/etc/cm/missing.v6" in v6["detail"]
+        assert (etc / "iptables" / "rules.v6").is_symlink() and not (etc / "cm" / "missing.v6").exists()
+        assert f["imds.ipv6.live"]["status"] == "ok"  # the live block does not depend on it

@@ -172,5 +172,9 @@ class Sandbox:
         return self.run([binary, "-w", *args], check=check).stdout
 
     def rules(self, chain: str, family: int = 4) -> list[str]:
-        out = self.run(["iptables" if family == 4 else "ip6tables", "-w", "-S", chain], check=False)
+        return self.rules_in("filter", chain, family)
+
+    def rules_in(self, table: str, chain: str, family: int = 4) -> list[str]:
+        binary = "iptables" if family == 4 else "ip6tables"
+        out = self.run([binary, "-w", "-t", table, "-S", chain], check=False)
         return [line for line in out.stdout.splitlines() if line.startswith("-A ")]

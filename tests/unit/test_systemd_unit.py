@@ -39,6 +39,20 @@ def test_contract_directives() -> None:
         assert u["Service"][key] == "yes"
 
 
+def test_what_a_fresh_boot_needs() -> None:
+    """The defects a booted systemd showed (tests/boot proves them fixed; this pins the why)."""
+    u = unit()
+    # systemd fails the whole unit (226/NAMESPACE) for a ReadWritePaths= entry that does
+    # not exist, even for a '+' command; '-' skips it, and prepare creates them first.
+    assert all(p.startswith("-") for p in u["Service"]["ReadWritePaths"].split())
+    assert u["Service"]["ExecStartPre"].split()[0] == "-+/usr/local/bin/ecs-harden"
+    assert u["Service"]["ExecStartPre"].split()[1] == "prepare"
+    # stop: SIGTERM to the daemon only, which finishes the iptables command it runs
+    assert u["Service"]["KillMode"] == "mixed"
+    assert u["Service"]["RestartPreventExitStatus"] == "2"
+    assert u["Unit"]["StartLimitIntervalSec"] == "0"
+
+
 def _local_copy(tmp_path: Path) -> Path:
     script = Path(sys.executable).with_name("ecs-harden")
     if not script.exists():

@@ -1,0 +1,51 @@
+"""`ecs-harden status` when the policy on disk does not load: it still shows the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.cli.conftest import Harden
+
+
+def test_status_shows_the_daemon_report_when_the_policy_is_invalid(harden: Harden) -> None:
+    harden.config.write_bytes(b"ECS_AWSVPC_BLOCK_IMDS=true\nECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false\n")
+    ran = harden("run", "--once")
+    expected = ran.code  # 0 compliant, 3 not: status must agree with the daemon's report
+    assert expected in (0, 3), ran.stderr
+    good = harden("status", "--format", "json")
+    assert good.code == expected and good.json()["policy_file"] == {"valid": True, "error": None}
+
+    # Valid YAML, invalid value: the status file's place is still readable from it.
+    harden.policy.write_text(harden.policy.read_text() + "interval: -1\n")
+    r = harden("status")
+    assert r.code == expected, r.stdout + r.stderr
+    assert "ecs_config.ECS_AWSVPC_BLOCK_IMDS" in r.stdout  # the daemon's report
+    assert "INVALID" in r.stdout and "interval" in r.stdout
+    assert "does not load" in r.stderr
+    j = harden("status", "--format", "json")
+    assert j.code == expected
+    doc = j.json()
+    assert doc["policy_file"]["valid"] is False and "interval" in doc["policy_file"]["error"]
+    assert doc["daemon"]["policy"]["source"] == str(harden.policy)
+    assert {f["check"] for f in doc["findings"]} >= {"ecs_config.ECS_AWSVPC_BLOCK_IMDS"}
+
+
+def test_stale_status_with_an_invalid_policy_still_exits_1(harden: Harden) -> None:
+    assert harden("run", "--once").code in (0, 3)
+    status = harden.tmp / "status.json"
+    data = json.loads(status.read_text())
+    old = os.stat(status).st_mtime - 3600
+    os.utime(status, (old, old))
+    harden.policy.write_text(harden.policy.read_text() + "mode: sometimes\n")
+    r = harden("status")
+    assert r.code == 1 and "not running" in r.stderr and "INVALID" in r.stdout
+    assert data["daemon"]["policy"]["reload_error"] is None
+
+
+def test_unparseable_policy_falls_back_to_the_default_status_file(harden: Harden) -> None:
+    harden.policy.write_text("interval: [\n")
+    os.chmod(harden.policy, 0o600)
+    r = harden("status")
+    assert r.code == 1
+    assert "does not load" in r.stderr and "/run/ecs-harden/status.json" in r.stderr
