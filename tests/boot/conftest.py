@@ -12,6 +12,7 @@ import pytest
 
 from tests.boot import image
 from tests.boot.nspawn import BootedHost
+from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, OS_RELEASE
 
 NEEDED = ("systemd-nspawn", "debootstrap", "nsenter", "unshare")
 
@@ -32,6 +33,25 @@ update-alternatives --quiet --set iptables /usr/sbin/iptables-legacy
 update-alternatives --quiet --set ip6tables /usr/sbin/ip6tables-legacy
 """
 
+# Dressed as Amazon Linux 2023 with iptables-services: its os-release, its two units
+# (the package's text) and an init script reduced to what boot does. Debian has no
+# /etc/sysconfig, so `prepare` must create it, as on a host where nothing wrote it yet.
+AMZN2023 = """
+cp /dress/os-release /etc/os-release
+echo 'Amazon Linux release 2023 (Amazon Linux)' > /etc/system-release
+mkdir -p /usr/libexec/iptables
+for tool in iptables ip6tables; do
+    cp /dress/$tool.service /usr/lib/systemd/system/$tool.service
+    printf '#!/bin/sh\n[ "$1" = start ] && exec /usr/sbin/%s-restore /etc/sysconfig/%s\nexit 0\n' $tool $tool \
+        > /usr/libexec/iptables/$tool.init
+    chmod 755 /usr/libexec/iptables/$tool.init
+done
+rm -rf /etc/sysconfig
+"""
+
+# (flavor, iptables variant): the usual pairs, plus Debian on legacy.
+CASES = [("debian", "nft"), ("debian", "legacy"), ("amzn2023", "nft")]
+
 
 def require_boot() -> None:
     why = None
@@ -51,12 +71,19 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image.wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
-@pytest.fixture(scope="module", params=["nft", "legacy"])
-def installed(request: pytest.FixtureRequest, wheels: Path) -> Iterator[BootedHost]:
+@pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{v}" for f, v in CASES])
+def installed(
+    request: pytest.FixtureRequest, wheels: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BootedHost]:
     """A host with ecs-harden installed and its unit enabled, not booted yet."""
     require_boot()
+    flavor, variant = request.param
+    dress = tmp_path_factory.mktemp("dress")
+    (dress / "os-release").write_text((FIXTURES / OS_RELEASE[flavor]).read_text())
+    for tool, v in (("iptables", "IPv4"), ("ip6tables", "IPv6")):
+        (dress / f"{tool}.service").write_text(IPTABLES_SERVICE.format(tool=tool, v=v))
+    script = INSTALL + (LEGACY if variant == "legacy" else "") + (AMZN2023 if flavor == "amzn2023" else "")
     with BootedHost(image.rootfs()) as host:
-        host.variant = request.param
-        host.offline(INSTALL + (LEGACY if request.param == "legacy" else ""),
-                     binds=[f"{wheels}:/wheelhouse", f"{image.PROJECT}:/src"])
+        host.variant, host.flavor = variant, flavor
+        host.offline(script, binds=[f"{wheels}:/wheelhouse", f"{image.PROJECT}:/src", f"{dress}:/dress"])
         yield host

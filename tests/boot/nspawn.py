@@ -39,6 +39,7 @@ class BootedHost:
         self.init_pid = 0  # the container's systemd
         self.boots = 0
         self.variant = "nft"  # which iptables the image's alternatives point at
+        self.flavor = "debian"  # what its /etc says it is
 
     # -- the outer sandbox and the disk ----------------------------------
     def start(self) -> BootedHost:

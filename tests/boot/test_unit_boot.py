@@ -17,6 +17,11 @@ from tests.boot.nspawn import BootedHost
 pytestmark = pytest.mark.lab
 
 MARK = "ecs-harden: block IMDS from containers"
+RULES = {
+    "debian": ("/etc/iptables/rules.v4", "/etc/iptables/rules.v6"),
+    "amzn2023": ("/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables"),
+}
+RESTORE = {"debian": ("netfilter-persistent.service",), "amzn2023": ("iptables.service", "ip6tables.service")}
 WHERE = (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING"))
 
 
@@ -68,10 +73,13 @@ def test_first_boot_starts_the_unit_once_and_enforces(host: BootedHost) -> None:
     # It created what it writes, under ProtectSystem=strict.
     config = host.run(["cat", "/etc/ecs/ecs.config"]).stdout
     assert config == "ECS_AWSVPC_BLOCK_IMDS=true\nECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false\n"
-    for rules in ("/etc/iptables/rules.v4", "/etc/iptables/rules.v6"):
+    for rules in RULES[host.flavor]:
         assert MARK in host.run(["cat", rules]).stdout
     # The boot restore is enabled (netfilter-persistent also has a SysV script).
-    assert host.run(["systemctl", "is-enabled", "netfilter-persistent.service"]).stdout.strip() == "enabled"
+    for service in RESTORE[host.flavor]:
+        assert host.run(["systemctl", "is-enabled", service]).stdout.strip() == "enabled"
+    facts = json.loads(host.run(["ecs-harden", "facts", "--format", "json"]).stdout)
+    assert facts["flavor"] == host.flavor
     check = host.run(["ecs-harden", "check", "--format", "json"], check=False)
     assert check.returncode == 0, check.stdout
     status = host.run(["ecs-harden", "status", "--format", "json"], check=False)
@@ -153,9 +161,10 @@ def test_disabled_unit_reboot_persistence_alone_restores_the_block(host: BootedH
     host.run(["systemctl", "disable", "ecs-harden.service"])
     host.reboot()
     assert unit(host, "ActiveState")["ActiveState"] == "inactive"
-    restore = host.run(["systemctl", "is-active", "netfilter-persistent.service"], check=False)
-    assert restore.stdout.strip() == "active", host.run(
-        ["journalctl", "-b", "-u", "netfilter-persistent", "--no-pager"], check=False).stdout
+    for service in RESTORE[host.flavor]:
+        restore = host.run(["systemctl", "is-active", service], check=False)
+        assert restore.stdout.strip() == "active", host.run(
+            ["journalctl", "-b", "-u", service, "--no-pager"], check=False).stdout
     assert set(copies(host).values()) == {1}, copies(host)
     check = host.run(["ecs-harden", "check"], check=False)
     assert check.returncode == 0, check.stdout
