@@ -1,20 +1,35 @@
-"""Benchmarks of the daemon in the namespace lab: repair latency, idle CPU, probe cost.
+"""The daemon against the naive shell loop, in the namespace lab, on both iptables variants.
 
-    .venv/bin/python -m bench.daemon_bench [--rules 10000] [--idle 30] [--samples 20]
+    .venv/bin/python -m bench.daemon_bench [--sizes 1000,10000,50000] [--samples 50]
+                                           [--idle 60] [--write]
 
-Prints a Markdown table (and writes it to bench/RESULTS.md with --write). Measurements,
-not assertions: the tests assert behaviour with generous limits, this records numbers.
+For each variant and ruleset size (Docker-shaped: N per-container ACCEPTs in filter
+DOCKER and N DNATs in nat DOCKER, as Docker writes them), in one sandbox:
+- repair latency, timed from outside: every copy of the block in DOCKER-USER and
+  FORWARD is deleted (one transaction) at a random moment, and the clock runs until
+  both are back. The end is seen by a kernel event on nf_tables and by the table
+  probe (IPT_SO_GET_INFO) on legacy, then confirmed by reading the chains, so the
+  bench's own polling costs the daemon nothing;
+- the same for the naive `while sleep 1; do iptables -C ... || iptables -I ...; done`;
+- idle CPU of the daemon and of the loop over --idle seconds each, the daemon's peak
+  RSS (VmHWM) and the log lines it wrote while idle;
+- `ecs-harden check` wall time in a fresh process (cold), median of three.
+Measurements, not assertions. --write records bench/RESULTS.md and bench/results.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -22,140 +37,243 @@ from tests.lab.flavors import dress
 from tests.lab.host import PROJECT
 from tests.lab.sandbox import Sandbox
 
+HERE = Path(__file__).resolve().parent
 IMDS = "169.254.169.254"
+OURS = f"-d {IMDS}/32 -i docker+ -m comment --comment \"ecs-harden: block IMDS from containers\" -j DROP"
+NAIVE = f"-i docker+ -d {IMDS}/32 -j DROP"
+
+# Runs inside the sandbox: deletes, then waits for the repair, and prints the latencies.
+PROBE_SCRIPT = r"""
+import json, random, select, shlex, subprocess, sys, time
+from ecs_harden.daemon.nftevents import NftEvents
+from ecs_harden.daemon.legacyprobe import TableProbe
+variant, samples, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ours = sys.argv[4]
+chains = ["DOCKER-USER", "FORWARD"] if mode == "daemon" else ["DOCKER-USER"]
+def present():
+    return all(subprocess.run(["iptables", "-w", "-C", c, *shlex.split(ours)],
+               capture_output=True).returncode == 0 for c in chains)
+def delete():
+    script = "*filter\n" + "".join(f"-D {c} {ours}\n" for c in chains) + "COMMIT\n"
+    subprocess.run(["iptables-restore", "-w", "--noflush"], input=script.encode(), check=True)
+ev = NftEvents() if variant == "nft" else None
+probe = TableProbe((4,)) if variant == "legacy" else None
+out = []
+for _ in range(samples):
+    while not present():
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.3, 1.5))
+    if ev: ev.drain()
+    base = probe.signature()[0] if probe else None
+    delete()
+    t0 = time.monotonic()
+    if probe:
+        gone = probe.signature()[0]
+    deadline = t0 + 10
+    while time.monotonic() < deadline:
+        if ev:
+            r, _, _ = select.select([ev], [], [], 0.5)
+            if not r:
+                continue
+            t = time.monotonic()
+            ev.drain()
+        else:
+            s = probe.signature()[0]
+            if s == gone:
+                time.sleep(0.0005)
+                continue
+            t = time.monotonic()
+            gone = s
+        if present():
+            out.append(t - t0)
+            break
+    else:
+        out.append(float("nan"))
+print(json.dumps(out))
+"""
 
 
 def docker_shaped_rules(n: int) -> str:
-    """FORWARD as Docker writes it, plus a DOCKER chain with n per-container rules."""
-    lines = ["*filter", ":DOCKER - [0:0]", ":DOCKER-USER - [0:0]",
-             "-A FORWARD -j DOCKER-USER", "-A FORWARD -o docker0 -j DOCKER",
-             "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT", "-A DOCKER-USER -j RETURN"]
+    filt = ["*filter", ":DOCKER - [0:0]", ":DOCKER-USER - [0:0]", ":DOCKER-ISOLATION-STAGE-1 - [0:0]",
+            ":DOCKER-ISOLATION-STAGE-2 - [0:0]",
+            "-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-ISOLATION-STAGE-1",
+            "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A FORWARD -o docker0 -j DOCKER", "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+            "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2",
+            "-A DOCKER-ISOLATION-STAGE-1 -j RETURN", "-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP",
+            "-A DOCKER-ISOLATION-STAGE-2 -j RETURN", "-A DOCKER-USER -j RETURN"]
+    nat = ["*nat", ":DOCKER - [0:0]", "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+           "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "-A DOCKER -i docker0 -j RETURN"]
     for i in range(n):
-        lines.append(f"-A DOCKER -d 172.{16 + i // 65536 % 16}.{i // 256 % 256}.{i % 256}/32 ! -i docker0 "
-                     f"-o docker0 -p tcp -m tcp --dport {1024 + i % 60000} -j ACCEPT")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+        ip = f"172.{17 + i // 65536 % 14}.{i // 256 % 256}.{i % 256 or 1}"
+        port = 1024 + i % 60000
+        filt.append(f"-A DOCKER -d {ip}/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport {port} -j ACCEPT")
+        nat.append(f"-A DOCKER ! -i docker0 -p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}")
+    return "\n".join([*filt, "COMMIT", *nat, "COMMIT"]) + "\n"
 
 
-def our_rule(sb: Sandbox) -> str | None:
-    for line in sb.iptables("-S", "DOCKER-USER").splitlines():
-        if IMDS in line:
-            return line
-    return None
+def policy(sb: Sandbox) -> Path:
+    path = sb.dir / "policy.yaml"
+    path.write_text(f"state_dir: {sb.dir}/state\nreport:\n  status_file: {sb.dir}/status.json\n"
+                    f"ecs_config:\n  path: {sb.dir}/ecs.config\n")
+    os.chmod(path, 0o600)
+    return path
 
 
-def start_daemon(sb: Sandbox, interval: float) -> tuple[psutil.Process, object]:
-    policy = sb.dir / "policy.yaml"
-    policy.write_text(f"interval: {interval}\nstate_dir: {sb.dir}/state\n"
-                      f"report:\n  status_file: {sb.dir}/status.json\nimds:\n  ipv6: null\n")
-    os.chmod(policy, 0o600)
-    proc = sb.spawn([sys.executable, "-m", "ecs_harden", "--log-level", "warning", "--policy",
-                     str(policy), "run"], sb.dir / "daemon.log", env={"PYTHONPATH": str(PROJECT)})
-    deadline = time.monotonic() + 20
+def start_daemon(sb: Sandbox) -> tuple[psutil.Process, subprocess.Popen[bytes]]:
+    proc = sb.spawn([sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy",
+                     str(policy(sb)), "run"], sb.dir / "daemon.log", env={"PYTHONPATH": str(PROJECT)})
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         kids = psutil.Process(proc.pid).children()
-        if kids and our_rule(sb) and (sb.dir / "status.json").exists():
+        if kids and (sb.dir / "status.json").exists():
             return kids[0], proc
         time.sleep(0.05)
     raise RuntimeError("daemon did not come up: " + (sb.dir / "daemon.log").read_text()[-2000:])
 
 
-def repair_latency(sb: Sandbox, samples: int) -> list[float]:
-    out = []
-    for _ in range(samples):
-        rule = our_rule(sb)
-        assert rule
+def cpu_seconds(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def idle_cpu(p: psutil.Process, seconds: float) -> float:
+    before, t0 = cpu_seconds(p), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(p) - before) / (time.monotonic() - t0) * 100
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def latencies(sb: Sandbox, variant: str, samples: int, mode: str, rule: str) -> list[float]:
+    out = sb.run([sys.executable, "-c", PROBE_SCRIPT, variant, str(samples), mode, rule],
+                 env={"PYTHONPATH": str(PROJECT)}, timeout=samples * 20 + 60).stdout
+    return [x * 1000 for x in json.loads(out)]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def check_cold(sb: Sandbox) -> float:
+    times = []
+    for _ in range(3):
         t0 = time.monotonic()
-        sb.iptables("-D", *shlex.split(rule)[1:])
-        while our_rule(sb) is None:
-            time.sleep(0.002)
-        out.append(time.monotonic() - t0)
-        time.sleep(0.3)
-    return out
+        sb.run([sys.executable, "-m", "ecs_harden", "--policy", str(sb.dir / "policy.yaml"), "check"],
+               env={"PYTHONPATH": str(PROJECT)}, check=False)
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
 
 
-def cpu_over(p: psutil.Process, seconds: float) -> float:
-    t = p.cpu_times()
-    before = t.user + t.system + t.children_user + t.children_system
-    time.sleep(seconds)
-    t = p.cpu_times()
-    after = t.user + t.system + t.children_user + t.children_system
-    return (after - before) / seconds * 100
+def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
+    with Sandbox(variant) as sb:
+        dress(sb, "debian")
+        sb.run(["iptables-restore", "--noflush"], input=docker_shaped_rules(n))
+        daemon, proc = start_daemon(sb)
+        lat = latencies(sb, variant, samples, "daemon", OURS)
+        time.sleep(2)
+        log = sb.dir / "daemon.log"
+        lines_before = log.read_text().count("\n")
+        cpu = idle_cpu(daemon, idle)
+        log_lines = log.read_text().count("\n") - lines_before
+        rss = peak_rss_mib(daemon.pid)
+        cold = check_cold(sb)
+        daemon.terminate()
+        proc.wait(timeout=30)
+        sb.iptables("-I", "DOCKER-USER", *shlex.split(NAIVE))
+        loop = sb.spawn(["sh", "-c", f"while sleep 1; do iptables -w -C DOCKER-USER {NAIVE} "
+                                     f"|| iptables -w -I DOCKER-USER {NAIVE}; done"], sb.dir / "loop.log")
+        time.sleep(1.5)
+        shell = psutil.Process(loop.pid).children()[0]
+        loop_lat = latencies(sb, variant, max(10, samples // 3), "loop", NAIVE)
+        loop_cpu = idle_cpu(shell, idle)
+        loop.kill()
+    ok = [x for x in lat if x == x]
+    return {
+        "variant": variant, "rules": n, "samples": len(lat), "lost": len(lat) - len(ok),
+        "p50": pct(ok, 0.5), "p99": pct(ok, 0.99), "max": max(ok),
+        "loop_p50": pct(loop_lat, 0.5), "loop_max": max(loop_lat),
+        "cpu": cpu, "loop_cpu": loop_cpu, "rss": rss, "check": cold, "log_lines": log_lines, "idle": idle,
+    }
 
 
-def naive_loop_cpu(sb: Sandbox, seconds: float) -> float:
-    script = (f"while sleep 1; do iptables -w -C DOCKER-USER -i docker+ -d {IMDS}/32 -j DROP "
-              f"|| iptables -w -I DOCKER-USER -i docker+ -d {IMDS}/32 -j DROP; done")
-    proc = sb.spawn(["sh", "-c", script], sb.dir / "naive.log")
-    time.sleep(1.5)
-    shell = psutil.Process(proc.pid).children()[0]
-    t0 = time.monotonic()
-    total = 0.0
-    # The loop's children come and go; sum CPU of the shell and its reaped children.
-    t = shell.cpu_times()
-    before = t.user + t.system + t.children_user + t.children_system
-    time.sleep(seconds)
-    t = shell.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system - before
-    proc.kill()
-    return total / (time.monotonic() - t0) * 100
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    ipt = subprocess.run(["iptables-nft", "-V"], capture_output=True, text=True).stdout.strip()
+    return (f"{time.strftime('%Y-%m-%d')}; {cpu}, {os.cpu_count()} cores; Linux {platform.release()}; "
+            f"Python {platform.python_version()}; {ipt}")
 
 
-def inspect_cost(sb: Sandbox, n: int = 20) -> float:
-    """One legacy poll: the IPv4 live check through python-iptables."""
-    code = ("import time, ipaddress; from ecs_harden.firewall.libiptc import Libiptc; "
-            "from ecs_harden.imds.live import LiveBlockComponent; be = Libiptc(4); "
-            "c = LiveBlockComponent(4, lambda: be, ('docker+',), ipaddress.ip_network('169.254.169.254/32')); "
-            f"c.inspect(); t = time.perf_counter(); [c.inspect() for _ in range({n})]; "
-            f"print((time.perf_counter() - t) / {n} * 1000)")
-    return float(sb.run([sys.executable, "-c", code], env={"PYTHONPATH": str(PROJECT)}).stdout)
+def table(rows: list[dict[str, Any]]) -> str:
+    out = ["| iptables | rules | repair p50 / p99 / max | loop repair p50 / max | idle CPU daemon / loop "
+           "| peak RSS | `check` cold | log lines idle |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['variant']} | {r['rules']:,} | {r['p50']:.0f} / {r['p99']:.0f} / {r['max']:.0f} ms "
+            f"| {r['loop_p50']:.0f} / {r['loop_max']:.0f} ms | {r['cpu']:.3f} % / {r['loop_cpu']:.2f} % "
+            f"| {r['rss']:.0f} MiB | {r['check']:.2f} s | {r['log_lines']} |"
+        )
+    return "\n".join(out) + "\n"
 
 
-def pyiptables_cost(sb: Sandbox, n: int = 10) -> float:
-    code = ("import time, iptc; t0 = time.perf_counter()\n"
-            f"for _ in range({n}):\n    t = iptc.Table(iptc.Table.FILTER); t.refresh(); "
-            "[r for r in iptc.Chain(t, 'DOCKER-USER').rules]\n"
-            f"print((time.perf_counter() - t0) / {n} * 1000)")
-    return float(sb.run([sys.executable, "-c", code]).stdout)
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for variant, color in (("nft", "tab:blue"), ("legacy", "tab:orange")):
+        rs = [r for r in rows if r["variant"] == variant]
+        x = [r["rules"] for r in rs]
+        a.plot(x, [r["p99"] for r in rs], "o-", color=color, label=f"daemon p99 ({variant})")
+        a.plot(x, [r["loop_p50"] for r in rs], "s--", color=color, alpha=0.6, label=f"naive loop p50 ({variant})")
+        b.plot(x, [r["cpu"] for r in rs], "o-", color=color, label=f"daemon ({variant})")
+        b.plot(x, [r["loop_cpu"] for r in rs], "s--", color=color, alpha=0.6, label=f"naive loop ({variant})")
+    for ax, title, unit in ((a, "repair latency", "ms"), (b, "idle CPU", "% of one core")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("Docker-shaped rules (filter + nat each)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rules", type=int, default=10000)
-    ap.add_argument("--idle", type=float, default=30.0)
-    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--sizes", default="1000,10000,50000")
+    ap.add_argument("--variants", default="nft,legacy")
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     rows = []
-    for variant in ("nft", "legacy"):
-        with Sandbox(variant) as sb:
-            dress(sb, "debian")
-            sb.run(["iptables-restore", "--noflush"], input=docker_shaped_rules(args.rules))
-            daemon, _ = start_daemon(sb, interval=5.0)
-            lat = repair_latency(sb, args.samples)
-            time.sleep(2)
-            idle = cpu_over(daemon, args.idle)
-            naive = naive_loop_cpu(sb, args.idle)
-            rss = daemon.memory_info().rss / 2**20
-            extra = ""
-            if variant == "legacy":
-                extra = (f"one poll (v4 live check) {inspect_cost(sb):.1f} ms; python-iptables refresh + "
-                         f"DOCKER-USER {pyiptables_cost(sb):.1f} ms")
-            rows.append((variant, statistics.median(lat) * 1000, max(lat) * 1000, idle, naive, rss, extra))
-    table = [
-        f"Daemon at defaults (interval 5 s, resync 60 s), {args.rules} Docker-shaped rules, "
-        f"{args.samples} repairs, {args.idle:.0f} s idle; {time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} cores.",
-        "",
-        "| iptables | repair median | repair max | daemon idle CPU | naive 1 s `iptables -C` loop | daemon RSS | legacy poll cost |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for v, med, mx, idle, naive, rss, extra in rows:
-        table.append(f"| {v} | {med:.0f} ms | {mx:.0f} ms | {idle:.3f} % | {naive:.2f} % | {rss:.0f} MiB | {extra} |")
-    text = "\n".join(table) + "\n"
+    for variant in args.variants.split(","):
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows.append(measure(variant, n, args.samples, args.idle))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    head = (f"Daemon at the default policy (interval 5 s, resync 60 s) against the naive 1 s loop; "
+            f"{args.samples} repairs each at random moments, {args.idle:.0f} s idle each.\n\n"
+            f"Machine: {machine()}.\n\n")
+    text = head + table(rows)
     print(text)
     if args.write:
-        (Path(__file__).parent / "RESULTS.md").write_text("# Benchmark results\n\n" + text)
+        (HERE / "RESULTS.md").write_text("# Benchmark results\n\n" + text + "\n![repair latency and idle CPU]"
+                                         "(results.png)\n")
+        (HERE / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+        plot(rows, HERE / "results.png")
     return 0
 
 

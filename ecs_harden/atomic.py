@@ -54,8 +54,11 @@ def _failure(path: str, what: str, exc: OSError, directory: str) -> RuntimeFailu
     return RuntimeFailure(f"{path}: {what}: {exc.strerror}{hint}")
 
 
-def write_atomic(path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid: int = 0) -> None:
-    """Replace path with data. An existing file keeps its mode and owner; a new one gets these."""
+def write_atomic(
+    path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid: int = 0, durable: bool = True
+) -> None:
+    """Replace path with data. An existing file keeps its mode and owner; a new one gets these.
+    durable=False skips the fsyncs: for files rewritten every few seconds on tmpfs (status)."""
     target = resolve(path)
     shown = path if target == path else f"{path} (-> {target})"
     directory = os.path.dirname(os.path.abspath(target))
@@ -75,13 +78,15 @@ def write_atomic(path: str, data: bytes, *, mode: int = 0o600, uid: int = 0, gid
             os.fchmod(fh.fileno(), mode)
             if (uid, gid) != (os.geteuid(), os.getegid()):
                 os.fchown(fh.fileno(), uid, gid)
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.rename(tmp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise _failure(shown, "cannot write", exc, directory) from None
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: str) -> None:

@@ -22,6 +22,9 @@ class Component(Protocol):
     """One thing ecs-harden keeps true. inspect() never changes the host."""
 
     name: str
+    # What makes the daemon look at it again: "firewall" (netfilter changes), "files"
+    # (the persisted rules files and the restore service), "ecs" (ecs.config).
+    wakes_on: str
 
     def inspect(self) -> Inspection: ...
 

@@ -95,18 +95,36 @@ def init_system() -> str:
     return "sysvinit"
 
 
-def _find(match: Any) -> Process:
-    for p in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
+_last: dict[str, Process] = {}
+
+
+def _still(key: str) -> Process | None:
+    """The process found last time, if it still runs (one /proc read instead of a scan)."""
+    p = _last.get(key)
+    if p is None or p.pid is None:
+        return None
+    try:
+        if psutil.Process(p.pid).create_time() == p.started:
+            return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def _find(key: str, names: tuple[str, ...], match: Any) -> Process:
+    """Scan by name (cheap: /proc/PID/stat), then confirm candidates with match."""
+    found = _still(key)
+    if found is not None:
+        return found
+    for p in psutil.process_iter(["name"]):
         try:
-            if match(p.info):
-                return Process(True, p.info["pid"], p.info["create_time"])
+            if p.info["name"] in names and match({"name": p.info["name"], "cmdline": p.cmdline()}):
+                found = Process(True, p.pid, p.create_time())
+                _last[key] = found
+                return found
         except (psutil.Error, TypeError, IndexError):
             continue
     return Process(False)
-
-
-def _is_dockerd(info: dict[str, Any]) -> bool:
-    return bool(info["name"] == "dockerd")
 
 
 def _is_ecs_agent(info: dict[str, Any]) -> bool:
@@ -116,11 +134,11 @@ def _is_ecs_agent(info: dict[str, Any]) -> bool:
 
 
 def docker() -> Process:
-    return _find(_is_dockerd)
+    return _find("docker", ("dockerd",), lambda info: True)
 
 
 def ecs_agent() -> Process:
-    return _find(_is_ecs_agent)
+    return _find("ecs_agent", ("agent", "agent.exe", "amazon-ecs-agent"), _is_ecs_agent)
 
 
 def gather() -> Facts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 from ecs_harden.errors import RuntimeFailure
 
 DEFAULT_TIMEOUT = 30.0
+
+# The pids of the programs we ran last: the daemon tells its own nf_tables changes
+# (whose notifications name the committing pid) from everybody else's.
+recent_pids: collections.deque[int] = collections.deque(maxlen=64)
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,27 @@ def run(
 ) -> Completed:
     """Run argv; raise CommandError on failure unless check is False."""
     try:
-        cp = subprocess.run(
+        child = subprocess.Popen(
             list(argv),
-            input=input,
-            capture_output=True,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             env=_env(env),
-            check=False,
         )
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr)) from exc
     except OSError as exc:
         raise CommandError(argv, 127, "", str(exc)) from exc
-    done = Completed(tuple(argv), cp.returncode, cp.stdout, cp.stderr)
-    if check and cp.returncode != 0:
-        raise CommandError(argv, cp.returncode, cp.stdout, cp.stderr)
+    recent_pids.append(child.pid)
+    with child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            raise CommandError(argv, None, _text(stdout), _text(stderr)) from None
+    done = Completed(tuple(argv), child.returncode, stdout, stderr)
+    if check and done.returncode != 0:
+        raise CommandError(argv, done.returncode, stdout, stderr)
     return done
 
 

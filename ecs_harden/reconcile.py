@@ -13,6 +13,7 @@ from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import Facts
+from ecs_harden.findinglog import FindingLog
 from ecs_harden.firewall.detect import backend_for
 from ecs_harden.imds.block import Block
 from ecs_harden.imds.bridges import BridgesComponent
@@ -78,11 +79,42 @@ class Outcome:
 
 
 class Reconciler:
-    def __init__(self, policy: Policy, platform: dict[str, Any], components: Sequence[Component]):
+    def __init__(
+        self,
+        policy: Policy,
+        platform: dict[str, Any],
+        components: Sequence[Component],
+        finding_log: FindingLog | None = None,
+    ):
         self.policy = policy
         self.platform = platform
         self.components = components
         self.log = logs.get("ecs_harden.reconcile")
+        self.finding_log = finding_log or FindingLog()
+
+    def _failed(self, event: str, component: Component, error: str) -> None:
+        why = self.finding_log.should_log(f"{event}:{component.name}", error)
+        if why:
+            self.log.error(event, component=component.name, error=error, logged=why)
+
+    def _detected(self, findings: Sequence[Finding]) -> None:
+        for f in findings:
+            if f.status not in (DRIFT, ERROR):
+                continue
+            why = self.finding_log.should_log(f.check, f"{f.status}\0{f.detail}")
+            if why:
+                self.log.warning(
+                    "drift.detected", check=f.check, status=f.status, logged=why,
+                    expected=f.expected, actual=f.actual, detail=f.detail,
+                )
+
+    def _settled(self, findings: Sequence[Finding]) -> None:
+        """Forget what holds again; say so where nobody repaired it (someone else did)."""
+        for f in findings:
+            if f.status in (DRIFT, ERROR):
+                continue
+            if self.finding_log.clear(f.check) and not f.changed:
+                self.log.info("drift.cleared", check=f.check, status=f.status, now=f.actual)
 
     def run(self, *, repair: bool, dry_run: bool = False) -> Outcome:
         findings: list[Finding] = []
@@ -105,28 +137,27 @@ class Reconciler:
         try:
             first = component.inspect()
         except HardenError as exc:
-            self.log.error("inspect.failed", component=component.name, error=str(exc))
+            self._failed("inspect.failed", component, str(exc))
             return [Finding(f"{component.name}", ERROR, detail=str(exc))], [], [str(exc)]
-        for f in first.findings:
-            if f.status in (DRIFT, ERROR):
-                self.log.warning(
-                    "drift.detected", check=f.check, status=f.status,
-                    expected=f.expected, actual=f.actual, detail=f.detail,
-                )
+        self.finding_log.clear(f"inspect.failed:{component.name}")
+        self._detected(first.findings)
         if dry_run:
             return list(first.findings), list(first.changes), []
         if not first.changes or not repair:
+            self._settled(first.findings)
             return list(first.findings), [], []
         error: str | None = None
         try:
             component.execute(first)
+            self.finding_log.clear(f"repair.failed:{component.name}")
         except HardenError as exc:
             error = str(exc)
-            self.log.error("repair.failed", component=component.name, error=error)
+            self._failed("repair.failed", component, error)
         try:
             after = component.inspect()
         except HardenError as exc:
             msg = str(exc)
+            self._failed("inspect.failed", component, msg)
             return [Finding(component.name, ERROR, detail=msg)], [], [e for e in (error, msg) if e]
         before = {f.check: f for f in first.findings}
         out: list[Finding] = []
@@ -141,4 +172,5 @@ class Reconciler:
                 if f.status == DRIFT:
                     self.log.error("repair.did_not_hold", check=f.check, detail=f.detail)
             out.append(f)
+        self._settled(out)
         return out, [] if error else list(first.changes), [error] if error else []

@@ -1,14 +1,8 @@
 """Daemon: `ecs-harden run`. Reconcile at start, then on every change it can observe.
 
-Triggers, cheapest first:
-- nf_tables hosts: kernel change notifications (NftEvents), coalesced for 50 ms;
-- legacy hosts: the firewall checks themselves every `interval` seconds (python-iptables
-  reads only the few chains the checks need; measured cheaper than fingerprinting the
-  whole table blob, see bench/);
-- ecs.config and the persisted rules files: a stat() signature once a second;
-- everything: a full reconcile every `resync` seconds, and at once after ENOBUFS;
-- a failed reconcile: retried with exponential backoff (1 s .. 60 s).
-The status file is rewritten after every reconcile and at least every `interval`.
+When it wakes is daemon.wakeups' business (kernel events, the legacy table probe,
+file signatures, timers); this module reconciles, publishes the status file and
+metrics, speaks the systemd notify protocol and handles signals.
 """
 
 from __future__ import annotations
@@ -19,45 +13,40 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from ecs_harden import facts as facts_mod
-from ecs_harden import logs
+from ecs_harden import logs, proc
 from ecs_harden import policy as policy_mod
 from ecs_harden.component import Component
+from ecs_harden.daemon.filewatch import FileWatch
+from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
+from ecs_harden.daemon.nftevents import generation as nf_generation
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.status import metrics_text, write_metrics, write_status
-from ecs_harden.ecsconfig.agent import AgentRestartComponent
-from ecs_harden.ecsconfig.component import EcsConfigComponent
+from ecs_harden.daemon.wakeups import (
+    ALL,
+    BOTH,
+    ECS,
+    FILES,
+    FIREWALL,
+    PROBE_MIN,
+    PROBES_PER_INTERVAL,
+    Schedule,
+    Wake,
+)
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import iso
-from ecs_harden.imds.bridges import BridgesComponent
-from ecs_harden.imds.live import LiveBlockComponent
+from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.persist.files import PersistedFileComponent
-from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components
+from ecs_harden.reconcile import families as families_of
 from ecs_harden.report import DRIFT, ERROR, Finding, Report
-
-FIREWALL, FILES, ECS = "firewall", "files", "ecs"
-COALESCE = 0.05
-COALESCE_MAX = 0.25
-FILE_POLL = 1.0
-BACKOFF_MAX = 60.0
-
-
-def group_of(component: Component) -> str:
-    if isinstance(component, (LiveBlockComponent, BridgesComponent)):
-        return FIREWALL
-    if isinstance(component, (PersistedFileComponent, ServiceComponent)):
-        return FILES
-    if isinstance(component, (EcsConfigComponent, AgentRestartComponent)):
-        return ECS
-    return FILES
 
 
 @dataclass
@@ -90,7 +79,13 @@ class Daemon:
         self.stop_requested = False
         self.reload_requested = False
         self.nft: NftEvents | None = None
-        self.polling = False  # legacy iptables: nothing to observe, poll
+        self.probe: TableProbe | None = None  # legacy iptables: no events, probe the tables
+        self.files: FileWatch | None = None
+        self.baseline: tuple[bytes, ...] = ()
+        self.finding_log = FindingLog()
+        self.fw_generation: int | None = None  # nf_tables generation of the last full firewall check
+        self._report: Report | None = None
+        self._summary = ""
         self.policy_error: str | None = None  # the last reload that failed, while it stands
         self.policy_loaded = time.time()
         self._configure(policy)
@@ -102,7 +97,7 @@ class Daemon:
         self.policy = policy
         self.facts = facts_mod.gather()
         self.components = build_components(policy, self.facts)
-        self.reconciler = Reconciler(policy, self.facts.platform(), self.components)
+        self.reconciler = Reconciler(policy, self.facts.platform(), self.components, self.finding_log)
         self.findings = {}
         self.watched = [policy.ecs_config.path] + [
             c.path for c in self.components if isinstance(c, PersistedFileComponent) and c.path
@@ -116,12 +111,39 @@ class Daemon:
                 self.nft = NftEvents()
             except OSError as exc:
                 self.log.warning("nftevents.unavailable", error=str(exc))
-        self.polling = self.nft is None
+        else:
+            try:
+                self.probe = TableProbe(families_of(self.policy))
+            except OSError as exc:
+                self.log.warning("tableprobe.unavailable", error=str(exc))
+        try:
+            self.files = FileWatch(self.watched)
+        except OSError as exc:
+            self.log.warning("filewatch.unavailable", error=str(exc))
 
     def _close_watchers(self) -> None:
+        if self.files is not None:
+            self.files.close()
+            self.files = None
         if self.nft is not None:
             self.nft.close()
             self.nft = None
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+    def _probe_changed(self) -> set[int]:
+        """The families whose legacy tables changed since the baseline."""
+        assert self.probe is not None
+        try:
+            now = self.probe.signature()
+        except OSError as exc:
+            self.log.warning("tableprobe.failed", error=str(exc))
+            self.probe.close()
+            self.probe = None
+            return set(BOTH)
+        fams = [4, 6][: len(now) // 2]
+        return {fam for i, fam in enumerate(fams) if now[2 * i:2 * i + 2] != self.baseline[2 * i:2 * i + 2]}
 
     def _signature(self) -> list[tuple[int, int, int] | None]:
         out: list[tuple[int, int, int] | None] = []
@@ -134,24 +156,47 @@ class Daemon:
         return out
 
     # -- reconcile --------------------------------------------------------
-    def reconcile(self, groups: tuple[str, ...] = (FIREWALL, FILES, ECS), *, why: str) -> bool:
-        """Reconcile the components of the given groups; True when no error."""
+    def reconcile(
+        self, groups: Collection[str] = ALL, *, why: str, families: Collection[int] = BOTH
+    ) -> bool:
+        """Reconcile the components of the given groups (live checks: of the given IP
+        families); True when no error."""
         t0 = time.monotonic()
         errors: list[str] = []
+        if self.probe is not None and FIREWALL in groups:
+            # Taken before reading: a change made while we reconcile shows at the next probe.
+            try:
+                self.baseline = self.probe.signature()
+            except OSError:
+                self.baseline = ()
+        generation = None
+        if self.nft is not None and FIREWALL in groups and set(families) >= set(families_of(self.policy)):
+            generation = self._generation()  # before reading, as the probe's baseline
         try:
             with ReconcileLock(timeout=DAEMON_TIMEOUT):
                 for i, component in enumerate(self.components):
-                    if group_of(component) in groups:
-                        errors += self._reconcile_one(i, component)
+                    if component.wakes_on not in groups:
+                        continue
+                    family = getattr(component, "family", None)
+                    if component.wakes_on == FIREWALL and family is not None and family not in families:
+                        continue
+                    errors += self._reconcile_one(i, component)
         except HardenError as exc:  # the lock: another ecs-harden holds it too long
             self.log.error("reconcile.lock_failed", error=str(exc))
             errors.append(str(exc))
+        if FIREWALL in groups:
+            self.fw_generation = generation if not errors else None
         self.counters.reconciles += 1
         self.counters.last_duration = time.monotonic() - t0
         self.counters.last_reconcile = time.time()
         self.counters.last_error = errors[-1] if errors else None
         if FILES in groups or ECS in groups:
             self._file_sig = self._signature()
+            if self.files is not None:
+                try:
+                    self.files.rewatch()
+                except OSError as exc:
+                    self.log.warning("filewatch.failed", error=str(exc))
         self.log.debug("reconcile.done", why=why, groups=list(groups),
                        duration=round(self.counters.last_duration, 4), errors=len(errors))
         self.publish()
@@ -199,18 +244,25 @@ class Daemon:
             line += f"; policy reload failed, running the policy from {self.policy.source}"
         return line
 
-    def publish(self) -> None:
-        report = self.report()
+    def publish(self, *, heartbeat: bool = False) -> None:
+        """Status file (and, after a reconcile, metrics and STATUS=). A heartbeat only
+        rewrites the status file, from the report already built."""
+        if not heartbeat or self._report is None:
+            self._report = self.report()
+        report = self._report
         try:
             write_status(self.policy.report.status_file, report, self.daemon_fields())
-            if self.policy.report.textfile:
+            if self.policy.report.textfile and not heartbeat:
                 write_metrics(self.policy.report.textfile, metrics_text(
                     report, repairs=self.counters.repairs, duration=self.counters.last_duration,
                     last=self.counters.last_reconcile,
                 ))
         except HardenError as exc:
             self.log.error("status.write_failed", error=str(exc))
-        self.notifier.status(self.summary(report))
+        summary = self.summary(report)
+        if summary != self._summary:
+            self._summary = summary
+            self.notifier.status(summary)
 
     # -- main loop --------------------------------------------------------
     def _signals(self, sel: selectors.BaseSelector) -> socket.socket:
@@ -265,98 +317,52 @@ class Daemon:
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
         ok = self.reconcile(why="start")
         self.notifier.ready(self.summary(self.report()))
-        now = self.clock()
-        backoff = 0.0
-        retry_at: float | None = None if ok else now + 1.0
-        if not ok:
-            backoff = 1.0
-        next_resync = now + self.policy.resync
-        next_poll = now + self.policy.interval
-        next_file = now + FILE_POLL
-        next_heartbeat = now + self.policy.interval
-        next_watchdog = now if self.notifier.watchdog_interval else None
-        pending_since: float | None = None
-        pending_at: float | None = None
-        registered_nft: NftEvents | None = None
+        sched = self._schedule()
+        sched.reconciled(ok, self.clock())
+        registered: list[Any] = []
         try:
             while not self.stop_requested:
-                if registered_nft is not self.nft:
-                    if registered_nft is not None:
-                        sel.unregister(registered_nft)
-                    if self.nft is not None:
-                        sel.register(self.nft, selectors.EVENT_READ, "nft")
-                    registered_nft = self.nft
-                deadlines = [next_resync, next_file, next_heartbeat]
-                if self.polling:
-                    deadlines.append(next_poll)
-                for d in (retry_at, pending_at, next_watchdog):
-                    if d is not None:
-                        deadlines.append(d)
-                timeout = max(0.0, min(deadlines) - self.clock())
-                events = sel.select(timeout)
-                groups: set[str] = set()
-                why: list[str] = []
+                watchers = [w for w in (self.nft, self.files) if w is not None]
+                if watchers != registered:
+                    for w in registered:
+                        sel.unregister(w)
+                    for w in watchers:
+                        sel.register(w, selectors.EVENT_READ, "nft" if w is self.nft else "files")
+                    registered = watchers
+                events = sel.select(max(0.0, sched.earliest() - self.clock()))
+                now = self.clock()
+                wake = Wake()
                 for key, _ in events:
                     if key.data == "signal":
-                        try:
-                            while rsock.recv(64):
-                                pass
-                        except BlockingIOError:
-                            pass
+                        self._drain(rsock)
                     elif key.data == "nft" and self.nft is not None:
-                        try:
-                            self.nft.drain()
-                            now = self.clock()
-                            pending_since = pending_since or now
-                            pending_at = min(now + COALESCE, pending_since + COALESCE_MAX)
-                        except Overflow:
-                            self.log.warning("nftevents.overflow")
-                            groups |= {FIREWALL, FILES, ECS}
-                            why.append("enobufs")
+                        self._on_nft(sched, wake, now)
+                    elif key.data == "files" and self.files is not None:
+                        self.files.drain()
+                        if self._signature() != self._file_sig:
+                            wake.add({FILES, ECS}, "file changed")
                 if self.stop_requested:
                     break
                 if self.reload_requested:
                     self.reload()
-                    now = self.clock()
-                    next_resync = now + self.policy.resync
+                    sched = self._schedule()
                     continue
-                now = self.clock()
-                if pending_at is not None and now >= pending_at:
-                    groups.add(FIREWALL)
-                    why.append("nftables event")
-                    pending_at = pending_since = None
-                if self.polling and now >= next_poll:
-                    next_poll = now + self.policy.interval
-                    groups.add(FIREWALL)
-                    why.append("poll")
-                if now >= next_file:
-                    next_file = now + FILE_POLL
-                    if self._signature() != self._file_sig:
-                        groups |= {FILES, ECS}
-                        why.append("file changed")
-                if now >= next_resync:
-                    next_resync = now + self.policy.resync
-                    groups |= {FIREWALL, FILES, ECS}
-                    why.append("resync")
-                if retry_at is not None and now >= retry_at:
-                    groups |= {FIREWALL, FILES, ECS}
-                    why.append("retry")
-                if groups:
-                    ok = self.reconcile(tuple(sorted(groups)), why=", ".join(why))
-                    next_heartbeat = self.clock() + self.policy.interval
-                    if ok:
-                        backoff, retry_at = 0.0, None
-                    else:
-                        backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
-                        retry_at = self.clock() + backoff
+                self._due(sched, wake, now)
+                if wake:
+                    ok = self.reconcile(wake.groups, why=", ".join(wake.why), families=wake.families)
+                    backoff = sched.reconciled(ok, self.clock())
+                    if backoff is not None:
                         self.log.warning("reconcile.retry_scheduled", seconds=backoff)
-                if self.clock() >= next_heartbeat:
-                    next_heartbeat = self.clock() + self.policy.interval
-                    self.publish()
-                if next_watchdog is not None and self.clock() >= next_watchdog:
+                now = self.clock()
+                if now >= sched.heartbeat:
+                    sched.heartbeat = now + self.policy.interval
+                    self.publish(heartbeat=True)
+                    if sched.watchdog_every and sched.watchdog_every > self.policy.interval:
+                        self.notifier.watchdog()
+                        sched.watchdog = now + sched.watchdog_every
+                if sched.watchdog is not None and sched.watchdog_every and now >= sched.watchdog:
                     self.notifier.watchdog()
-                    assert self.notifier.watchdog_interval is not None
-                    next_watchdog = self.clock() + self.notifier.watchdog_interval
+                    sched.watchdog = now + sched.watchdog_every
         finally:
             signal.set_wakeup_fd(-1)
             sel.close()
@@ -367,3 +373,65 @@ class Daemon:
         self.log.info("daemon.stopped", reconciles=self.counters.reconciles,
                       repairs=self.counters.repairs, rules="left in place")
         return 0
+
+    def _schedule(self) -> Schedule:
+        return Schedule(self.clock(), interval=self.policy.interval, resync=self.policy.resync,
+                        probe_every=self._probe_every(), polling_files=self.files is None,
+                        watchdog=self.notifier.watchdog_interval)
+
+    def _probe_every(self) -> float | None:
+        """How often to look at the firewall without being told: the legacy probe's
+        period, every interval when there is neither events nor probe, else never."""
+        if self.probe is not None:
+            return max(PROBE_MIN, self.policy.interval / PROBES_PER_INTERVAL)
+        return self.policy.interval if self.nft is None else None
+
+    @staticmethod
+    def _drain(rsock: socket.socket) -> None:
+        try:
+            while rsock.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_nft(self, sched: Schedule, wake: Wake, now: float) -> None:
+        assert self.nft is not None
+        try:
+            batch = self.nft.drain()
+        except Overflow:
+            self.log.warning("nftevents.overflow")
+            wake.add(ALL, "enobufs")
+            return
+        if not batch.messages:
+            return
+        ours = set(proc.recent_pids)
+        if batch.writers and batch.writers <= ours and not batch.other:
+            return  # the echo of our own commit
+        fams = set(batch.families) if batch.families and not batch.other else set(BOTH)
+        sched.event(wake, now, fams, "nftables event")
+
+    def _generation(self) -> int | None:
+        try:
+            return nf_generation()
+        except OSError as exc:
+            self.log.debug("nftables.generation_failed", error=str(exc))
+            return None
+
+    def _due(self, sched: Schedule, wake: Wake, now: float) -> None:
+        sched.due(wake, now)
+        # nf_tables numbers every commit: the same generation is the same ruleset, so on
+        # a resync the firewall checks would find what they found last time.
+        if wake.why == ["resync"] and self.fw_generation is not None \
+                and self._generation() == self.fw_generation:
+            wake.groups.discard(FIREWALL)
+        if sched.probe is not None and sched.probe_every is not None and now >= sched.probe:
+            sched.probe = now + sched.probe_every
+            if self.probe is None:  # no events and no probe: the checks themselves
+                sched.probe_every = self.policy.interval
+                wake.add({FIREWALL}, "poll")
+            elif changed := self._probe_changed():
+                wake.add({FIREWALL}, "legacy table changed", changed)
+        if sched.file is not None and sched.file_every is not None and now >= sched.file:
+            sched.file = now + sched.file_every
+            if self._signature() != self._file_sig:
+                wake.add({FILES, ECS}, "file changed")

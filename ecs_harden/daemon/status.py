@@ -14,7 +14,8 @@ from ecs_harden.report import STATUSES, Report
 def write_status(path: str, report: Report, daemon: dict[str, Any]) -> None:
     ensure_dir(os.path.dirname(path), mode=0o755)
     data = report.to_json({"daemon": daemon})
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
+    # Rewritten every interval, on tmpfs by default: atomic, but not worth an fsync.
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644, durable=False)
 
 
 def read_status(path: str) -> tuple[dict[str, Any], float]:
@@ -59,4 +60,4 @@ def metrics_text(report: Report, *, repairs: int, duration: float, last: float) 
 
 def write_metrics(path: str, text: str) -> None:
     ensure_dir(os.path.dirname(path), mode=0o755)
-    write_atomic(path, text.encode(), mode=0o644)
+    write_atomic(path, text.encode(), mode=0o644, durable=False)

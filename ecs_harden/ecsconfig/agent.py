@@ -20,6 +20,7 @@ RESTART_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 
 class AgentRestartComponent:
+    wakes_on = "ecs"
     name = "ecs_agent"
 
     def __init__(

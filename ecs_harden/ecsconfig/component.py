@@ -80,6 +80,7 @@ class _Plan:
 
 
 class EcsConfigComponent:
+    wakes_on = "ecs"
     name = "ecs_config"
 
     def __init__(self, policy: Policy):

@@ -35,6 +35,7 @@ def judge(bridges: list[str], patterns: tuple[str, ...]) -> Finding:
 
 
 class BridgesComponent:
+    wakes_on = "firewall"
     name = "imds.bridges"
     checks = (CHECK,)
 

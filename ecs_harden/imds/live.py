@@ -50,6 +50,8 @@ class BlockState:
 
 
 class LiveBlockComponent:
+    wakes_on = "firewall"
+
     def __init__(
         self,
         family: int,

@@ -46,6 +46,8 @@ class _Plan:
 
 
 class PersistedFileComponent:
+    wakes_on = "files"
+
     def __init__(
         self,
         family: int,
@@ -63,6 +65,9 @@ class PersistedFileComponent:
         self.interfaces = interfaces
         self.journal = journal
         self._validated: dict[tuple[int, int, int], str | None] = {}
+        # The last steady inspection and the file's identity then: judging a file that
+        # did not change gives the same answer, so the daemon's resync skips it.
+        self._steady: tuple[object, Inspection] | None = None
 
     def expected(self) -> str:
         where = self.path or "a boot rules file"
@@ -81,7 +86,28 @@ class PersistedFileComponent:
             self._validated = {key: restore_test(self.family, data) if data.strip() else None}
         return self._validated[key]
 
+    def _identity(self) -> object:
+        assert self.path is not None
+        out: list[object] = []
+        for stat in (os.lstat, os.stat):
+            try:
+                st = stat(self.path)
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     def inspect(self) -> Inspection:
+        if self.path is None:
+            return self._inspect()
+        key = self._identity()
+        if self._steady is not None and self._steady[0] == key:
+            return self._steady[1]
+        inspection = self._inspect()
+        self._steady = None if inspection.changes else (key, inspection)
+        return inspection
+
+    def _inspect(self) -> Inspection:
         if self.path is None:
             return Inspection((Finding(
                 self.name, ERROR, self.expected(), "no mechanism",

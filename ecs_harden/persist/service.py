@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+import time
+from collections.abc import Callable
 
 from ecs_harden import proc
 from ecs_harden.atomic import DanglingLink, read_bytes
@@ -53,13 +55,46 @@ def sysv_state(service: str, rc_root: str = "/etc") -> str:
     return "disabled"
 
 
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
+             "/lib/systemd/system", "/etc/init.d", "/etc/rc.d/init.d", "/etc/rc.d/rc3.d", "/etc/rc3.d")
+CACHE_FOR = 3600.0
+
+
+def enablement_signature(extra: tuple[str, ...] = ()) -> tuple[tuple[str, int], ...]:
+    """mtimes of every directory whose entries decide `systemctl is-enabled` (and chkconfig):
+    enabling, disabling, masking or installing a unit adds or removes an entry in one."""
+    dirs: list[str] = []
+    for d in UNIT_DIRS:
+        dirs.append(d)
+        try:
+            with os.scandir(d) as it:
+                dirs += [e.path for e in it if e.name.endswith((".wants", ".requires")) and e.is_dir()]
+        except OSError:
+            pass
+    out = []
+    for d in (*dirs, *extra):
+        try:
+            st = os.stat(d)
+            out.append((d, st.st_mtime_ns ^ st.st_ino ^ st.st_size))
+        except OSError:
+            out.append((d, -1))
+    return tuple(out)
+
+
 class ServiceComponent:
+    wakes_on = "files"
     name = CHECK
 
-    def __init__(self, flavor: type[Flavor], families: tuple[int, ...]):
+    def __init__(
+        self, flavor: type[Flavor], families: tuple[int, ...], clock: Callable[[], float] = time.monotonic
+    ):
         self.flavor = flavor
         self.families = families
         self.services = flavor.services_for(families)
+        self.clock = clock
+        # A steady answer, kept while nothing it depends on changed (at most CACHE_FOR):
+        # the daemon's resync then costs no `systemctl` process.
+        self._cached: tuple[object, float, Inspection] | None = None
 
     def expected(self) -> str:
         return (", ".join(self.services) or "a boot restore service") + " enabled for boot"
@@ -88,6 +123,17 @@ class ServiceComponent:
         return out
 
     def inspect(self) -> Inspection:
+        rules = tuple(p for p in (self.flavor.rules_file(f) for f in self.families) if p)
+        key = enablement_signature(rules)
+        now = self.clock()
+        if self._cached is not None and self._cached[0] == key and now - self._cached[1] < CACHE_FOR:
+            return self._cached[2]
+        inspection = self._inspect()
+        steady = not inspection.changes and all(f.status != ERROR for f in inspection.findings)
+        self._cached = (key, now, inspection) if steady else None
+        return inspection
+
+    def _inspect(self) -> Inspection:
         if not self.services:
             return Inspection((Finding(
                 CHECK, ERROR, self.expected(), "no mechanism",
