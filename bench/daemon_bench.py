@@ -115,8 +115,9 @@ def docker_shaped_rules(n: int) -> str:
 
 def policy(sb: Sandbox) -> Path:
     path = sb.dir / "policy.yaml"
-    path.write_text(f"state_dir: {sb.dir}/state\nreport:\n  status_file: {sb.dir}/status.json\n"
-                    f"ecs_config:\n  path: {sb.dir}/ecs.config\n")
+    # The status file where the unit keeps it: on the sandbox's /run tmpfs.
+    path.write_text(f"state_dir: {sb.dir}/state\n"
+                    f"ecs_config:\n  path: {sb.dir}/etc-ecs/ecs.config\n")
     os.chmod(path, 0o600)
     return path
 
@@ -127,15 +128,18 @@ def start_daemon(sb: Sandbox) -> tuple[psutil.Process, subprocess.Popen[bytes]]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         kids = psutil.Process(proc.pid).children()
-        if kids and (sb.dir / "status.json").exists():
+        if kids and Path(f"/proc/{kids[0].pid}/root/run/ecs-harden/status.json").exists():
             return kids[0], proc
         time.sleep(0.05)
     raise RuntimeError("daemon did not come up: " + (sb.dir / "daemon.log").read_text()[-2000:])
 
 
 def cpu_seconds(p: psutil.Process) -> float:
+    """The process's own CPU to the nanosecond (schedstat), plus its reaped children's (ticks)."""
+    with open(f"/proc/{p.pid}/schedstat") as fh:
+        own = int(fh.read().split()[0]) / 1e9
     t = p.cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    return own + t.children_user + t.children_system
 
 
 def idle_cpu(p: psutil.Process, seconds: float) -> float:

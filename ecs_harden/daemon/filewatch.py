@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import struct
 from collections.abc import Sequence
 
 IN_NONBLOCK = 0o4000
@@ -28,6 +29,8 @@ MASK = (
     | 0x00000800  # IN_MOVE_SELF
     | 0x00000400  # IN_DELETE_SELF
 )
+
+EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len; then len bytes of name
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
@@ -58,36 +61,52 @@ class FileWatch:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd: int = int(fd)
-        self.watched: set[str] = set()
+        self.names: set[str] = set()
         try:
             self.rewatch()
         except OSError:
             self.close()
             raise
 
+    def _names(self) -> set[str]:
+        """Entry names whose change matters: the files, their link targets, and every
+        directory on the way to them (one may be created under a watched ancestor)."""
+        out: set[str] = set()
+        for path in self.paths:
+            for p in (path, os.path.realpath(path)):
+                out.update(part for part in p.split("/") if part)
+        return out
+
     def rewatch(self) -> None:
+        self.names = self._names()
         # add_watch on a watched directory returns its watch again; on one that was
         # removed and made anew it makes a new one.
         for d in directories(self.paths):
             if _libc.inotify_add_watch(self.fd, os.fsencode(d), MASK) < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"inotify_add_watch {d}: {os.strerror(err)}")
-            self.watched.add(d)
 
     def fileno(self) -> int:
         return self.fd
 
     def drain(self) -> bool:
-        """Read every pending event; True when there was any."""
-        seen = False
+        """Read every pending event; True when one concerns our files (not, say, the
+        status file or a log written into the same directory)."""
+        relevant = False
         while True:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return seen
+                return relevant
             if not data:
-                return seen
-            seen = True
+                return relevant
+            offset = 0
+            while offset + EVENT.size <= len(data):
+                _wd, _mask, _cookie, length = EVENT.unpack_from(data, offset)
+                name = data[offset + EVENT.size:offset + EVENT.size + length].rstrip(b"\0")
+                offset += EVENT.size + length
+                if not name or os.fsdecode(name) in self.names:
+                    relevant = True
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -26,13 +26,14 @@ from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.nftevents import generation as nf_generation
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.status import metrics_text, write_metrics, write_status
+from ecs_harden.daemon.status import metrics_text, report_text, write_metrics, write_status
 from ecs_harden.daemon.wakeups import (
     ALL,
     BOTH,
     ECS,
     FILES,
     FIREWALL,
+    LEGACY_FULL,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
     Schedule,
@@ -85,6 +86,7 @@ class Daemon:
         self.finding_log = FindingLog()
         self.fw_generation: int | None = None  # nf_tables generation of the last full firewall check
         self._report: Report | None = None
+        self._report_text = ""
         self._summary = ""
         self.policy_error: str | None = None  # the last reload that failed, while it stands
         self.policy_loaded = time.time()
@@ -249,9 +251,10 @@ class Daemon:
         rewrites the status file, from the report already built."""
         if not heartbeat or self._report is None:
             self._report = self.report()
+            self._report_text = report_text(self._report)
         report = self._report
         try:
-            write_status(self.policy.report.status_file, report, self.daemon_fields())
+            write_status(self.policy.report.status_file, self._report_text, self.daemon_fields())
             if self.policy.report.textfile and not heartbeat:
                 write_metrics(self.policy.report.textfile, metrics_text(
                     report, repairs=self.counters.repairs, duration=self.counters.last_duration,
@@ -329,6 +332,8 @@ class Daemon:
                     for w in watchers:
                         sel.register(w, selectors.EVENT_READ, "nft" if w is self.nft else "files")
                     registered = watchers
+                if self.probe is not None and self._quiet_ticks(sel, sched):
+                    continue
                 events = sel.select(max(0.0, sched.earliest() - self.clock()))
                 now = self.clock()
                 wake = Wake()
@@ -337,10 +342,9 @@ class Daemon:
                         self._drain(rsock)
                     elif key.data == "nft" and self.nft is not None:
                         self._on_nft(sched, wake, now)
-                    elif key.data == "files" and self.files is not None:
-                        self.files.drain()
-                        if self._signature() != self._file_sig:
-                            wake.add({FILES, ECS}, "file changed")
+                    elif key.data == "files" and self.files is not None and self.files.drain() \
+                            and self._signature() != self._file_sig:
+                        wake.add({FILES, ECS}, "file changed")
                 if self.stop_requested:
                     break
                 if self.reload_requested:
@@ -378,6 +382,33 @@ class Daemon:
         return Schedule(self.clock(), interval=self.policy.interval, resync=self.policy.resync,
                         probe_every=self._probe_every(), polling_files=self.files is None,
                         watchdog=self.notifier.watchdog_interval)
+
+    def _quiet_ticks(self, sel: selectors.BaseSelector, sched: Schedule) -> bool:
+        """Legacy idle: probe tick after probe tick while nothing else is due, touching as
+        little as possible (a wakeup is most of an idle daemon's cost). False when the
+        general loop has something to do: an event, a changed table, another timer."""
+        assert self.probe is not None and sched.probe is not None and sched.probe_every is not None
+        others = min(d for d in (sched.resync, sched.heartbeat, sched.file, sched.watchdog,
+                                 sched.retry, sched.pending_at) if d is not None)
+        clock, probe, baseline, every = self.clock, self.probe, self.baseline, sched.probe_every
+        ticked = False
+        while True:
+            now = clock()
+            if now >= others or self.stop_requested or self.reload_requested:
+                return ticked
+            if now < sched.probe:
+                if sel.select(min(sched.probe, others) - now):
+                    return ticked
+                continue
+            sched.probe = now + every
+            try:
+                if probe.signature() != baseline:
+                    sched.probe = now  # let the general loop see it at once
+                    return ticked
+            except OSError:
+                sched.probe = now
+                return ticked
+            ticked = True
 
     def _probe_every(self) -> float | None:
         """How often to look at the firewall without being told: the legacy probe's
@@ -424,6 +455,13 @@ class Daemon:
         if wake.why == ["resync"] and self.fw_generation is not None \
                 and self._generation() == self.fw_generation:
             wake.groups.discard(FIREWALL)
+        # Legacy: the probe sees every insert, delete and flush at once; what it cannot
+        # see (a same-size replacement) waits for a full check every LEGACY_FULL resyncs.
+        if wake.why == ["resync"] and self.probe is not None:
+            if now < sched.full_firewall:
+                wake.groups.discard(FIREWALL)
+            else:
+                sched.full_firewall = now + LEGACY_FULL * self.policy.resync
         if sched.probe is not None and sched.probe_every is not None and now >= sched.probe:
             sched.probe = now + sched.probe_every
             if self.probe is None:  # no events and no probe: the checks themselves

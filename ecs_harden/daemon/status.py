@@ -11,11 +11,20 @@ from ecs_harden.atomic import ensure_dir, write_atomic
 from ecs_harden.report import STATUSES, Report
 
 
-def write_status(path: str, report: Report, daemon: dict[str, Any]) -> None:
+def report_text(report: Report) -> str:
+    """The report as the status file holds it, less its closing brace (see write_status)."""
+    text = json.dumps(report.to_json(), indent=2)
+    return text[: text.rstrip().rfind("}")].rstrip()
+
+
+def write_status(path: str, report: Report | str, daemon: dict[str, Any]) -> None:
+    """report: a Report, or report_text() of one, kept by a daemon between heartbeats."""
     ensure_dir(os.path.dirname(path), mode=0o755)
-    data = report.to_json({"daemon": daemon})
+    body = report if isinstance(report, str) else report_text(report)
+    daemon_text = json.dumps(daemon, indent=2).replace("\n", "\n  ")
+    text = f'{body},\n  "daemon": {daemon_text}\n}}\n'
     # Rewritten every interval, on tmpfs by default: atomic, but not worth an fsync.
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644, durable=False)
+    write_atomic(path, text.encode(), mode=0o644, durable=False)
 
 
 def read_status(path: str) -> tuple[dict[str, Any], float]:

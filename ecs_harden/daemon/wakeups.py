@@ -6,7 +6,9 @@
   reconcile is coalesced (COALESCE after the last event, at most COALESCE_MAX),
   so a burst of Docker changes costs one or two reconciles, never a loop.
 - legacy iptables: no notifications; the table probe runs PROBES_PER_INTERVAL
-  times per `interval` and a changed table wakes its family's checks at once.
+  times per `interval` and a changed table wakes its family's checks at once. What
+  the probe cannot see (a same-size replacement) waits for the full firewall check,
+  every LEGACY_FULL resyncs.
 - files (ecs.config, the rules files): inotify on their directories (daemon.filewatch);
   without inotify, a stat() signature every FILE_POLL seconds.
 - idle costs wakeups (about 0.15 ms of CPU each here, the interpreter's caches being
@@ -26,7 +28,8 @@ BOTH = frozenset({4, 6})
 QUIET = 0.1
 COALESCE = 0.02
 COALESCE_MAX = 0.25
-PROBES_PER_INTERVAL = 25
+PROBES_PER_INTERVAL = 22
+LEGACY_FULL = 5  # legacy: full firewall check every LEGACY_FULL resyncs (the probe covers the rest)
 PROBE_MIN = 0.02
 FILE_POLL = 1.0
 BACKOFF_MAX = 60.0
@@ -66,6 +69,7 @@ class Schedule:
         self.probe_every = probe_every
         self.watchdog_every = watchdog
         self.resync = now + resync
+        self.full_firewall = now + LEGACY_FULL * resync
         self.file_every: float | None = FILE_POLL if polling_files else None
         self.file = now + FILE_POLL if polling_files else None
         self.heartbeat = now + interval
