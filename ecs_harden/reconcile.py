@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,6 +135,16 @@ class Reconciler:
         self, component: Component, *, repair: bool, dry_run: bool = False
     ) -> tuple[list[Finding], list[str], list[str]]:
         """Findings, changes made (or planned, with dry_run) and errors for one component."""
+        # A component that can hold off other writers between its read and its commit
+        # (legacy iptables: the xtables lock) inspects, repairs and checks again in one
+        # transaction, so its commit needs no second read of the table.
+        transaction = getattr(component, "transaction", None)
+        with transaction() if transaction and repair and not dry_run else contextlib.nullcontext():
+            return self._run_component(component, repair=repair, dry_run=dry_run)
+
+    def _run_component(
+        self, component: Component, *, repair: bool, dry_run: bool = False
+    ) -> tuple[list[Finding], list[str], list[str]]:
         try:
             first = component.inspect()
         except HardenError as exc:

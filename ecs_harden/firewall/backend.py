@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, Union
 
@@ -58,4 +59,10 @@ class Backend(Protocol):
 
     def commit(self, ops: Sequence[Op]) -> None:
         """Apply every op, all or nothing."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Reads and a commit that nobody else's change can come between, where the
+        mechanism allows it (legacy: under the xtables lock, so the commit needs no
+        second read); elsewhere a no-op (iptables-restore is atomic by itself)."""
         ...

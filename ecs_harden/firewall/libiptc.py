@@ -130,6 +130,10 @@ class Libiptc:
 
     def __init__(self, family: int):
         self.family = family
+        # Inside transaction(): the xtables lock is held and these tables were read
+        # under it, so a commit applies to them as they are, without reading again.
+        self._locked = False
+        self._fresh: set[str] = set()
         iptc = _iptc()
         self._iptc = iptc
         self._table_cls = iptc.Table if family == 4 else iptc.Table6
@@ -146,12 +150,24 @@ class Libiptc:
         rules = tuple(parse_args(name, rule_args(r)) for r in chain.rules)
         return Chain(name, policy, rules)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with xtables_lock():
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+                self._fresh = set()
+
     def snapshot(self, table: str = "filter") -> ChainReader:
         t = self.table(table)
         try:
             t.refresh()
         except Exception as exc:
             raise RuntimeFailure(f"python-iptables: cannot read the {table} table: {exc}") from None
+        if self._locked:
+            self._fresh.add(table)
         return lambda name: self._read(t, name)
 
     def _build(self, rule: Rule) -> Any:
@@ -181,9 +197,10 @@ class Libiptc:
         iptc = self._iptc
         tables = {name: self.table(name) for name in dict.fromkeys(op.table for op in ops)}
         try:
-            with xtables_lock():
-                for table in tables.values():
-                    table.refresh()
+            with contextlib.nullcontext() if self._locked else xtables_lock():
+                for name, table in tables.items():
+                    if name not in self._fresh:
+                        table.refresh()
                 for op in ops:
                     table = tables[op.table]
                     if isinstance(op, NewChain):
@@ -201,8 +218,9 @@ class Libiptc:
                                 break
                         else:
                             raise RuntimeFailure(f"no rule in {op.chain} to delete: {' '.join(op.args)}")
-                for table in tables.values():
+                for name, table in tables.items():
                     table.commit()
+                    self._fresh.discard(name)  # committed: the next read must read again
         except RuntimeFailure:
             for table in tables.values():
                 table.refresh()

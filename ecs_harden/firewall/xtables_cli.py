@@ -7,7 +7,9 @@ atomic and never leaves a window without the block.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from ecs_harden import proc
 from ecs_harden.errors import RuntimeFailure
@@ -42,6 +44,9 @@ class XtablesCli:
     def _chain_listed(self, name: str, table: str) -> bool:
         done = proc.run([self.binary, "-w", WAIT_SECONDS, "-t", table, "-S"], check=False)
         return any(line.split()[:2] in (["-N", name], ["-P", name]) for line in done.stdout.splitlines())
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def snapshot(self, table: str = "filter") -> ChainReader:
         return lambda name: self.read_chain(name, table)

@@ -7,8 +7,10 @@ and the block is there exactly once in each managed chain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ecs_harden.component import Inspection
@@ -72,6 +74,12 @@ class LiveBlockComponent:
         if self._backend is None:
             self._backend = self._backend_factory()
         return self._backend
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Inspect and execute as one: see Backend.transaction."""
+        if self.family == 6 and not ipv6_available():
+            return contextlib.nullcontext()
+        return self.backend.transaction()
 
     def expected(self) -> str:
         pats = ", ".join(self.interfaces)

@@ -276,3 +276,57 @@ def test_sighup_with_a_valid_policy_applies_it(daemon: tuple[EcsHost, Running]) 
     until(lambda: any("-i br-+" in r for r in our_rules(host, "DOCKER-USER")), 10)
     assert "policy.reloaded" in run.log.read_text()
     assert run.proc.poll() is None
+
+
+@pytest.fixture
+def slow_daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
+    """interval 20 s, resync 2 s: repairs must not wait for interval; logs must not repeat."""
+    policy = clean.dir / "slow-policy.yaml"
+    policy.write_text(
+        f"interval: 20\nresync: 2\nreport:\n  status_file: {clean.dir}/status.json\n"
+    )
+    os.chmod(policy, 0o600)
+    run = start_daemon(clean, policy)
+    try:
+        yield clean, run
+    finally:
+        if run.proc.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)
+            run.proc.wait(timeout=10)
+        run.notify.close()
+
+
+def test_delete_insert_above_and_flush_repaired_well_before_interval(
+    slow_daemon: tuple[EcsHost, Running],
+) -> None:
+    """On legacy by the table probe (20 s / 22 = every 0.9 s), on nf_tables by events."""
+    host, run = slow_daemon
+    run.wait_for("READY=1")
+    limit = 5.0  # a quarter of interval; the bench measures the real latency
+    rule = our_rules(host, "DOCKER-USER")[0]
+    host.sandbox.iptables("-D", *shlex.split(rule)[1:])
+    until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, limit)
+    # An ACCEPT above the block in FORWARD shadows it (as Docker's own do after a restart).
+    host.sandbox.iptables("-I", "FORWARD", "1", "-i", "docker+", "-j", "ACCEPT")
+    until(lambda: IMDS_V4 in host.sandbox.rules("FORWARD")[0], limit)
+    host.sandbox.iptables("-F", "FORWARD")
+    until(lambda: len(our_rules(host, "FORWARD")) == 1, limit)
+    assert not host.reaches(IMDS_V4)
+
+
+def test_a_persisting_error_is_logged_once_not_every_resync(slow_daemon: tuple[EcsHost, Running]) -> None:
+    host, run = slow_daemon
+    run.wait_for("READY=1")
+    # The boot restore package goes away: an error the daemon cannot repair.
+    unit = host.sandbox.etc / "systemd" / "system" / "netfilter-persistent.service"
+    unit.unlink()
+    host.sandbox.run(["rm", "-f", "/etc/systemd/system/multi-user.target.wants/netfilter-persistent.service"])
+    time.sleep(9)  # four resyncs
+    events = [json.loads(ln) for ln in run.log.read_text().splitlines() if ln.startswith("{")]
+    detected = [e for e in events if e["event"] == "drift.detected"
+                and e["check"] == "imds.persistence.service" and e["status"] == "error"]
+    assert len(detected) == 1, detected
+    assert "apt-get install -y iptables-persistent" in detected[0]["detail"]
+    status = json.loads((host.dir / "status.json").read_text())
+    finding = {f["check"]: f for f in status["findings"]}["imds.persistence.service"]
+    assert finding["status"] == "error"  # the status file still shows it every time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Sequence
 
@@ -30,6 +31,9 @@ class FakeBackend:
         self.text = text
         self.raw = raw
         self.committed: list[Sequence[Op]] = []
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def snapshot(self, table: str = "filter") -> ChainReader:
         text = self.raw if table == "raw" else self.text
