@@ -181,12 +181,14 @@ def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
         dress(sb, "debian")
         sb.run(["iptables-restore", "--noflush"], input=docker_shaped_rules(n))
         daemon, proc = start_daemon(sb)
-        lat = latencies(sb, variant, samples, "daemon", OURS)
-        time.sleep(2)
+        # Idle first: the steady state of a host where nothing changes (after a burst of
+        # repairs the next resync re-reads the changed ruleset once).
+        time.sleep(3)
         log = sb.dir / "daemon.log"
         lines_before = log.read_text().count("\n")
         cpu = idle_cpu(daemon, idle)
         log_lines = log.read_text().count("\n") - lines_before
+        lat = latencies(sb, variant, samples, "daemon", OURS)
         rss = peak_rss_mib(daemon.pid)
         cold = check_cold(sb)
         daemon.terminate()
@@ -262,12 +264,20 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of bench/results.json this run does not measure")
     args = ap.parse_args()
     rows = []
     for variant in args.variants.split(","):
         for n in (int(x) for x in args.sizes.split(",")):
             rows.append(measure(variant, n, args.samples, args.idle))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.merge and (HERE / "results.json").exists():
+        measured = {(r["variant"], r["rules"]) for r in rows}
+        kept = [r for r in json.loads((HERE / "results.json").read_text())
+                if (r["variant"], r["rules"]) not in measured]
+        order = {"nft": 0, "legacy": 1}
+        rows = sorted(kept + rows, key=lambda r: (order.get(r["variant"], 2), r["rules"]))
     head = (f"Daemon at the default policy (interval 5 s, resync 60 s) against the naive 1 s loop; "
             f"{args.samples} repairs each at random moments, {args.idle:.0f} s idle each.\n\n"
             f"Machine: {machine()}.\n\n")

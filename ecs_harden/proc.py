@@ -80,6 +80,38 @@ def run(
     return done
 
 
+def run_many(argvs: Sequence[Sequence[str]], *, timeout: float = DEFAULT_TIMEOUT) -> list[Completed]:
+    """Run independent read-only commands at once (check=False semantics): their wall
+    time is the slowest one's, not the sum. A program that cannot start gets exit 127."""
+    children: list[tuple[Sequence[str], subprocess.Popen[str] | None]] = []
+    for argv in argvs:
+        try:
+            child: subprocess.Popen[str] | None = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, env=_env(None),
+            )
+        except OSError:
+            child = None
+        if child is not None:
+            recent_pids.append(child.pid)
+        children.append((argv, child))
+    out = []
+    for argv, child in children:
+        if child is None:
+            out.append(Completed(tuple(argv), 127, "", "cannot start"))
+            continue
+        with child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                stdout, stderr = child.communicate()
+                out.append(Completed(tuple(argv), -9, stdout, stderr))
+                continue
+        out.append(Completed(tuple(argv), child.returncode, stdout, stderr))
+    return out
+
+
 def _text(data: str | bytes | None) -> str:
     if data is None:
         return ""

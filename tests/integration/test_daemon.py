@@ -82,20 +82,24 @@ def start_daemon(host: EcsHost, policy: Path) -> Running:
     return Running(proc, kids[0].pid, notify, [], log)
 
 
-@pytest.fixture
-def daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
-    text = policy_text(clean)
-    policy = clean.dir / "daemon-policy.yaml"
+def daemon_with(host: EcsHost, text: str, name: str) -> Iterator[tuple[EcsHost, Running]]:
+    """The daemon under a policy of this text, killed (leaving its rules) when done."""
+    policy = host.dir / name
     policy.write_text(text)
     os.chmod(policy, 0o600)
-    run = start_daemon(clean, policy)
+    run = start_daemon(host, policy)
     try:
-        yield clean, run
+        yield host, run
     finally:
         if run.proc.poll() is None:
             os.kill(run.pid, signal.SIGKILL)
             run.proc.wait(timeout=10)
         run.notify.close()
+
+
+@pytest.fixture
+def daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
+    yield from daemon_with(clean, policy_text(clean), "daemon-policy.yaml")
 
 
 def our_rules(host: EcsHost, chain: str) -> list[str]:
@@ -281,19 +285,8 @@ def test_sighup_with_a_valid_policy_applies_it(daemon: tuple[EcsHost, Running]) 
 @pytest.fixture
 def slow_daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
     """interval 20 s, resync 2 s: repairs must not wait for interval; logs must not repeat."""
-    policy = clean.dir / "slow-policy.yaml"
-    policy.write_text(
-        f"interval: 20\nresync: 2\nreport:\n  status_file: {clean.dir}/status.json\n"
-    )
-    os.chmod(policy, 0o600)
-    run = start_daemon(clean, policy)
-    try:
-        yield clean, run
-    finally:
-        if run.proc.poll() is None:
-            os.kill(run.pid, signal.SIGKILL)
-            run.proc.wait(timeout=10)
-        run.notify.close()
+    text = f"interval: 20\nresync: 2\nreport:\n  status_file: {clean.dir}/status.json\n"
+    yield from daemon_with(clean, text, "slow-policy.yaml")
 
 
 def test_delete_insert_above_and_flush_repaired_well_before_interval(
