@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import tempfile
+from typing import Optional
 
 from ecs_harden.errors import RuntimeFailure
 
@@ -103,6 +104,23 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
         os.makedirs(path, mode=mode, exist_ok=True)
     except OSError as exc:
         raise _failure(path, "cannot create directory", exc, path) from None
+
+
+StatKey = Optional[tuple[int, int, int, int]]
+Identity = tuple[StatKey, StatKey]
+
+
+def file_identity(path: str) -> Identity:
+    """What changes when the file (or, for a symlink, the link or its target) is replaced,
+    rewritten, moved or chmodded: (inode, size, mtime, mode) of lstat and of stat."""
+    out: list[StatKey] = []
+    for stat in (os.lstat, os.stat):
+        try:
+            st = stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
+        except OSError:
+            out.append(None)
+    return (out[0], out[1])
 
 
 def read_bytes(path: str) -> bytes | None:

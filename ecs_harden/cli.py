@@ -205,7 +205,8 @@ def _status(args: argparse.Namespace) -> int:
     daemon = data.get("daemon") or {}
     interval = float(daemon.get("interval") or policy.interval)
     stale = age > 3 * interval
-    running = (daemon.get("policy") or {}).get("source", "unknown")
+    daemon_policy = daemon.get("policy") or {}
+    running = daemon_policy.get("source", "unknown")
     if args.format == "json":
         extra = {"age_seconds": round(age, 3), "stale": stale,
                  "policy_file": {"valid": invalid is None, "error": invalid}}
@@ -217,7 +218,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"\n{data.get('host')}: {state}; daemon pid {daemon.get('pid')} since {daemon.get('started')}, "
               f"{daemon.get('reconciles')} reconciles, {daemon.get('repairs')} repairs; "
               f"status written {age:.1f}s ago")
-        reload_error = (daemon.get("policy") or {}).get("reload_error")
+        reload_error = daemon_policy.get("reload_error")
         if reload_error:
             print(f"policy: the daemon's last reload failed ({reload_error}); "
                   f"it runs its previous policy, from {running}")

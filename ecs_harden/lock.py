@@ -29,6 +29,22 @@ class LockTimeout(RuntimeFailure):
     """Another ecs-harden process held the lock for longer than we may wait."""
 
 
+def flock_within(fd: int, timeout: float, *, first: float, most: float) -> bool:
+    """Take an exclusive flock on fd, polling (first, doubling up to most seconds between
+    tries) for at most timeout seconds; False when it stayed held by someone else."""
+    deadline = time.monotonic() + timeout
+    delay = first
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, most)
+
+
 def default_path() -> str:
     return os.environ.get(ENV_VAR) or DEFAULT_PATH
 
@@ -69,21 +85,12 @@ class ReconcileLock:
 
     def acquire(self) -> None:
         fd = self._open()
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockTimeout(
-                        f"another ecs-harden process (pid {self.holder()}) has held {self.path} "
-                        f"for more than {self.timeout:g}s; nothing was changed"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        if not flock_within(fd, self.timeout, first=0.005, most=0.1):
+            os.close(fd)
+            raise LockTimeout(
+                f"another ecs-harden process (pid {self.holder()}) has held {self.path} "
+                f"for more than {self.timeout:g}s; nothing was changed"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

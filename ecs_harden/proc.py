@@ -46,6 +46,34 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _start(argv: Sequence[str], *, stdin: bool, env: Mapping[str, str] | None) -> subprocess.Popen[str]:
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(env),
+        )
+    except OSError as exc:
+        raise CommandError(argv, 127, "", str(exc)) from exc
+    recent_pids.append(child.pid)
+    return child
+
+
+def _wait(child: subprocess.Popen[str], argv: Sequence[str], input: str | None, timeout: float) -> Completed:
+    """Its output and exit code; CommandError (exit None) when it outlives timeout."""
+    with child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+            raise CommandError(argv, None, _text(stdout), _text(stderr)) from None
+    return Completed(tuple(argv), child.returncode, stdout, stderr)
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -55,60 +83,31 @@ def run(
     env: Mapping[str, str] | None = None,
 ) -> Completed:
     """Run argv; raise CommandError on failure unless check is False."""
-    try:
-        child = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(env),
-        )
-    except OSError as exc:
-        raise CommandError(argv, 127, "", str(exc)) from exc
-    recent_pids.append(child.pid)
-    with child:
-        try:
-            stdout, stderr = child.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            stdout, stderr = child.communicate()
-            raise CommandError(argv, None, _text(stdout), _text(stderr)) from None
-    done = Completed(tuple(argv), child.returncode, stdout, stderr)
+    done = _wait(_start(argv, stdin=input is not None, env=env), argv, input, timeout)
     if check and done.returncode != 0:
-        raise CommandError(argv, done.returncode, stdout, stderr)
+        raise CommandError(argv, done.returncode, done.stdout, done.stderr)
     return done
 
 
 def run_many(argvs: Sequence[Sequence[str]], *, timeout: float = DEFAULT_TIMEOUT) -> list[Completed]:
     """Run independent read-only commands at once (check=False semantics): their wall
-    time is the slowest one's, not the sum. A program that cannot start gets exit 127."""
-    children: list[tuple[Sequence[str], subprocess.Popen[str] | None]] = []
+    time is the slowest one's, not the sum. A program that cannot start gets exit 127,
+    one that outlives timeout exit -9."""
+    started: list[subprocess.Popen[str] | CommandError] = []
     for argv in argvs:
         try:
-            child: subprocess.Popen[str] | None = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, env=_env(None),
-            )
-        except OSError:
-            child = None
-        if child is not None:
-            recent_pids.append(child.pid)
-        children.append((argv, child))
+            started.append(_start(argv, stdin=False, env=None))
+        except CommandError as exc:
+            started.append(exc)
     out = []
-    for argv, child in children:
-        if child is None:
-            out.append(Completed(tuple(argv), 127, "", "cannot start"))
+    for argv, child in zip(argvs, started):
+        if isinstance(child, CommandError):
+            out.append(Completed(tuple(argv), 127, "", child.stderr))
             continue
-        with child:
-            try:
-                stdout, stderr = child.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                stdout, stderr = child.communicate()
-                out.append(Completed(tuple(argv), -9, stdout, stderr))
-                continue
-        out.append(Completed(tuple(argv), child.returncode, stdout, stderr))
+        try:
+            out.append(_wait(child, argv, None, timeout))
+        except CommandError as exc:
+            out.append(Completed(tuple(argv), -9, exc.stdout, exc.stderr))
     return out
 
 

@@ -30,6 +30,7 @@ class TableProbe:
     """Signatures of the legacy filter and raw tables of the given IP families."""
 
     def __init__(self, families: Sequence[int]):
+        self.families = tuple(families)
         self.targets: list[tuple[socket.socket, int, bytes]] = []
         self.buf = ctypes.create_string_buffer(INFO_SIZE)
         self.size = ctypes.c_uint32()
@@ -54,6 +55,12 @@ class TableProbe:
 
     def signature(self) -> tuple[bytes, ...]:
         return tuple(self._info(s, level, t) for s, level, t in self.targets)
+
+    def changed(self, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> set[int]:
+        """The families with a table whose signature differs between old and new."""
+        n = len(TABLES)
+        return {fam for i, fam in enumerate(self.families)
+                if old[i * n:(i + 1) * n] != new[i * n:(i + 1) * n]}
 
     def close(self) -> None:
         for sock, _, _ in self.targets:

@@ -20,6 +20,7 @@ from typing import Any
 from ecs_harden import facts as facts_mod
 from ecs_harden import logs, proc
 from ecs_harden import policy as policy_mod
+from ecs_harden.atomic import Identity, file_identity
 from ecs_harden.component import Component
 from ecs_harden.daemon.filewatch import FileWatch
 from ecs_harden.daemon.legacyprobe import TableProbe
@@ -144,18 +145,10 @@ class Daemon:
             self.probe.close()
             self.probe = None
             return set(BOTH)
-        fams = [4, 6][: len(now) // 2]
-        return {fam for i, fam in enumerate(fams) if now[2 * i:2 * i + 2] != self.baseline[2 * i:2 * i + 2]}
+        return self.probe.changed(self.baseline, now)
 
-    def _signature(self) -> list[tuple[int, int, int] | None]:
-        out: list[tuple[int, int, int] | None] = []
-        for path in self.watched:
-            try:
-                st = os.stat(path)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append(None)
-        return out
+    def _signature(self) -> list[Identity]:
+        return [file_identity(path) for path in self.watched]
 
     # -- reconcile --------------------------------------------------------
     def reconcile(

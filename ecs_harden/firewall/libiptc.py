@@ -9,12 +9,10 @@ must never be chosen on an nf_tables host (see firewall.detect).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
 import sys
 import sysconfig
-import time
 import types
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,6 +21,7 @@ from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.rule import Chain, Rule, parse_args
+from ecs_harden.lock import flock_within
 
 LOCK_PATH = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 LOCK_TIMEOUT = 10.0
@@ -32,15 +31,8 @@ LOCK_TIMEOUT = 10.0
 def xtables_lock(path: str = LOCK_PATH, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RuntimeFailure(f"{path}: xtables lock held for over {timeout:.0f}s") from None
-                time.sleep(0.01)
+        if not flock_within(fd, timeout, first=0.01, most=0.01):
+            raise RuntimeFailure(f"{path}: xtables lock held for over {timeout:.0f}s")
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden import proc
-from ecs_harden.atomic import DanglingLink, ensure_dir, read_bytes
+from ecs_harden.atomic import DanglingLink, Identity, ensure_dir, file_identity, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
@@ -64,10 +64,10 @@ class PersistedFileComponent:
         self.blocks = tuple(blocks)
         self.interfaces = interfaces
         self.journal = journal
-        self._validated: dict[tuple[int, int, int], str | None] = {}
+        self._validated: dict[tuple[Identity, int], str | None] = {}
         # The last steady inspection and the file's identity then: judging a file that
         # did not change gives the same answer, so the daemon's resync skips it.
-        self._steady: tuple[object, Inspection] | None = None
+        self._steady: tuple[Identity, Inspection] | None = None
 
     def expected(self) -> str:
         where = self.path or "a boot rules file"
@@ -77,30 +77,15 @@ class PersistedFileComponent:
     def _corrupt(self, data: bytes) -> str | None:
         """Validate the existing file, remembering the answer until the file changes."""
         assert self.path is not None
-        try:
-            st = os.stat(self.path)
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            key = (0, len(data), 0)
+        key = (file_identity(self.path), len(data))
         if key not in self._validated:
             self._validated = {key: restore_test(self.family, data) if data.strip() else None}
         return self._validated[key]
 
-    def _identity(self) -> object:
-        assert self.path is not None
-        out: list[object] = []
-        for stat in (os.lstat, os.stat):
-            try:
-                st = stat(self.path)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
     def inspect(self) -> Inspection:
         if self.path is None:
             return self._inspect()
-        key = self._identity()
+        key = file_identity(self.path)
         if self._steady is not None and self._steady[0] == key:
             return self._steady[1]
         inspection = self._inspect()

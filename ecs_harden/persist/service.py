@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from ecs_harden import proc
-from ecs_harden.atomic import DanglingLink, read_bytes
+from ecs_harden.atomic import DanglingLink, Identity, file_identity, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.flavors import Flavor
 from ecs_harden.persist.rulesfile import RulesFile
@@ -60,7 +60,7 @@ UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/sys
 CACHE_FOR = 3600.0
 
 
-def enablement_signature(extra: tuple[str, ...] = ()) -> tuple[tuple[str, int], ...]:
+def enablement_signature(extra: tuple[str, ...] = ()) -> tuple[tuple[str, Identity], ...]:
     """mtimes of every directory whose entries decide `systemctl is-enabled` (and chkconfig):
     enabling, disabling, masking or installing a unit adds or removes an entry in one."""
     dirs: list[str] = []
@@ -71,14 +71,7 @@ def enablement_signature(extra: tuple[str, ...] = ()) -> tuple[tuple[str, int], 
                 dirs += [e.path for e in it if e.name.endswith((".wants", ".requires")) and e.is_dir()]
         except OSError:
             pass
-    out = []
-    for d in (*dirs, *extra):
-        try:
-            st = os.stat(d)
-            out.append((d, st.st_mtime_ns ^ st.st_ino ^ st.st_size))
-        except OSError:
-            out.append((d, -1))
-    return tuple(out)
+    return tuple((d, file_identity(d)) for d in (*dirs, *extra))
 
 
 class ServiceComponent:
