@@ -37,6 +37,7 @@ from ecs_harden.daemon.wakeups import (
     LEGACY_FULL,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
+    SETTLE,
     Schedule,
     Wake,
 )
@@ -149,6 +150,23 @@ class Daemon:
 
     def _signature(self) -> list[Identity]:
         return [file_identity(path) for path in self.watched]
+
+    def _settling(self) -> float:
+        """Seconds until every watched file is SETTLE old (its last change, ctime: not
+        settable by `touch -d`); 0 when all are. A change dated more than a second in
+        the future (the clock went back) counts as settled, or the daemon would wait for
+        it; the clock is read after the stat, which may see a change made just now."""
+        settle = int(SETTLE * 1e9)
+        wait = 0
+        for path in self.watched:
+            try:
+                ctime = os.stat(path).st_ctime_ns
+            except OSError:
+                continue
+            age = time.time_ns() - ctime
+            if -1_000_000_000 < age < settle:
+                wait = max(wait, settle - max(age, 0))
+        return wait / 1e9
 
     # -- reconcile --------------------------------------------------------
     def reconcile(
@@ -345,6 +363,8 @@ class Daemon:
                     sched = self._schedule()
                     continue
                 self._due(sched, wake, now)
+                if wake.groups & {FILES, ECS}:
+                    sched.defer_files(wake, now, self._settling())
                 if wake:
                     ok = self.reconcile(wake.groups, why=", ".join(wake.why), families=wake.families)
                     backoff = sched.reconciled(ok, self.clock())
@@ -382,7 +402,7 @@ class Daemon:
         general loop has something to do: an event, a changed table, another timer."""
         assert self.probe is not None and sched.probe is not None and sched.probe_every is not None
         others = min(d for d in (sched.resync, sched.heartbeat, sched.file, sched.watchdog,
-                                 sched.retry, sched.pending_at) if d is not None)
+                                 sched.retry, sched.pending_at, sched.settle) if d is not None)
         clock, probe, baseline, every = self.clock, self.probe, self.baseline, sched.probe_every
         ticked = False
         while True:

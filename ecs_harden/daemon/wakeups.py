@@ -10,7 +10,10 @@
   the probe cannot see (a same-size replacement) waits for the full firewall check,
   every LEGACY_FULL resyncs.
 - files (ecs.config, the rules files): inotify on their directories (daemon.filewatch);
-  without inotify, a stat() signature every FILE_POLL seconds.
+  without inotify, a stat() signature every FILE_POLL seconds. A file changed less
+  than SETTLE ago is left alone until it is SETTLE old: a writer that truncates,
+  then writes (`cat >`, `echo >`) must not have its half-written file read and
+  replaced, which would send its bytes to an unlinked inode.
 - idle costs wakeups (about 0.15 ms of CPU each here, the interpreter's caches being
   cold after a sleep), so timers share wakeups: where the probe ticks, the other
   timers are looked at on its ticks only, and the watchdog is fed with the heartbeat.
@@ -32,6 +35,8 @@ PROBES_PER_INTERVAL = 22
 LEGACY_FULL = 5  # legacy: full firewall check every LEGACY_FULL resyncs (the probe covers the rest)
 PROBE_MIN = 0.02
 FILE_POLL = 1.0
+SETTLE = 0.25
+SETTLE_MAX = 3.0  # a file rewritten without pause is looked at anyway after this long
 BACKOFF_MAX = 60.0
 
 
@@ -80,12 +85,14 @@ class Schedule:
         self.pending: Wake | None = None
         self.pending_since = 0.0
         self.pending_at: float | None = None
+        self.settle: float | None = None
+        self.settle_since: float | None = None
         self.last_reconcile_end = -1e9
 
     def earliest(self) -> float:
         timers: list[float | None] = [self.probe] if self.probe is not None else [
             self.resync, self.file, self.heartbeat, self.watchdog]
-        return min(d for d in (*timers, self.retry, self.pending_at) if d is not None)
+        return min(d for d in (*timers, self.retry, self.pending_at, self.settle) if d is not None)
 
     def event(self, wake: Wake, now: float, families: set[int], why: str) -> None:
         """A change by somebody else: act now, or coalesce right after a reconcile."""
@@ -108,6 +115,22 @@ class Schedule:
             wake.add(ALL, "resync")
         if self.retry is not None and now >= self.retry:
             wake.add(ALL, "retry")
+        if self.settle is not None and now >= self.settle:
+            self.settle = None
+            wake.add({FILES, ECS}, "file settled")
+
+    def defer_files(self, wake: Wake, now: float, wait: float) -> None:
+        """Take the files out of this wake and look at them again in `wait` seconds; a
+        wake deferred for SETTLE_MAX already is left as it is."""
+        if not wake.groups & {FILES, ECS}:
+            return
+        if wait <= 0 or (self.settle_since is not None and now - self.settle_since >= SETTLE_MAX):
+            self.settle, self.settle_since = None, None
+            return
+        if self.settle_since is None:
+            self.settle_since = now
+        wake.groups -= {FILES, ECS}
+        self.settle = now + wait if self.settle is None else min(self.settle, now + wait)
 
     def reconciled(self, ok: bool, now: float) -> float | None:
         """After a reconcile: the backoff before the next try, or None when it went well."""

@@ -69,7 +69,7 @@ def start_daemon(host: EcsHost, policy: Path) -> Running:
     notify.bind(str(sock_path))
     log = host.dir / "daemon.log"
     proc = host.sandbox.spawn(
-        [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy", str(policy), "run"],
+        [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--log-level", "debug", "--policy", str(policy), "run"],
         log,
         env={"PYTHONPATH": str(PROJECT), "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"},
     )
@@ -164,6 +164,27 @@ def test_ecs_config_rewritten_is_repaired(daemon: tuple[EcsHost, Running]) -> No
     config.write_text("ECS_CLUSTER=prod\nECS_AWSVPC_BLOCK_IMDS=false\n")
     until(lambda: "ECS_AWSVPC_BLOCK_IMDS=true" in config.read_text(), 4.0)
     assert config.read_text().startswith("ECS_CLUSTER=prod\n")
+
+
+def test_ecs_config_written_in_place_is_not_read_half_written(
+    daemon: tuple[EcsHost, Running],
+) -> None:
+    # `cat > ecs.config`, `echo ... > ecs.config`, Python's write_text: truncate, then
+    # write. An event in between (here a chmod) must not make the daemon read the empty
+    # file and rename its repair over it: the writer's bytes would go to an unlinked inode.
+    host, run = daemon
+    run.wait_for("READY=1")
+    config = host.sandbox.etc / "ecs" / "ecs.config"
+    for _ in range(3):
+        with open(config, "w") as fh:
+            os.chmod(config, 0o640)
+            time.sleep(0.05)
+            fh.write("ECS_CLUSTER=prod\nECS_AWSVPC_BLOCK_IMDS=false\n")
+        until(lambda: "ECS_AWSVPC_BLOCK_IMDS=true" in config.read_text(), 4.0)
+        text = config.read_text()
+        assert text.startswith("ECS_CLUSTER=prod\n"), text
+        assert text.count("ECS_AWSVPC_BLOCK_IMDS") == 1, text
+        os.chmod(config, 0o600)
 
 
 def test_dockerd_restarts_ten_times_and_no_probe_gets_through(daemon: tuple[EcsHost, Running]) -> None:

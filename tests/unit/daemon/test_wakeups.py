@@ -5,7 +5,18 @@ from __future__ import annotations
 import struct
 
 from ecs_harden.daemon.nftevents import NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID, Batch, parse
-from ecs_harden.daemon.wakeups import ALL, COALESCE, COALESCE_MAX, FIREWALL, QUIET, Schedule, Wake
+from ecs_harden.daemon.wakeups import (
+    ALL,
+    COALESCE,
+    COALESCE_MAX,
+    ECS,
+    FILES,
+    FIREWALL,
+    QUIET,
+    SETTLE_MAX,
+    Schedule,
+    Wake,
+)
 from ecs_harden.findinglog import FindingLog
 
 
@@ -78,6 +89,35 @@ def test_resync_and_backoff() -> None:
     assert s.reconciled(False, 61.0) == 1.0 and s.retry == 62.0
     assert s.reconciled(False, 62.0) == 2.0
     assert s.reconciled(True, 63.0) is None and s.retry is None
+
+
+def test_a_file_still_being_written_waits_then_is_looked_at() -> None:
+    s = schedule()
+    wake = Wake()
+    wake.add(ALL, "resync")
+    s.defer_files(wake, 100.0, 0.2)
+    assert wake.groups == {FIREWALL}  # the firewall is not held back
+    assert s.settle == 100.2 and s.earliest() <= 100.2
+    later = Wake()
+    s.due(later, 100.2)
+    assert later.groups == {FILES, ECS} and later.why == ["file settled"]
+    s.defer_files(later, 100.2, 0.0)  # settled now: acted on
+    assert later.groups == {FILES, ECS} and s.settle is None
+
+
+def test_a_file_rewritten_without_pause_is_looked_at_after_settle_max() -> None:
+    s = schedule()
+    now = 100.0
+    while now < 100.0 + SETTLE_MAX:
+        wake = Wake()
+        wake.add({FILES, ECS}, "file changed")
+        s.defer_files(wake, now, 0.25)
+        assert not wake
+        now += 0.2
+    wake = Wake()
+    wake.add({FILES, ECS}, "file changed")
+    s.defer_files(wake, now, 0.25)
+    assert wake.groups == {FILES, ECS}
 
 
 def test_with_a_probe_the_daemon_sleeps_until_the_next_tick_only() -> None:
