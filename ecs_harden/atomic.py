@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from typing import Optional
+from typing import Optional, Tuple
 
 from ecs_harden.errors import RuntimeFailure
 
@@ -106,8 +106,8 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
         raise _failure(path, "cannot create directory", exc, path) from None
 
 
-StatKey = Optional[tuple[int, int, int, int]]
-Identity = tuple[StatKey, StatKey]
+StatKey = Optional[Tuple[int, int, int, int]]  # typing.Tuple: evaluated at run time on 3.8
+Identity = Tuple[StatKey, StatKey]
 
 
 def file_identity(path: str) -> Identity:

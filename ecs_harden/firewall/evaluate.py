@@ -10,8 +10,8 @@ DROP; a match the evaluator does not understand counts as "may accept".
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from ecs_harden.firewall.rule import Chain, Match, Neg, Network, Rule, network
 
@@ -178,7 +178,7 @@ def rule_matches(rule: Rule, probe: Probe) -> Tri:
     return _and(*parts)
 
 
-ChainReader = Callable[[str], "Chain | None"]
+ChainReader = Callable[[str], Optional[Chain]]  # typing: evaluated at run time on 3.8
 
 
 class PathEvaluator:

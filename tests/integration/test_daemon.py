@@ -41,7 +41,7 @@ class Running:
             self.notify.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 self.messages.append(self.notify.recv(4096).decode())
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on; its alias before
                 break
         raise AssertionError(f"no {field} from the daemon; got {self.messages}; log: {self.log.read_text()[-3000:]}")
 
@@ -51,7 +51,7 @@ class Running:
             self.notify.settimeout(max(0.01, end - time.monotonic()))
             try:
                 self.messages.append(self.notify.recv(4096).decode())
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from 3.10 on; its alias before
                 return
 
 
