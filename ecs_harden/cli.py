@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls and heartbeats (overrides the policy)")
     p.add_argument("--once", action="store_true", help="reconcile once, write the status file, exit")
     fmt(command("status", "the daemon's last report (status file)"))
-    command("prepare", "create the directories and files the sandboxed unit writes "
-            "(the unit's ExecStartPre=+)")
+    p = command("prepare", "create the directories and files the sandboxed unit writes "
+                "(the unit's ExecStartPre=+)")
+    p.add_argument("--drop-in", action="store_true",
+                   help="create nothing; print the unit drop-in that makes this policy's paths "
+                        "writable (ReadWritePaths=; ReadWriteDirectories= on amzn2)")
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -105,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "remove":
         return _remove(args, policy)
     if args.command == "prepare":
-        return _prepare(policy)
+        return _prepare(args, policy)
     if args.command == "run":
         from ecs_harden.daemon.loop import Daemon
 
@@ -157,10 +160,14 @@ def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     return EXIT_OK
 
 
-def _prepare(policy: policy_mod.Policy) -> int:
+def _prepare(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     from ecs_harden import flavors, unitpaths
 
-    for path in unitpaths.prepare(policy, flavors.detect().name):
+    flavor = flavors.detect().name
+    if args.drop_in:
+        print(unitpaths.drop_in(policy, flavor), end="")
+        return EXIT_OK
+    for path in unitpaths.prepare(policy, flavor):
         logs.get("ecs_harden.prepare").info("path.created", path=path)
         print(f"created: {path}")
     return EXIT_OK

@@ -20,7 +20,7 @@ INSTALL = """
 python3 -m venv /opt/ecs-harden
 /opt/ecs-harden/bin/pip install -q --no-index --find-links /wheelhouse ecs-harden
 ln -sf /opt/ecs-harden/bin/ecs-harden /usr/local/bin/ecs-harden
-install -m 0644 /src/systemd/ecs-harden.service /etc/systemd/system/ecs-harden.service
+install -m 0644 /src/ecs_harden/systemd/ecs-harden.service /etc/systemd/system/ecs-harden.service
 systemctl enable ecs-harden.service
 # Docker needs more than nspawn gives it here (the test VM runs it); the unit is the subject.
 systemctl disable docker.service containerd.service docker.socket >/dev/null 2>&1

@@ -1,4 +1,4 @@
-"""systemd/ecs-harden.service under a booted systemd (252, as AL2023 ships), installed
+"""ecs_harden/systemd/ecs-harden.service under a booted systemd (252, as AL2023 ships), installed
 as shipped, on a fresh host: no /run/xtables.lock, no /etc/ecs, no /etc/iptables.
 
 The tests of this module run in order on one host: first boot, the unit's life

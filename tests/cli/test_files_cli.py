@@ -102,3 +102,20 @@ def test_prepare_creates_what_the_unit_writes(harden: Harden, tmp_path: Path) ->
     assert stat.S_IMODE(harden.state.stat().st_mode) == 0o700
     assert f"created: {conf_dir}" in r.stdout
     assert harden("prepare").stdout == ""  # nothing left to create
+
+
+def test_prepare_drop_in_lists_the_policys_paths_and_creates_nothing(harden: Harden, tmp_path: Path) -> None:
+    harden.policy.write_text(
+        f"state_dir: {tmp_path}/state\n"
+        f"report:\n  status_file: {tmp_path}/run/status.json\n  textfile: {tmp_path}/node/ecs.prom\n"
+        f"ecs_config:\n  path: {tmp_path}/ecs/ecs.config\nimds:\n  persist: false\n"
+    )
+    r = harden("prepare", "--drop-in")
+    assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "[Service]" in lines
+    (rw,) = [ln for ln in lines if ln.startswith("ReadWritePaths=")]
+    paths = rw.split("=", 1)[1].split()
+    assert paths[:4] == [f"-{tmp_path}/ecs", f"-{tmp_path}/state", f"-{tmp_path}/run", f"-{tmp_path}/node"]
+    assert paths[4].endswith("/xtables.lock") and len(paths) == 5
+    assert not any((tmp_path / d).exists() for d in ("ecs", "state", "run", "node"))

@@ -22,6 +22,10 @@ from typing import IO, Any
 import psutil
 
 PR_SET_PDEATHSIG = 1
+REAPER = [
+    "python3", "-c",
+    "import os, time\nwhile True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        time.sleep(1)",
+]
 VARIANTS = ("legacy", "nft")
 XTABLES = (
     "iptables", "iptables-restore", "iptables-save", "ip6tables", "ip6tables-restore", "ip6tables-save"
@@ -37,7 +41,9 @@ class SandboxError(RuntimeError):
 
 
 class Sandbox:
-    def __init__(self, variant: str, workdir: Path | None = None, etc_from: Path | None = None):
+    def __init__(
+        self, variant: str, workdir: Path | None = None, etc_from: Path | None = None, *, reaper: bool = False
+    ):
         if variant not in VARIANTS:
             raise ValueError(variant)
         self.variant = variant
@@ -47,6 +53,8 @@ class Sandbox:
         self.pid = 0  # PID 1 of the namespace, as this machine sees it
         self.background: list[subprocess.Popen[bytes]] = []
         self.etc_from = etc_from  # another sandbox's /etc: the same disk after a reboot
+        # PID 1 that reaps orphans (libvirtd daemonizes QEMU and waits for it to be gone)
+        self.reaper = reaper
 
     # -- life cycle -------------------------------------------------------
     def start(self) -> Sandbox:
@@ -54,7 +62,7 @@ class Sandbox:
             raise SandboxError("sandbox already started")
         self.holder = subprocess.Popen(
             ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child",
-             "--mount-proc", "--propagation", "private", "sleep", "infinity"],
+             "--mount-proc", "--propagation", "private", *(REAPER if self.reaper else ["sleep", "infinity"])],
             preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 10

@@ -1,4 +1,4 @@
-"""systemd/ecs-harden.service: verified by systemd itself, ordered before Docker, sandboxed."""
+"""ecs_harden/systemd/ecs-harden.service: verified by systemd itself, ordered before Docker, sandboxed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "ecs-harden.service"
+UNIT = Path(__file__).resolve().parents[2] / "ecs_harden" / "systemd" / "ecs-harden.service"
 DROPIN = UNIT.parent / "al2" / "ecs-harden.service.d-al2.conf"
 
 

@@ -1,0 +1,166 @@
+"""The test VM: a real guest (its own kernel, QEMU under software emulation) booted by
+Vagrant from the box vm/box builds, hardened by deploy/user-data.sh through cloud-init's
+NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted twice.
+
+The tests run in order on one VM: first boot, the unit under systemd, user-data again,
+a reboot (the block is in force before docker.service starts), and a reboot with the
+unit disabled (the boot restore alone blocks a real container)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.boot.image import CACHE, PROJECT, wheelhouse
+from tests.vm.box import box
+from tests.vm.vagrantlab import VagrantLab
+
+NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
+          "debootstrap", "mkfs.ext4", "ssh", "nsenter", "unshare")
+USER_DATA = PROJECT / "deploy" / "user-data.sh"
+TEXTFILE = "/var/lib/node_exporter/textfile_collector/ecs_harden.prom"
+# What an operator's launch template has around ours: ECS lines before and after.
+BEFORE = "mkdir -p /etc/ecs\necho ECS_CLUSTER=vmtest >> /etc/ecs/ecs.config\n"
+AFTER = "echo ECS_ENABLE_CONTAINER_METADATA=true >> /etc/ecs/ecs.config\n"
+# TEST FIXTURE: what netfilter holds when docker.service starts ('%%': a unit file's '%').
+RECORD_DROP_IN = """# TEST FIXTURE (tests/vm): the ruleset at the moment docker.service starts
+[Service]
+ExecStartPre=/bin/sh -c 'mkdir -p /var/log/ecs-test; \
+{ cat /proc/sys/kernel/random/boot_id; systemctl is-active ecs-harden; iptables -S; iptables -t raw -S; } \
+> /var/log/ecs-test/before-docker.v4; \
+{ ip6tables -S; ip6tables -t raw -S; } > /var/log/ecs-test/before-docker.v6'
+"""
+DROP_V4 = '-d 169.254.169.254/32 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
+DROP_V6 = '-d fd00:ec2::254/128 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
+
+pytestmark = pytest.mark.vm
+
+
+def require_vm() -> None:
+    why = None
+    if os.geteuid() != 0:
+        why = "the VM lab needs root"
+    elif missing := [t for t in NEEDED if shutil.which(t) is None]:
+        why = "needs " + ", ".join(missing) + " (scripts/bootstrap installs them)"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def ours(url: str) -> str:
+    """deploy/user-data.sh as an operator sets it up: the wheelhouse URL in its variable,
+    a node_exporter textfile added to its policy."""
+    text = USER_DATA.read_text()
+    var = 'ECS_HARDEN_FROM="${ECS_HARDEN_FROM:-}"'
+    status = "report:\n  status_file: /run/ecs-harden/status.json\n"
+    assert text.count(var) == 1 and text.count(status) == 1
+    text = text.replace(var, f'ECS_HARDEN_FROM="${{ECS_HARDEN_FROM:-{url}}}"')
+    return text.replace(status, f"interval: 2\n{status}  textfile: {TEXTFILE}\n")
+
+
+def launch_template(url: str) -> str:
+    shebang, _, rest = ours(url).partition("\n")
+    return f"{shebang}\n{BEFORE}{rest}{AFTER}"
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
+    require_vm()
+    t_all = time.monotonic()
+    boxdir, built = box()
+    work = tmp_path_factory.mktemp("vm")
+    www = work / "www"
+    wheelhouse(www / "wheelhouse")
+    with VagrantLab(work / "lab", boxdir) as lab:
+        lab.timings["box build"] = round(built, 1)
+        url = lab.serve(www, work / "http.log") + "wheelhouse/"
+        lab.wheelhouse_url = url
+        lab.seed_iso(launch_template(url), f"ecs-test-{int(time.time())}")
+        lab.add_box()
+        lab.timed("vagrant up (boot to ssh)", lab.up)
+        lab.ssh_config()
+        with open(lab.dir / "ssh-config", "a") as fh:  # one connection for testinfra's many commands
+            fh.write(f"Host *\n  ControlMaster auto\n  ControlPath {lab.dir}/ssh-%C\n  ControlPersist 300\n")
+        lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
+        try:
+            yield lab
+        finally:
+            lab.timings["whole VM run"] = round(time.monotonic() - t_all, 1)
+            CACHE.mkdir(exist_ok=True)
+            (CACHE / "vm-timings.json").write_text(json.dumps(lab.timings, indent=2) + "\n")
+
+
+def infra(lab: VagrantLab, *args: str) -> None:
+    cp = lab.pytest(list(args))
+    assert cp.returncode == 0, cp.stdout[-6000:] + cp.stderr[-2000:]
+
+
+def test_user_data_hardens_the_host_on_first_boot(vm: VagrantLab) -> None:
+    st = vm.ssh("sudo cloud-init status --long", check=False)
+    log = vm.ssh("sudo cat /var/log/ecs-harden-user-data.log").stdout
+    assert st.returncode == 0 and "status: done" in st.stdout, st.stdout + log
+    assert "ecs-harden: done: compliant, ecs-harden.service active" in log, log
+    assert "FAILED" not in log
+    config = vm.ssh("cat /etc/ecs/ecs.config").stdout.splitlines()
+    # the operator's lines before and after ours, ours once each
+    assert "ECS_CLUSTER=vmtest" in config and "ECS_ENABLE_CONTAINER_METADATA=true" in config, config
+    assert config.count("ECS_AWSVPC_BLOCK_IMDS=true") == 1, config
+    assert config.count("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false") == 1, config
+    assert vm.ssh("/opt/ecs-harden/bin/python -c 'import ecs_harden'").returncode == 0
+
+
+def test_the_testinfra_suite_passes(vm: VagrantLab) -> None:
+    infra(vm)
+
+
+def test_the_unit_under_real_systemd(vm: VagrantLab) -> None:
+    infra(vm, "--disruptive", "-m", "disruptive")
+
+
+def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
+    files = "/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 /etc/ecs-harden/policy.yaml"
+    before = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
+    again = vm.ssh("sudo bash -s", input=ours(vm.wheelhouse_url), check=False, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert "ecs-harden: done: compliant" in again.stdout
+    after = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
+    assert after == before
+
+
+def _recorded(vm: VagrantLab) -> tuple[list[str], list[str]]:
+    v4 = vm.ssh("sudo cat /var/log/ecs-test/before-docker.v4").stdout.splitlines()
+    v6 = vm.ssh("sudo cat /var/log/ecs-test/before-docker.v6").stdout.splitlines()
+    return v4, v6
+
+
+def test_after_a_reboot_the_block_is_in_force_before_docker_starts(vm: VagrantLab) -> None:
+    vm.ssh("sudo mkdir -p /etc/systemd/system/docker.service.d && sudo tee "
+           "/etc/systemd/system/docker.service.d/ecs-test-record.conf >/dev/null && sudo systemctl daemon-reload",
+           input=RECORD_DROP_IN)
+    vm.timed("reboot", vm.reboot)
+    vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
+    v4, v6 = _recorded(vm)
+    assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
+    for chain in ("DOCKER-USER", "FORWARD"):
+        assert v4.count(f"-A {chain} {DROP_V4}") == 1, v4
+        assert v6.count(f"-A {chain} {DROP_V6}") == 1, v6
+    assert v4.count(f"-A PREROUTING {DROP_V4}") == 1 and v6.count(f"-A PREROUTING {DROP_V6}") == 1
+    infra(vm)
+
+
+def test_with_the_unit_disabled_the_boot_restore_alone_blocks(vm: VagrantLab) -> None:
+    vm.ssh("sudo systemctl disable ecs-harden.service")
+    vm.timed("reboot, unit disabled", vm.reboot)
+    vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
+    assert vm.ssh("systemctl is-active ecs-harden", check=False).stdout.strip() == "inactive"
+    v4, v6 = _recorded(vm)
+    assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
+    assert v4[1] == "inactive"
+    assert v4.count(f"-A DOCKER-USER {DROP_V4}") == 1 and v6.count(f"-A DOCKER-USER {DROP_V6}") == 1
+    infra(vm, "--no-daemon")
