@@ -85,8 +85,6 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
         lab.add_box()
         lab.timed("vagrant up (boot to ssh)", lab.up)
         lab.ssh_config()
-        with open(lab.dir / "ssh-config", "a") as fh:  # one connection for testinfra's many commands
-            fh.write(f"Host *\n  ControlMaster auto\n  ControlPath {lab.dir}/ssh-%C\n  ControlPersist 300\n")
         lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
         try:
             yield lab

@@ -38,6 +38,7 @@ class VagrantLab:
         self.images = workdir / "images"
         self.seed: Path | None = None
         self.wheelhouse_url = ""
+        self.runs = 0
         self.timings: dict[str, float] = {}
 
     # -- life cycle -------------------------------------------------------
@@ -157,7 +158,10 @@ class VagrantLab:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             time.sleep(5)
-            cp = self.ssh("cat /proc/sys/kernel/random/boot_id", check=False, timeout=30)
+            try:
+                cp = self.ssh("cat /proc/sys/kernel/random/boot_id", check=False, timeout=30)
+            except subprocess.TimeoutExpired:
+                continue  # sshd going down or not up yet
             if cp.returncode == 0 and cp.stdout.strip() not in ("", boot_id):
                 return
         raise SandboxError("the guest did not come back from the reboot: " + self.console()[-3000:])
@@ -195,11 +199,19 @@ class VagrantLab:
         return f"http://{HOST_ADDR}:{HTTP_PORT}/"
 
     def pytest(self, args: Sequence[str], timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-        """tests/infra against the guest, from inside the namespace."""
+        """tests/infra against the guest, from inside the namespace, over one multiplexed
+        ssh connection (testinfra runs a command per check; a handshake each is slow
+        under emulation), made for this run only: a master from before a reboot is dead."""
+        self.runs += 1
+        mux = self.dir / f"ssh-config.{self.runs}"
+        mux.write_text(
+            (self.dir / "ssh-config").read_text()
+            + f"\nHost *\n  ControlMaster auto\n  ControlPath {self.dir}/mux{self.runs}-%C\n  ControlPersist 60\n"
+        )
         python = os.environ.get("ECS_HARDEN_PYTHON") or str(PROJECT / ".venv" / "bin" / "python")
         return self.sandbox.run(
             [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(PROJECT),
-             "--hosts=ssh://default", f"--ssh-config={self.dir / 'ssh-config'}", "--sudo",
+             "--hosts=ssh://default", f"--ssh-config={mux}", "--sudo",
              str(PROJECT / "tests" / "infra"), *args],
             timeout=timeout, check=False, env={"PYTHONPATH": str(PROJECT)},
         )
