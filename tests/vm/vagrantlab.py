@@ -29,7 +29,8 @@ CMDLINE = "root=LABEL=root rw console=ttyS0 net.ifnames=0 apparmor=0"
 
 
 class VagrantLab:
-    def __init__(self, workdir: Path, boxdir: Path):
+    def __init__(self, workdir: Path, boxdir: Path, hosts: int = 1):
+        self.hosts = hosts  # > 1: machines ecs1..ecsN (the Vagrantfile's ECS_HARDEN_HOSTS)
         self.dir = workdir
         self.boxdir = boxdir
         self.sandbox = Sandbox("nft", workdir=workdir / "ns", reaper=True)
@@ -97,12 +98,30 @@ class VagrantLab:
             "ECS_HARDEN_INITRD": str(self.boxdir / "initrd.img"),
             "ECS_HARDEN_CMDLINE": CMDLINE,
             "ECS_HARDEN_SSH_KEY": str(self.boxdir / "id_ed25519"),
-            "ECS_HARDEN_MEMORY": "1536",
+            "ECS_HARDEN_MEMORY": "1536" if self.hosts == 1 else "1024",
+            "ECS_HARDEN_HOSTS": str(self.hosts),
             "ECS_HARDEN_CPUS": "2",
             "ECS_HARDEN_CONSOLE_LOG": str(self.dir / "console.log"),
         }
         if self.seed is not None:
             env["ECS_HARDEN_SEED"] = str(self.seed)
+        return env
+
+    def molecule_env(self, wheelhouse_url: str) -> dict[str, str]:
+        """For `molecule test` of the role: its own Vagrantfile and dot directory (in its
+        ephemeral directory), this lab's box, libvirt and key."""
+        import molecule_plugins.vagrant  # the driver's own `vagrant` module lives beside it
+
+        env = {k: v for k, v in self.env().items() if k not in ("VAGRANT_CWD", "VAGRANT_DOTFILE_PATH")}
+        venv_bin = str(PROJECT / ".venv" / "bin")
+        env.update({
+            "ECS_HARDEN_FROM": wheelhouse_url,
+            "ECS_HARDEN_PROJECT": str(PROJECT),
+            "ECS_HARDEN_VAGRANT_MODULES": str(Path(molecule_plugins.vagrant.__file__).parent / "modules"),
+            "MOLECULE_EPHEMERAL_DIRECTORY": str(self.dir / "molecule"),
+            "ANSIBLE_HOME": str(self.dir / "ansible-home"),
+            "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        })
         return env
 
     def vagrant(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:

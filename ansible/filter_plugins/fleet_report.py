@@ -1,0 +1,110 @@
+"""Filters of ansible/fleet-report.yml: every host's `ecs-harden check` / `status` results
+into one report (JSON) and one Markdown table. Plain Python, unit-tested in
+tests/unit/test_fleet_report.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DRIFT = ("drift", "error")
+
+
+def _parsed(result: Any) -> dict[str, Any] | None:
+    try:
+        out = json.loads(str(result.get("stdout") or ""))
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
+    if not check or check.get("unreachable") or "rc" not in check:
+        msg = (check or {}).get("msg") or "unreachable"
+        return {"host": host, "reachable": False, "compliant": None, "error": str(msg).strip()}
+    report = _parsed(check)
+    if report is None:
+        return {"host": host, "reachable": True, "compliant": None, "exit": check.get("rc"),
+                "error": str(check.get("stderr") or check.get("msg") or "no report").strip()}
+    platform = report.get("platform") or {}
+    daemon_report = _parsed(status) if status and status.get("rc") in (0, 3) else None
+    daemon = (daemon_report or {}).get("daemon") or {}
+    return {
+        "host": host,
+        "reachable": True,
+        "exit": check.get("rc"),
+        "flavor": platform.get("flavor"),
+        "iptables": platform.get("iptables"),
+        "compliant": bool(report.get("compliant")),
+        "drift": [
+            {"check": f.get("check"), "status": f.get("status"), "expected": f.get("expected"),
+             "actual": f.get("actual"), "detail": f.get("detail")}
+            for f in report.get("findings") or [] if f.get("status") in DRIFT
+        ],
+        "daemon": {
+            "running": bool(daemon),
+            "pid": daemon.get("pid"),
+            "last_reconcile": daemon.get("last_reconcile"),
+            "repairs": daemon.get("repairs"),
+            "status_exit": (status or {}).get("rc"),
+        },
+    }
+
+
+def fleet_report(hostvars: Any, hosts: list[str], check_var: str = "fleet_report_check",
+                 status_var: str = "fleet_report_status") -> dict[str, Any]:
+    rows = []
+    for host in hosts:
+        hv = hostvars.get(host) or {}
+        rows.append(_row(host, hv.get(check_var), hv.get(status_var)))
+    summary = {
+        "hosts": len(rows),
+        "compliant": sum(1 for r in rows if r["compliant"] is True),
+        "drifting": sum(1 for r in rows if r["reachable"] and r["compliant"] is not True),
+        "unreachable": sum(1 for r in rows if not r["reachable"]),
+    }
+    return {"hosts": rows, "summary": summary}
+
+
+def _cell(text: Any) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    return (f"{s['hosts']} hosts, {s['compliant']} compliant, {s['drifting']} drifting, "
+            f"{s['unreachable']} unreachable")
+
+
+def fleet_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# ecs-harden fleet report",
+        "",
+        "| host | flavor | iptables | compliant | drifting checks | daemon |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["hosts"]:
+        if not r["reachable"]:
+            lines.append(f"| {_cell(r['host'])} | | | **unreachable** | {_cell(r['error'])[:200]} | |")
+            continue
+        if r["compliant"] is None:
+            lines.append(f"| {_cell(r['host'])} | | | **error** | ecs-harden check exited {r['exit']}: "
+                         f"{_cell(r['error'])[:200]} | |")
+            continue
+        drift = "<br>".join(f"`{_cell(f['check'])}`: {_cell(f['detail'])}" for f in r["drift"])
+        d = r["daemon"]
+        daemon = (f"running (pid {d['pid']}), {d['repairs']} repairs, last reconcile {d['last_reconcile']}"
+                  if d["running"] else "**not running**")
+        lines.append(f"| {_cell(r['host'])} | {_cell(r['flavor'])} | {_cell(r['iptables'])} | "
+                     f"{'yes' if r['compliant'] else '**NO**'} | {drift} | {_cell(daemon)} |")
+    lines += ["", summary_line(report), ""]
+    return "\n".join(lines)
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "ecs_harden_fleet_report": fleet_report,
+            "ecs_harden_fleet_markdown": fleet_markdown,
+            "ecs_harden_fleet_summary": summary_line,
+        }

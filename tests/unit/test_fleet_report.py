@@ -1,0 +1,63 @@
+"""ansible/filter_plugins/fleet_report.py: the rows, the summary and the Markdown table of
+ansible/fleet-report.yml, from what the plays register (including unreachable hosts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+PLUGIN = Path(__file__).resolve().parents[2] / "ansible" / "filter_plugins" / "fleet_report.py"
+
+
+def plugin() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fleet_report", PLUGIN)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def report(compliant: bool, findings: list[dict[str, Any]]) -> str:
+    return json.dumps({"version": 1, "compliant": compliant, "mode": "enforce",
+                       "platform": {"flavor": "debian", "init": "systemd", "iptables": "nf_tables"},
+                       "findings": findings})
+
+
+OK = {"check": "imds.ipv4.live", "status": "ok", "detail": "dropped"}
+LIVE = {"check": "imds.ipv4.live", "status": "drift", "detail": "DOCKER-USER docker+: 0"}
+QUOTED = {"check": "ecs_config.ECS_AWSVPC_BLOCK_IMDS", "status": "drift",
+          "detail": 'line 1: the value "true" is quoted | silently off'}
+STATUS = {"rc": 0, "stdout": json.dumps({"compliant": True, "daemon": {"pid": 7, "repairs": 2,
+                                                                       "last_reconcile": "2026-11-28T00:00:00Z"}})}
+
+
+def test_rows_summary_and_table() -> None:
+    fr = plugin()
+    hostvars = {
+        "a": {"fleet_report_check": {"rc": 0, "stdout": report(True, [OK])}, "fleet_report_status": STATUS},
+        "b": {"fleet_report_check": {"rc": 3, "stdout": report(False, [LIVE, QUOTED])},
+              "fleet_report_status": {"rc": 1, "stdout": "", "stderr": "no status file"}},
+        "c": {"fleet_report_check": {"unreachable": True, "msg": "Failed to connect to the host via ssh"}},
+        "d": {},  # never reached: no result at all
+        "e": {"fleet_report_check": {"rc": 2, "stdout": "", "stderr": "policy.yaml:3: bad key"}},
+    }
+    out = fr.fleet_report(hostvars, ["a", "b", "c", "d", "e"])
+    assert out["summary"] == {"hosts": 5, "compliant": 1, "drifting": 2, "unreachable": 2}
+    a, b, c, d, e = out["hosts"]
+    assert a["compliant"] is True and a["drift"] == [] and a["daemon"]["running"] and a["daemon"]["pid"] == 7
+    assert b["compliant"] is False and [f["check"] for f in b["drift"]] == [
+        "imds.ipv4.live", "ecs_config.ECS_AWSVPC_BLOCK_IMDS"]
+    assert not b["daemon"]["running"]
+    assert not c["reachable"] and "ssh" in c["error"] and not d["reachable"]
+    assert e["reachable"] and e["compliant"] is None and "bad key" in e["error"]
+    md = fr.fleet_markdown(out)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| host")]
+    assert len(rows) == 5
+    assert "**NO**" in rows[1] and "`ecs_config.ECS_AWSVPC_BLOCK_IMDS`" in rows[1]
+    assert "\\|" in rows[1] and rows[1].count(" | ") == 5  # a '|' in a detail does not split the row
+    assert "**unreachable**" in rows[2] and "**unreachable**" in rows[3] and "**error**" in rows[4]
+    assert md.rstrip().endswith("5 hosts, 1 compliant, 2 drifting, 2 unreachable")
+    json.dumps(out)  # what the playbook writes
