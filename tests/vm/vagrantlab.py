@@ -121,6 +121,9 @@ class VagrantLab:
             "MOLECULE_EPHEMERAL_DIRECTORY": str(self.dir / "molecule"),
             "ANSIBLE_HOME": str(self.dir / "ansible-home"),
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "NO_COLOR": "1",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
         })
         return env
 
