@@ -13,10 +13,9 @@ import time
 
 import pytest
 
-from tests.boot.image import CACHE, PROJECT, wheelhouse
-from tests.vm.box import box
+from tests.boot.image import CACHE, PROJECT
 from tests.vm.test_vm import require_vm
-from tests.vm.vagrantlab import VagrantLab
+from tests.vm.vagrantlab import VagrantLab, lab_with_box
 
 HOSTS = ("ecs1", "ecs2", "ecs3")
 ANSIBLE = PROJECT / "ansible"
@@ -81,22 +80,14 @@ def by_host(data: dict[str, object]) -> dict[str, dict[str, object]]:
 def test_a_fleet_of_three(tmp_path_factory: pytest.TempPathFactory) -> None:
     require_vm()
     pytest.importorskip("ansible")
-    boxdir, _ = box()
-    work = tmp_path_factory.mktemp("fleet")
-    wheelhouse(work / "www" / "wheelhouse")
-    timings: dict[str, float] = {}
-    with VagrantLab(work / "lab", boxdir, hosts=len(HOSTS)) as lab:
-        url = lab.serve(work / "www", work / "http.log") + "wheelhouse/"
-        lab.add_box()
-        t0 = time.monotonic()
-        lab.up()
-        timings["3 VMs up (parallel)"] = round(time.monotonic() - t0, 1)
+    with lab_with_box(tmp_path_factory, "fleet", hosts=len(HOSTS)) as lab:
+        lab.timed("3 VMs up (parallel)", lab.up)
         lab.ssh_config()
-        fleet = Fleet(lab, url)
+        fleet = Fleet(lab, lab.wheelhouse_url)
 
         t0 = time.monotonic()
         cp = fleet.playbook("site.yml")
-        timings["converge 3 hosts"] = round(time.monotonic() - t0, 1)
+        lab.timings["converge 3 hosts"] = round(time.monotonic() - t0, 1)
         assert cp.returncode == 0, cp.stdout[-6000:] + cp.stderr[-2000:]
         assert all(recap(cp.stdout)[h]["failed"] == 0 for h in HOSTS)
 
@@ -144,8 +135,4 @@ def test_a_fleet_of_three(tmp_path_factory: pytest.TempPathFactory) -> None:
         assert by_host(data)["ecs3"]["reachable"] is False
         assert "**unreachable**" in md
         (CACHE / "fleet-report-unreachable-sample.md").write_text(md)
-    path = CACHE / "vm-timings.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    saved.update(timings)
-    path.write_text(json.dumps(saved, indent=2) + "\n")
 

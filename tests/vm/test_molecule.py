@@ -5,16 +5,14 @@ destroy."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import pytest
 
-from tests.boot.image import CACHE, PROJECT, wheelhouse
-from tests.vm.box import box
+from tests.boot.image import PROJECT
 from tests.vm.test_vm import require_vm
-from tests.vm.vagrantlab import VagrantLab
+from tests.vm.vagrantlab import lab_with_box
 
 ROLE = PROJECT / "ansible" / "roles" / "ecs_harden"
 pytestmark = pytest.mark.vm
@@ -23,23 +21,14 @@ pytestmark = pytest.mark.vm
 def test_molecule_test_passes(tmp_path_factory: pytest.TempPathFactory) -> None:
     require_vm()
     pytest.importorskip("molecule_plugins.vagrant")
-    boxdir, _ = box()
-    work = tmp_path_factory.mktemp("molecule")
-    wheelhouse(work / "www" / "wheelhouse")
-    with VagrantLab(work / "lab", boxdir) as lab:
-        url = lab.serve(work / "www", work / "http.log") + "wheelhouse/"
-        lab.add_box()
+    with lab_with_box(tmp_path_factory, "molecule") as lab:
         t0 = time.monotonic()
         cp = lab.sandbox.run(
-            ["sh", "-c", f"cd {ROLE} && molecule test"], env=lab.molecule_env(url), timeout=3600, check=False,
+            ["sh", "-c", f"cd {ROLE} && molecule test"], env=lab.molecule_env(lab.wheelhouse_url),
+            timeout=3600, check=False,
         )
-        took = round(time.monotonic() - t0, 1)
+        lab.timings["molecule test"] = round(time.monotonic() - t0, 1)
         out = cp.stdout + cp.stderr
-        timings = CACHE / "vm-timings.json"
-        data = json.loads(timings.read_text()) if timings.exists() else {}
-        data["molecule test"] = took
-        CACHE.mkdir(exist_ok=True)
-        timings.write_text(json.dumps(data, indent=2) + "\n")
         assert cp.returncode == 0, out[-8000:]
         # idempotence ran and found nothing to change; verify ran the testinfra suite
         for step in ("converge", "idempotence", "verify"):

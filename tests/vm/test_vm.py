@@ -8,7 +8,6 @@ unit disabled (the boot restore alone blocks a real container)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -16,9 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.boot.image import CACHE, PROJECT, wheelhouse
-from tests.vm.box import box
-from tests.vm.vagrantlab import VagrantLab
+from tests.boot.image import PROJECT
+from tests.vm.vagrantlab import VagrantLab, lab_with_box
 
 NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
           "debootstrap", "mkfs.ext4", "ssh", "nsenter", "unshare")
@@ -73,25 +71,13 @@ def launch_template(url: str) -> str:
 def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
     require_vm()
     t_all = time.monotonic()
-    boxdir, built = box()
-    work = tmp_path_factory.mktemp("vm")
-    www = work / "www"
-    wheelhouse(www / "wheelhouse")
-    with VagrantLab(work / "lab", boxdir) as lab:
-        lab.timings["box build"] = round(built, 1)
-        url = lab.serve(www, work / "http.log") + "wheelhouse/"
-        lab.wheelhouse_url = url
-        lab.seed_iso(launch_template(url), f"ecs-test-{int(time.time())}")
-        lab.add_box()
+    with lab_with_box(tmp_path_factory, "vm") as lab:
+        lab.seed_iso(launch_template(lab.wheelhouse_url), f"ecs-test-{int(time.time())}")
         lab.timed("vagrant up (boot to ssh)", lab.up)
         lab.ssh_config()
         lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
-        try:
-            yield lab
-        finally:
-            lab.timings["whole VM run"] = round(time.monotonic() - t_all, 1)
-            CACHE.mkdir(exist_ok=True)
-            (CACHE / "vm-timings.json").write_text(json.dumps(lab.timings, indent=2) + "\n")
+        yield lab
+        lab.timings["whole VM run"] = round(time.monotonic() - t_all, 1)
 
 
 def infra(lab: VagrantLab, *args: str) -> None:

@@ -12,15 +12,20 @@ routable there.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.boot.image import PROJECT
+import pytest
+
+from tests.boot.image import CACHE, PROJECT, wheelhouse
 from tests.lab.sandbox import Sandbox, SandboxError
+from tests.vm.box import box
 
 BOX = "ecs-harden-test"
 HOST_ADDR = "192.168.121.1"  # vagrant-libvirt's management network, the host side
@@ -93,6 +98,8 @@ class VagrantLab:
             "VAGRANT_CHECKPOINT_DISABLE": "1",
             "LIBVIRT_DEFAULT_URI": "qemu:///system",
             "ECS_HARDEN_BOX": BOX,
+            # the guests are provisioned by the test (NoCloud user-data, Ansible), never by Vagrant
+            "ECS_HARDEN_PROVISION": "none",
             "ECS_HARDEN_LIBVIRT_DRIVER": "qemu",
             "ECS_HARDEN_KERNEL": str(self.boxdir / "vmlinuz"),
             "ECS_HARDEN_INITRD": str(self.boxdir / "initrd.img"),
@@ -101,6 +108,7 @@ class VagrantLab:
             "ECS_HARDEN_MEMORY": "1536" if self.hosts == 1 else "1024",
             "ECS_HARDEN_HOSTS": str(self.hosts),
             "ECS_HARDEN_CPUS": "2",
+            "ECS_HARDEN_BOOT_TIMEOUT": "1200",
             "ECS_HARDEN_CONSOLE_LOG": str(self.dir / "console.log"),
         }
         if self.seed is not None:
@@ -131,7 +139,8 @@ class VagrantLab:
         cp = self.sandbox.run(["vagrant", *args], env=self.env(), timeout=timeout, check=False)
         if check and cp.returncode != 0:
             raise SandboxError(
-                f"vagrant {' '.join(args)} exited {cp.returncode}:\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}"
+                f"vagrant {' '.join(args)} exited {cp.returncode}:\n{cp.stdout[-3000:]}\n"
+                f"{cp.stderr[:2500]}\n...\n{cp.stderr[-500:]}"
                 f"\nconsole:\n{self.console()[-3000:]}"
             )
         return cp
@@ -190,10 +199,8 @@ class VagrantLab:
 
     def console(self) -> str:
         """The guest's serial console (kernel, systemd, cloud-init), for failure messages."""
-        try:
-            return (self.dir / "console.log").read_text(errors="replace")[-6000:]
-        except OSError:
-            return "(no console log)"
+        logs = sorted(self.dir.glob("console*.log"))
+        return "".join(f"== {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in logs) or "(no console log)"
 
     # -- what the guest is given -----------------------------------------
     def seed_iso(self, user_data: str, instance_id: str) -> Path:
@@ -237,3 +244,29 @@ class VagrantLab:
              str(PROJECT / "tests" / "infra"), *args],
             timeout=timeout, check=False, env={"PYTHONPATH": str(PROJECT)},
         )
+
+
+def record_timings(timings: dict[str, float]) -> None:
+    """Merge into .cache/vm-timings.json (what the README and the notes quote)."""
+    path = CACHE / "vm-timings.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved.update(timings)
+    CACHE.mkdir(exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def lab_with_box(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int = 1) -> Iterator[VagrantLab]:
+    """A started VagrantLab with the test box added and a wheelhouse of this checkout
+    served (lab.wheelhouse_url); its timings recorded when it ends."""
+    boxdir, built = box()
+    work = tmp_path_factory.mktemp(name)
+    wheelhouse(work / "www" / "wheelhouse")
+    with VagrantLab(work / "lab", boxdir, hosts=hosts) as lab:
+        lab.timings["box build"] = round(built, 1)
+        lab.wheelhouse_url = lab.serve(work / "www", work / "http.log") + "wheelhouse/"
+        lab.add_box()
+        try:
+            yield lab
+        finally:
+            record_timings({k: v for k, v in lab.timings.items() if v or k != "box build"})
