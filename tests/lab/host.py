@@ -29,22 +29,8 @@ CONTAINER_V6_NET = "fd00:dead::/64"
 IMAGE = "lab/busybox"
 PROJECT = Path(__file__).resolve().parents[2]
 
-HTTP_SERVER = r"""
-import http.server, socket, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = sys.argv[3].encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-class S(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-    def server_bind(self):
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-S((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"""
+# The box's fake-endpoint server (a test fixture), used by the lab as well.
+HTTP_SERVER = PROJECT / "vm" / "box" / "files" / "ecs-test-http"
 
 
 def busybox_tarball() -> bytes:
@@ -109,9 +95,7 @@ class EcsHost:
         self.stop()
 
     def _server(self, netns: str | None, addr: str, port: int, body: str, name: str) -> None:
-        script = self.dir / "http_server.py"
-        script.write_text(HTTP_SERVER)
-        argv = [sys.executable, str(script), addr, str(port), body]
+        argv = [sys.executable, str(HTTP_SERVER), addr, str(port), body]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.sandbox.spawn(argv, self.dir / f"{name}.log")
