@@ -10,13 +10,17 @@ from typing import Any
 
 import pytest
 
+from ecs_harden import flavors
 from tests.infra.conftest import Harden, probe
 
 CREDS = "169.254.170.2"
-RULES_FILES = {
-    "debian": ("/etc/iptables/rules.v4", "/etc/iptables/rules.v6"),
-    **{f: ("/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables") for f in ("amzn1", "amzn2", "amzn2023", "rhel")},
-}
+
+
+def rules_files(flavor: str) -> tuple[str, str]:
+    """The flavor's persisted files, as ecs-harden's flavors name them (v4, v6)."""
+    fl = flavors.by_name(flavor)
+    return str(fl.rules_file(4)), str(fl.rules_file(6))
+
 RESTORE_UNITS = {"debian": ("netfilter-persistent",), "amzn2": ("iptables", "ip6tables"),
                  "amzn2023": ("iptables", "ip6tables"), "rhel": ("iptables", "ip6tables")}
 
@@ -72,7 +76,7 @@ def test_block_once_where_the_agent_keeps_it(host: Any, policy: dict[str, Any], 
 def test_persisted_rules_restore_the_block(host: Any, policy: dict[str, Any], facts: dict[str, Any]) -> None:
     if not policy["imds"]["persist"]:
         pytest.skip("imds.persist: false")
-    files = RULES_FILES[facts["flavor"]]
+    files = rules_files(facts["flavor"])
     for (family, dest), path in zip(families(policy), files):
         f = host.file(path)
         assert f.exists and f.user == "root", path

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.infra.conftest import Harden
-from tests.infra.test_host import RULES_FILES, blocks, families
+from tests.infra.test_host import blocks, families, rules_files
 
 pytestmark = [pytest.mark.disruptive, pytest.mark.daemon]
 PLACES = (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING"))
@@ -94,7 +94,7 @@ def test_stop_leaves_every_rule(host: Any, policy: dict[str, Any], facts: dict[s
     try:
         assert show(host, "ActiveState") == "inactive"
         assert set(count(host, policy).values()) == {1}
-        for path in RULES_FILES[facts["flavor"]][: len(families(policy))]:
+        for path in rules_files(facts["flavor"])[: len(families(policy))]:
             assert host.file(path).exists
     finally:
         host.check_output("systemctl start ecs-harden")
@@ -125,7 +125,7 @@ def test_sandbox_writes_exactly_what_it_must(host: Any, policy: dict[str, Any], 
     if policy["report"]["textfile"]:
         must.append(parent(policy["report"]["textfile"]))
     if policy["imds"]["persist"]:
-        must.append(parent(RULES_FILES[facts["flavor"]][0]))
+        must.append(parent(rules_files(facts["flavor"])[0]))
     for d in must:
         assert writable(d), f"{d} must be writable for the daemon"
     for d in ("/etc", "/usr", "/usr/local/bin", "/opt", "/var/lib", "/var/log", "/boot"):
