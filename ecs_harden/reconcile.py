@@ -122,24 +122,28 @@ class Reconciler:
         changes: list[str] = []
         errors: list[str] = []
         for component in self.components:
-            f, c, e = self.run_component(
-                component, repair=repair and self.policy.enforce, dry_run=dry_run
-            )
+            f, c, e = self.run_component(component, repair=repair, dry_run=dry_run)
             findings.extend(f)
             changes.extend(c)
             errors.extend(e)
         report = Report(self.policy.mode, self.platform, tuple(findings))
         return Outcome(report, tuple(changes), tuple(errors))
 
+    def may_repair(self, *, repair: bool, dry_run: bool) -> bool:
+        """The one place that decides whether a repair may run: every command and the
+        daemon go through run_component, so report mode and dry runs cannot be skipped."""
+        return repair and not dry_run and self.policy.enforce
+
     def run_component(
         self, component: Component, *, repair: bool, dry_run: bool = False
     ) -> tuple[list[Finding], list[str], list[str]]:
         """Findings, changes made (or planned, with dry_run) and errors for one component."""
+        repair = self.may_repair(repair=repair, dry_run=dry_run)
         # A component that can hold off other writers between its read and its commit
         # (legacy iptables: the xtables lock) inspects, repairs and checks again in one
         # transaction, so its commit needs no second read of the table.
         transaction = getattr(component, "transaction", None)
-        with transaction() if transaction and repair and not dry_run else contextlib.nullcontext():
+        with transaction() if transaction and repair else contextlib.nullcontext():
             return self._run_component(component, repair=repair, dry_run=dry_run)
 
     def _run_component(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol, Union
 
 from ecs_harden.firewall.evaluate import ChainReader
+from ecs_harden.firewall.rule import Rule
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,28 @@ class Insert:
 
 @dataclass(frozen=True)
 class Delete:
-    """Delete the first rule equal to args (never by number: Docker may have moved it)."""
+    """Delete the first rule equal to args: only for rules ecs-harden wrote itself, whose
+    text it made (remove --yes). Someone else's rule is deleted with DeleteAt."""
 
     chain: str
     args: tuple[str, ...]
     table: str = "filter"
 
 
-Op = Union[NewChain, Insert, Delete]
+@dataclass(frozen=True)
+class DeleteAt:
+    """Delete the rule at position (1-based), which must still be `rule` as read: checked
+    where the commit happens, against the table it changes (legacy: under the xtables
+    lock; nf_tables: by handle, in a batch the kernel refuses if anything changed since
+    the read). Never by re-serialized text, which an odd comment would not survive."""
+
+    chain: str
+    position: int
+    rule: Rule
+    table: str = "filter"
+
+
+Op = Union[NewChain, Insert, Delete, DeleteAt]
 
 
 def describe(op: Op) -> str:
@@ -44,6 +59,8 @@ def describe(op: Op) -> str:
         return f"{table}-N {op.chain}"
     if isinstance(op, Insert):
         return f"{table}-I {op.chain} {op.position} {quote_args(op.args)}"
+    if isinstance(op, DeleteAt):
+        return f"{table}-D {op.chain} {op.position} ({op.rule.text()})"
     return f"{table}-D {op.chain} {quote_args(op.args)}"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ecs_harden.firewall.rule import Chain, Match, Neg, Network, Rule, network
 
@@ -54,6 +54,9 @@ NON_TERMINAL = frozenset(
      "DSCP", "TOS", "TCPMSS", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "TEE"}
 )
 MAX_DEPTH = 32
+# The work one probe may cost: a Docker host with 50k rules walks about one rule each.
+MAX_STEPS = 200_000
+MAX_CHAINS = 512
 DPORT_OPTIONS = ("dport", "dports", "destination-port", "destination-ports")
 
 
@@ -181,10 +184,30 @@ def rule_matches(rule: Rule, probe: Probe) -> Tri:
 ChainReader = Callable[[str], Optional[Chain]]  # typing: evaluated at run time on 3.8
 
 
+Frame = Tuple[Tuple[str, int], ...]  # where each RETURN goes back to: (chain, next index)
+State = Tuple[str, int, Frame]
+
+
 class PathEvaluator:
-    def __init__(self, read_chain: ChainReader, start: str = "FORWARD"):
+    """Explores every path a probe can take, iteratively and within a budget.
+
+    No recursion (a deep tree of jumps cannot exhaust Python's stack) and a bounded
+    amount of work (rules looked at, distinct chains read, paths pending): whatever
+    the budget does not cover is an "unknown" outcome, which is never effective.
+    """
+
+    def __init__(
+        self,
+        read_chain: ChainReader,
+        start: str = "FORWARD",
+        *,
+        max_steps: int = MAX_STEPS,
+        max_chains: int = MAX_CHAINS,
+    ):
         self.read_chain = read_chain
         self.start = start
+        self.max_steps = max_steps
+        self.max_chains = max_chains
         self._chains: dict[str, Chain | None] = {}
 
     def chain(self, name: str) -> Chain | None:
@@ -193,70 +216,82 @@ class PathEvaluator:
         return self._chains[name]
 
     def outcomes(self, probe: Probe) -> frozenset[Outcome]:
-        memo: dict[tuple[str, int, tuple[tuple[str, int], ...]], frozenset[Outcome]] = {}
-
-        def run(name: str, index: int, stack: tuple[tuple[str, int], ...]) -> frozenset[Outcome]:
-            key = (name, index, stack)
-            if key in memo:
-                return memo[key]
-            memo[key] = frozenset({Outcome("unknown", f"loop through {name}")})
-            result = step(name, index, stack)
-            memo[key] = result
-            return result
-
-        def resume(stack: tuple[tuple[str, int], ...]) -> frozenset[Outcome]:
-            if not stack:
-                start = self.chain(self.start)
-                policy = (start.policy if start else None) or "ACCEPT"
-                verdict = "block" if policy == "DROP" else "accept"
-                return frozenset({Outcome(verdict, f"policy {self.start} {policy}")})
-            caller, at = stack[-1]
-            return run(caller, at, stack[:-1])
-
-        def step(name: str, index: int, stack: tuple[tuple[str, int], ...]) -> frozenset[Outcome]:
+        found: set[Outcome] = set()
+        seen: set[State] = set()
+        pending: list[State] = [(self.start, 0, ())]
+        steps = 0
+        while pending:
+            name, index, stack = pending.pop()
+            if (name, index, stack) in seen:
+                continue  # its outcomes are in found already (or it is a loop)
+            seen.add((name, index, stack))
+            if len(stack) > MAX_DEPTH:
+                found.add(Outcome("unknown", f"jumps nested deeper than {MAX_DEPTH}"))
+                continue
+            if name not in self._chains and len(self._chains) >= self.max_chains:
+                found.add(Outcome("unknown", f"more than {self.max_chains} chains on the path"))
+                continue
             chain = self.chain(name)
             if chain is None:
-                return frozenset({Outcome("unknown", f"chain {name} cannot be read")})
-            if len(stack) > MAX_DEPTH:
-                return frozenset({Outcome("unknown", f"jumps nested deeper than {MAX_DEPTH}")})
+                found.add(Outcome("unknown", f"chain {name} cannot be read"))
+                continue
+            fell_through = True
             for i in range(index, len(chain.rules)):
+                steps += 1
+                if steps > self.max_steps:
+                    found.add(Outcome("unknown", f"more than {self.max_steps} rule evaluations"))
+                    return frozenset(found)
                 rule = chain.rules[i]
                 m = rule_matches(rule, probe)
                 if m is Tri.NO:
                     continue
-                taken = self._taken(rule, name, i, stack, run, resume)
+                taken = self._taken(rule, name, i, stack)
                 if taken is None:
                     continue
+                if isinstance(taken, Outcome):
+                    if m is Tri.MAYBE and taken.verdict == "block":
+                        continue  # a DROP that may not apply decides nothing
+                    found.add(taken)
+                else:
+                    pending.append(taken)
                 if m is Tri.YES:
-                    return taken
-                if rule.target in ("DROP", "REJECT"):
-                    continue  # a DROP that may not apply decides nothing
-                return taken | run(name, i + 1, stack)
-            return resume(stack)
+                    fell_through = False
+                    break
+            if fell_through:
+                if stack:
+                    caller, at = stack[-1]
+                    pending.append((caller, at, stack[:-1]))
+                else:
+                    found.add(self._policy())
+        return frozenset(found)
 
-        return run(self.start, 0, ())
+    def _policy(self) -> Outcome:
+        start = self.chain(self.start)
+        policy = (start.policy if start else None) or "ACCEPT"
+        verdict = "block" if policy == "DROP" else "accept"
+        return Outcome(verdict, f"policy {self.start} {policy}")
 
-    def _taken(
-        self,
-        rule: Rule,
-        name: str,
-        index: int,
-        stack: tuple[tuple[str, int], ...],
-        run: Callable[[str, int, tuple[tuple[str, int], ...]], frozenset[Outcome]],
-        resume: Callable[[tuple[tuple[str, int], ...]], frozenset[Outcome]],
-    ) -> frozenset[Outcome] | None:
-        """Outcomes when the rule applies; None when it only counts or marks."""
+    def _taken(self, rule: Rule, name: str, index: int, stack: Frame) -> Outcome | State | None:
+        """Where the packet goes when the rule applies: a verdict, the state it continues
+        in (a jump, a goto, a return), or None when the rule only counts or marks."""
         target = rule.target
         if target is None or target in NON_TERMINAL:
             return None
+        if rule.unreadable:
+            return Outcome("unknown", f"a rule ecs-harden cannot read: {rule.text()}")
         if target == "ACCEPT":
-            return frozenset({Outcome("accept", rule.text())})
+            return Outcome("accept", rule.text())
         if target in ("DROP", "REJECT"):
-            return frozenset({Outcome("block", rule.text())})
+            return Outcome("block", rule.text())
         if target == "RETURN":
-            return resume(stack)
+            if not stack:
+                return self._policy()
+            caller, at = stack[-1]
+            return (caller, at, stack[:-1])
+        if len(self._chains) >= self.max_chains and target not in self._chains:
+            return Outcome("unknown", f"more than {self.max_chains} chains on the path")
         if self.chain(target) is not None:
             if rule.goto:
-                return run(target, 0, stack)
-            return run(target, 0, (*stack, (name, index + 1)))
-        return frozenset({Outcome("unknown", rule.text())})
+                return (target, 0, stack)
+            return (target, 0, (*stack, (name, index + 1)))
+        return Outcome("unknown", rule.text())

@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
+from ecs_harden.firewall.backend import Delete, DeleteAt, Insert, NewChain, Op
 from ecs_harden.firewall.evaluate import ChainReader
-from ecs_harden.firewall.rule import Chain, Rule, parse_args
+from ecs_harden.firewall.rule import Chain, Rule, parse_args, unreadable
 from ecs_harden.lock import flock_within
 
 LOCK_PATH = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
@@ -110,6 +110,14 @@ def rule_args(r: Any) -> list[str]:
     return args
 
 
+def _parsed(chain: str, r: Any) -> Rule:
+    """A rule as data; one python-iptables cannot decode is unreadable(), not a crash."""
+    try:
+        return parse_args(chain, rule_args(r))
+    except Exception as exc:  # python-iptables shlex-splits what the extension saved
+        return unreadable(chain, f"-A {chain} (python-iptables cannot decode it: {exc})")
+
+
 def _same(a: Rule, b: Rule) -> bool:
     def key(r: Rule) -> tuple[object, ...]:
         return (r.src, r.dst, r.in_iface, r.out_iface, r.proto, r.matches, r.target, r.goto, r.target_args)
@@ -139,7 +147,7 @@ class Libiptc:
             return None
         chain = self._iptc.Chain(table, name)
         policy = chain.get_policy().name if chain.is_builtin() else None
-        rules = tuple(parse_args(name, rule_args(r)) for r in chain.rules)
+        rules = tuple(_parsed(name, r) for r in chain.rules)
         return Chain(name, policy, rules)
 
     @contextlib.contextmanager
@@ -183,6 +191,18 @@ class Libiptc:
             r.target = self._iptc.Target(r, rule.target, goto=rule.goto or None)
         return r
 
+    def _delete_at(self, table: Any, op: DeleteAt) -> None:
+        """Under the xtables lock, on the table as read under it: the rule at the position
+        must still be the one planned; libiptc then deletes it by number."""
+        rules = list(self._iptc.Chain(table, op.chain).rules)
+        at = op.position - 1
+        if not (0 <= at < len(rules)) or _parsed(op.chain, rules[at]) != op.rule:
+            raise RuntimeFailure(
+                f"{op.chain}: rule {op.position} is no longer {op.rule.text()}; nothing deleted, will retry"
+            )
+        if table._iptc.iptc_delete_num_entry(op.chain.encode(), at, table._handle) != 1:
+            raise RuntimeFailure(f"{op.chain}: cannot delete rule {op.position}: {table.strerror()}")
+
     def commit(self, ops: Sequence[Op]) -> None:
         if not ops:
             return
@@ -201,6 +221,8 @@ class Libiptc:
                     elif isinstance(op, Insert):
                         chain = iptc.Chain(table, op.chain)
                         chain.insert_rule(self._build(parse_args(op.chain, op.args)), op.position - 1)
+                    elif isinstance(op, DeleteAt):
+                        continue
                     elif isinstance(op, Delete):
                         want = parse_args(op.chain, op.args)
                         chain = iptc.Chain(table, op.chain)
@@ -210,6 +232,9 @@ class Libiptc:
                                 break
                         else:
                             raise RuntimeFailure(f"no rule in {op.chain} to delete: {' '.join(op.args)}")
+                # Positions from the last, so that each delete leaves the others' in place.
+                for op in sorted((o for o in ops if isinstance(o, DeleteAt)), key=lambda o: -o.position):
+                    self._delete_at(tables[op.table], op)
                 for name, table in tables.items():
                     table.commit()
                     self._fresh.discard(name)  # committed: the next read must read again

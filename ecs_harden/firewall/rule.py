@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Union
@@ -47,9 +46,17 @@ class Rule:
     target_args: tuple[str, ...] = ()
     # Top-level options the evaluator does not model (-f, ...): they make a match uncertain.
     unknown: tuple[str, ...] = field(default=())
+    # The line as printed, for a rule the parser could not read (see unreadable()).
+    raw: str | None = None
 
     def text(self) -> str:
+        if self.raw is not None:
+            return self.raw
         return " ".join(["-A", self.chain, *(_quote(a) for a in self.args)])
+
+    @property
+    def unreadable(self) -> bool:
+        return self.target == UNREADABLE
 
     def has_comment(self, comment: str) -> bool:
         return any(
@@ -58,10 +65,68 @@ class Rule:
         )
 
 
+# The target of a rule whose line could not be read: it "may accept" (firewall.evaluate).
+UNREADABLE = "?unreadable"
+MAX_CONTINUATION = 300  # a comment is at most 256 bytes, so at most that many newlines
+
+
+class Unreadable(ValueError):
+    """A line that is not in the form iptables prints."""
+
+
+def unreadable(chain: str, line: str) -> Rule:
+    """A rule ecs-harden cannot read: matches maybe, and may accept. Never a crash, never
+    taken for a copy of the block, never deleted."""
+    shown = line if len(line) <= 200 else line[:200] + "..."
+    return Rule(chain=chain, args=(), unknown=("unreadable",), target=UNREADABLE, raw=shown)
+
+
+def tokenize(text: str) -> list[str]:
+    """Split a rule as iptables prints it (xtables_save_string): words separated by spaces;
+    a word in double quotes may hold anything, with a backslash before `\\`, `"` and `'`
+    (iptables escapes all three). Unreadable for an unterminated quote, or a quote or
+    backslash in an unquoted word (iptables would have quoted it)."""
+    tokens: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+            continue
+        if c == '"':
+            i += 1
+            out: list[str] = []
+            while True:
+                if i >= n:
+                    raise Unreadable("unterminated quote")
+                c = text[i]
+                if c == "\\" and i + 1 < n:
+                    out.append(text[i + 1])
+                    i += 2
+                elif c == '"':
+                    i += 1
+                    break
+                else:
+                    out.append(c)
+                    i += 1
+            if i < n and text[i] not in " \t":
+                raise Unreadable("text right after a closing quote")
+            tokens.append("".join(out))
+            continue
+        j = i
+        while j < n and text[j] not in " \t":
+            if text[j] in "\"'\\":
+                raise Unreadable("a quote or backslash in an unquoted word")
+            j += 1
+        tokens.append(text[i:j])
+        i = j
+    return tokens
+
+
 def _quote(token: str) -> str:
     if token and all(c.isalnum() or c in "-_./:,+=!@%" for c in token):
         return token
-    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + token.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'") + '"'
 
 
 def quote_args(args: Sequence[str]) -> str:
@@ -79,11 +144,16 @@ _TOP = {
 
 
 def parse_line(line: str) -> Rule | None:
-    """Parse an `-A CHAIN ...` line; other lines (-P, -N, comments) give None."""
-    tokens = shlex.split(line, posix=True)
-    if len(tokens) < 2 or tokens[0] != "-A":
+    """Parse an `-A CHAIN ...` line; other lines (-P, -N, comments) give None. A line
+    that starts so but cannot be read is an unreadable() rule, never an exception."""
+    words = line.split(None, 2)
+    if len(words) < 2 or words[0] != "-A":
         return None
-    return parse_args(tokens[1], tokens[2:])
+    try:
+        tokens = tokenize(line)
+        return parse_args(tokens[1], tokens[2:])
+    except (Unreadable, IndexError):
+        return unreadable(words[1], line.rstrip("\r\n"))
 
 
 def parse_args(chain: str, args: Sequence[str]) -> Rule:
@@ -167,11 +237,39 @@ class Chain:
     rules: tuple[Rule, ...]
 
 
+def rule_lines(text: str) -> list[str]:
+    """The lines of an `iptables -S` listing, a rule whose comment holds newlines (iptables
+    prints them as they are) joined back into one."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("-A "):
+            joined, j = line, i
+            while _open_quote(joined) and j < len(lines) and j - i < MAX_CONTINUATION:
+                joined += "\n" + lines[j]
+                j += 1
+            if not _open_quote(joined):
+                line, i = joined, j
+        out.append(line)
+    return out
+
+
+def _open_quote(text: str) -> bool:
+    try:
+        tokenize(text)
+    except Unreadable as exc:
+        return str(exc) == "unterminated quote"
+    return False
+
+
 def parse_chain_listing(name: str, text: str) -> Chain:
     """`iptables -S NAME` output to a Chain."""
     policy: str | None = None
     rules: list[Rule] = []
-    for line in text.splitlines():
+    for line in rule_lines(text):
         if line.startswith("-P "):
             parts = line.split()
             if len(parts) >= 3 and parts[1] == name:

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from ecs_harden import proc
+from ecs_harden.daemon.nftevents import generation
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.firewall.backend import Delete, Insert, NewChain, Op
+from ecs_harden.firewall import nfthandles
+from ecs_harden.firewall.backend import Delete, DeleteAt, Insert, NewChain, Op
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, quote_args
 
@@ -89,9 +91,42 @@ class XtablesCli:
         return "\n".join(lines) + "\n"
 
     def commit(self, ops: Sequence[Op]) -> None:
-        if not ops:
-            return
-        proc.run(
-            [f"{self.binary}-restore", "-w", WAIT_SECONDS, "--noflush"],
-            input=self.restore_script(ops),
-        )
+        script = [op for op in ops if not isinstance(op, DeleteAt)]
+        if script:
+            proc.run(
+                [f"{self.binary}-restore", "-w", WAIT_SECONDS, "--noflush"],
+                input=self.restore_script(script),
+            )
+        by_chain: dict[tuple[str, str], list[DeleteAt]] = {}
+        for op in ops:
+            if isinstance(op, DeleteAt):
+                by_chain.setdefault((op.table, op.chain), []).append(op)
+        for (table, chain), deletes in by_chain.items():
+            self._delete_at(table, chain, deletes)
+
+    def _delete_at(self, table: str, chain: str, deletes: Sequence[DeleteAt]) -> None:
+        """Map positions to handles on one generation of the ruleset, check each rule is
+        still the one planned, and delete by handle only if that generation still holds."""
+        where = f"{self.binary} -t {table} {chain}"
+        try:
+            before = generation()
+            listed = self.read_chain(chain, table)
+            found = nfthandles.handles(self.family, table, chain)
+            if generation() != before:
+                raise nfthandles.Changed(0, "the ruleset changed while it was read")
+            if listed is None or len(listed.rules) != len(found):
+                raise RuntimeFailure(
+                    f"{where}: iptables lists {len(listed.rules) if listed else 0} rules, nf_tables "
+                    f"holds {len(found)}; nothing deleted"
+                )
+            doomed = []
+            for op in deletes:
+                at = op.position - 1
+                if not (0 <= at < len(listed.rules)) or listed.rules[at] != op.rule:
+                    raise nfthandles.Changed(0, f"rule {op.position} is no longer {op.rule.text()}")
+                doomed.append(found[at])
+            nfthandles.delete(self.family, table, chain, doomed, before)
+        except nfthandles.Changed as exc:
+            raise RuntimeFailure(f"{where}: {exc.strerror}; nothing deleted, will retry") from None
+        except OSError as exc:
+            raise RuntimeFailure(f"{where}: cannot delete by handle: {exc}") from None

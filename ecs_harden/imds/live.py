@@ -11,10 +11,11 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
 
 from ecs_harden.component import Inspection
-from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op, describe
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
 from ecs_harden.imds.block import (
@@ -29,6 +30,8 @@ from ecs_harden.imds.block import (
 )
 from ecs_harden.report import DRIFT, OK, Finding
 
+Places = Dict[Tuple[str, str], Tuple[Rule, ...]]  # (table, chain) -> its rules
+
 
 def ipv6_available() -> bool:
     return os.path.isdir("/proc/sys/net/ipv6")
@@ -41,6 +44,7 @@ class BlockState:
     outcomes: frozenset[Outcome]
     guards: list[Rule]  # copies in raw PREROUTING
     guard_on_top: bool  # the guards open the chain, before any other rule
+    on_top: dict[str, bool] = field(default_factory=dict)  # chain -> a copy opens it
 
     @property
     def effective(self) -> bool:
@@ -86,12 +90,14 @@ class LiveBlockComponent:
         return (f"DROP -i {pats} -d {self.address} once in {' and '.join(MANAGED_CHAINS)} and raw "
                 f"{GUARD_CHAIN}, effective")
 
-    def observe(self) -> tuple[dict[str, Chain | None], list[BlockState]]:
+    def observe(self) -> tuple[dict[str, Chain | None], list[BlockState], Places]:
         reader = self.backend.snapshot()
         evaluator = PathEvaluator(reader)
         chains = {name: evaluator.chain(name) for name in MANAGED_CHAINS}
         raw = self.backend.snapshot(GUARD_TABLE)(GUARD_CHAIN)
         raw_rules = raw.rules if raw else ()
+        places: Places = {("filter", name): chain.rules if chain else () for name, chain in chains.items()}
+        places[(GUARD_TABLE, GUARD_CHAIN)] = raw_rules
         leading = leading_copies(raw_rules, self.blocks)
         states = []
         for block in self.blocks:
@@ -99,11 +105,25 @@ class LiveBlockComponent:
                 name: [r for r in (chain.rules if chain else ()) if block.is_copy(r)]
                 for name, chain in chains.items()
             }
+            tops = {}
+            for name, chain in chains.items():
+                rules = chain.rules if chain else ()
+                tops[name] = any(block.is_copy(r) for r in rules[:leading_copies(rules, self.blocks)])
             guards = [r for r in raw_rules if block.is_copy(r)]
-            on_top = any(block.is_copy(r) for r in raw_rules[:leading])
+            guard_on_top = any(block.is_copy(r) for r in raw_rules[:leading])
             probe = Probe(block.interface, self.address, self.interfaces)
-            states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, on_top))
-        return chains, states
+            states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, guard_on_top, tops))
+        return chains, states, places
+
+    def read_places(self) -> Places:
+        """The rules of every place the block goes, without evaluating anything."""
+        places: Places = {}
+        for table, names in (("filter", MANAGED_CHAINS), (GUARD_TABLE, (GUARD_CHAIN,))):
+            reader = self.backend.snapshot(table)
+            for name in names:
+                chain = reader(name)
+                places[(table, name)] = chain.rules if chain else ()
+        return places
 
     def inspect(self) -> Inspection:
         if self.family == 6 and not ipv6_available():
@@ -111,17 +131,21 @@ class LiveBlockComponent:
                 self.name, OK, self.expected(), "no IPv6",
                 "this kernel has no IPv6 (/proc/sys/net/ipv6 is missing): there is no IPv6 path to IMDS",
             ),))
-        chains, states = self.observe()
-        ops = plan(chains, states)
+        chains, states, places = self.observe()
+        effective = frozenset(st.block for st in states if st.effective)
+        ops = plan(chains, states) + tidy(places, self.blocks, effective)
         finding = self.judge(chains, states)
         if not ops:
             return Inspection((finding,))
         return Inspection(
             (finding,),
-            tuple(f"ip{'' if self.family == 4 else '6'}tables {describe(op)}" for op in ops),
+            tuple(f"{self._binary()} {describe(op)}" for op in ops),
             frozenset({self.name}),
-            tuple(ops),
+            _Plan(tuple(ops), effective),
         )
+
+    def _binary(self) -> str:
+        return f"ip{'' if self.family == 4 else '6'}tables"
 
     def judge(self, chains: dict[str, Chain | None], states: list[BlockState]) -> Finding:
         problems: list[str] = []
@@ -161,9 +185,19 @@ class LiveBlockComponent:
         )
 
     def execute(self, inspection: Inspection) -> None:
-        ops = inspection.plan
-        if isinstance(ops, tuple) and ops:
-            self.backend.commit(ops)
+        """First the inserts that make the block effective, in a commit of their own that
+        depends on nothing else on the host; then, from a fresh read, the tidying (copies
+        that are not the one on top), deleted by position checked at the commit. A tidy
+        that fails leaves an effective block and says why."""
+        planned = inspection.plan
+        if not isinstance(planned, _Plan):
+            return
+        inserts = [op for op in planned.ops if not isinstance(op, DeleteAt)]
+        if inserts:
+            self.backend.commit(inserts)
+        deletes = tidy(self.read_places(), self.blocks, planned.effective)
+        if deletes:
+            self.backend.commit(deletes)
 
     def removal_ops(self) -> list[Op]:
         """Every rule this agent added (ours by comment), in every managed chain."""
@@ -174,9 +208,9 @@ class LiveBlockComponent:
             reader = self.backend.snapshot(table)
             for name in names:
                 chain = reader(name)
-                for rule in chain.rules if chain else ():
+                for i, rule in enumerate(chain.rules if chain else ()):
                     if rule.target == "DROP" and rule.has_comment(COMMENT):
-                        ops.append(Delete(name, rule.args, table))
+                        ops.append(DeleteAt(name, i + 1, rule, table))
         return ops
 
     def remove(self) -> list[str]:
@@ -185,24 +219,50 @@ class LiveBlockComponent:
         return [describe(op) for op in ops]
 
 
-def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
-    """The ops that make each block present once per managed chain and effective.
+@dataclass(frozen=True)
+class _Plan:
+    ops: tuple[Op, ...]
+    effective: frozenset[Block]  # blocks that were effective where they stood
 
-    A missing copy is inserted at the top; duplicates, and every copy when the
-    block is not effective, are deleted and one copy is inserted at the top, in
-    the same transaction, so there is never a moment without the block.
-    """
+
+def tidy(places: Places, blocks: Sequence[Block], effective: frozenset[Block]) -> list[Op]:
+    """Delete every copy of a block but one: the first of those opening its chain, else (an
+    effective block that Docker's jump or rules now precede) its first copy. Nothing in a
+    chain where some block has no copy to keep yet (the insert comes first)."""
+    ops: list[Op] = []
+    for (table, name), rules in places.items():
+        top = leading_copies(rules, blocks)
+        keep: dict[Block, int] = {}
+        for block in blocks:
+            at = [i for i, r in enumerate(rules) if block.is_copy(r)]
+            on_top = [i for i in at if i < top]
+            if on_top:
+                keep[block] = on_top[0]
+            elif at and block in effective and table == "filter":
+                keep[block] = at[0]
+        if len(keep) < len(blocks):
+            continue
+        for i, rule in enumerate(rules):
+            copy_of = next((b for b in blocks if b.is_copy(rule)), None)
+            if copy_of is not None and keep[copy_of] != i:
+                ops.append(DeleteAt(name, i + 1, rule, table))
+    return ops
+
+
+def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
+    """The inserts that make each block effective: a copy at the top of each managed chain
+    and of raw PREROUTING wherever none opens it. A copy opening FORWARD drops the traffic
+    before any other rule can accept it, so this needs no evaluation and no delete; the
+    copies it leaves below are tidied afterwards (LiveBlockComponent.tidy_ops)."""
     ops: list[Op] = []
     if chains.get(DOCKER_USER) is None:
         ops.append(NewChain(DOCKER_USER))
     for st in states:
         for name in MANAGED_CHAINS:
-            copies = st.copies.get(name, [])
-            if len(copies) == 1 and st.effective:
-                continue
-            ops.extend(Delete(name, r.args) for r in copies)
-            ops.append(Insert(name, 1, st.block.args()))
-        if len(st.guards) != 1 or not st.guard_on_top:
-            ops.extend(Delete(GUARD_CHAIN, r.args, GUARD_TABLE) for r in st.guards)
+            # Docker puts its jump (and, restarting, its rules) above our copy in FORWARD;
+            # where that copy still decides, it stays. Unknown is never effective.
+            if not st.on_top.get(name) and not (st.effective and st.copies.get(name)):
+                ops.append(Insert(name, 1, st.block.args()))
+        if not st.guard_on_top:
             ops.append(Insert(GUARD_CHAIN, 1, st.block.args(), GUARD_TABLE))
     return ops
