@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except Exception as exc:  # never a traceback for an operator: say what failed, exit 1
+        log.error("command.crashed", command=args.command, error=f"{type(exc).__name__}: {exc}")
+        log.debug("command.traceback", exc_info=True)
+        print(f"ecs-harden: internal error in {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -236,6 +241,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"ecs-harden: {path} is {age:.0f}s old (more than 3 x {interval:g}s): "
               "the daemon is not running", file=sys.stderr)
         return EXIT_FAILURE
+    last_error = daemon.get("last_error")
+    if last_error:
+        print(f"ecs-harden: the daemon's last reconcile failed: {last_error}", file=sys.stderr)
+        return EXIT_DRIFT
     return EXIT_OK if data.get("compliant") else EXIT_DRIFT
 
 

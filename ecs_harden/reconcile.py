@@ -23,7 +23,7 @@ from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
-from ecs_harden.report import DRIFT, ERROR, Finding, Report
+from ecs_harden.report import DRIFT, ERROR, OK, Finding, Report
 
 
 def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
@@ -67,6 +67,13 @@ def build_components(policy: Policy, facts: Facts) -> list[Component]:
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),
     ]
+
+
+def failed_finding(f: Finding, why: str) -> Finding:
+    """A finding whose check could not be made to hold (or not be looked at): error, with
+    what was last seen, so that `compliant` is false while ecs-harden cannot do its job."""
+    detail = f"{why}; last seen: {f.status}: {f.detail}" if f.detail else why
+    return dataclasses.replace(f, status=ERROR, detail=detail, changed=False)
 
 
 @dataclass(frozen=True)
@@ -143,8 +150,17 @@ class Reconciler:
         # (legacy iptables: the xtables lock) inspects, repairs and checks again in one
         # transaction, so its commit needs no second read of the table.
         transaction = getattr(component, "transaction", None)
-        with transaction() if transaction and repair else contextlib.nullcontext():
-            return self._run_component(component, repair=repair, dry_run=dry_run)
+        try:
+            with transaction() if transaction and repair else contextlib.nullcontext():
+                return self._run_component(component, repair=repair, dry_run=dry_run)
+        except HardenError as exc:  # the transaction itself (the xtables lock)
+            self._failed("reconcile.failed", component, str(exc))
+            return [Finding(component.name, ERROR, detail=str(exc))], [], [str(exc)]
+        except Exception as exc:  # a bug, or input nobody foresaw: an error finding, never a traceback
+            error = f"internal error in {component.name}: {type(exc).__name__}: {exc}"
+            self.log.error("reconcile.crashed", component=component.name, error=error)
+            self.log.debug("reconcile.traceback", component=component.name, exc_info=True)
+            return [Finding(component.name, ERROR, detail=error)], [], [error]
 
     def _run_component(
         self, component: Component, *, repair: bool, dry_run: bool = False
@@ -177,7 +193,9 @@ class Reconciler:
         before = {f.check: f for f in first.findings}
         out: list[Finding] = []
         for f in after.findings:
-            if error is None and f.check in first.repairs:
+            if error is not None and f.check in first.repairs and f.status != OK:
+                f = failed_finding(f, f"the repair failed: {error}")
+            elif error is None and f.check in first.repairs:
                 f = dataclasses.replace(f, changed=True)
                 old = before.get(f.check)
                 self.log.info(

@@ -47,7 +47,7 @@ from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.policy import Policy
-from ecs_harden.reconcile import Reconciler, build_components
+from ecs_harden.reconcile import Reconciler, build_components, failed_finding
 from ecs_harden.reconcile import families as families_of
 from ecs_harden.report import DRIFT, ERROR, Finding, Report
 
@@ -185,18 +185,26 @@ class Daemon:
         generation = None
         if self.nft is not None and FIREWALL in groups and set(families) >= set(families_of(self.policy)):
             generation = self._generation()  # before reading, as the probe's baseline
+        chosen = []
+        for i, component in enumerate(self.components):
+            if component.wakes_on not in groups:
+                continue
+            family = getattr(component, "family", None)
+            if component.wakes_on == FIREWALL and family is not None and family not in families:
+                continue
+            chosen.append((i, component))
         try:
             with ReconcileLock(timeout=DAEMON_TIMEOUT):
-                for i, component in enumerate(self.components):
-                    if component.wakes_on not in groups:
-                        continue
-                    family = getattr(component, "family", None)
-                    if component.wakes_on == FIREWALL and family is not None and family not in families:
-                        continue
+                for i, component in chosen:
                     errors += self._reconcile_one(i, component)
-        except HardenError as exc:  # the lock: another ecs-harden holds it too long
+        except HardenError as exc:  # the lock: held too long, or refused
             self.log.error("reconcile.lock_failed", error=str(exc))
             errors.append(str(exc))
+            for i, component in chosen:  # not looked at: nothing may say it holds
+                self.findings[i] = [
+                    failed_finding(f, f"not reconciled: {exc}")
+                    for f in self.findings.get(i) or [Finding(component.name, ERROR)]
+                ]
         if FIREWALL in groups:
             self.fw_generation = generation if not errors else None
         self.counters.reconciles += 1
@@ -219,7 +227,7 @@ class Daemon:
         try:
             found, _, errs = self.reconciler.run_component(component, repair=True)
         except Exception as exc:  # a bug must not kill the daemon
-            self.log.exception("reconcile.crashed", component=component.name)
+            self.log.error("reconcile.crashed", component=component.name, error=str(exc))
             found, errs = [Finding(component.name, ERROR, detail=str(exc))], [str(exc)]
         self.findings[i] = found
         self.counters.repairs += sum(1 for f in found if f.changed)
