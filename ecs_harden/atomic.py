@@ -2,7 +2,8 @@
 
 A path that is a symlink stays one: the file it points to is replaced, in that
 file's own directory (configuration management often links /etc/ecs/ecs.config
-to a file it owns). A dangling link is refused, never replaced by a regular file.
+to a file it owns), if the link is root's (see trust). A dangling link is refused,
+never replaced by a regular file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from ecs_harden.errors import RuntimeFailure
 UNIT = "ecs-harden.service"
 
 
-class DanglingLink(RuntimeFailure):
+class RefusedLink(RuntimeFailure):
+    """A symlink ecs-harden will not write through: dangling, or not root's (trust)."""
+
+
+class DanglingLink(RefusedLink):
     """The path is a symlink whose target does not exist."""
 
     def __init__(self, path: str, target: str):
@@ -40,9 +45,13 @@ def read_only_hint(directory: str) -> str:
 
 
 def resolve(path: str) -> str:
-    """The file path names after following symlinks; DanglingLink when it names none."""
+    """The file path names after following symlinks; DanglingLink when it names none,
+    trust.UntrustedLink when someone other than root could have planted the link."""
     if not os.path.islink(path):
         return path
+    from ecs_harden.trust import check_link
+
+    check_link(path)
     real = os.path.realpath(path)
     if not os.path.lexists(real) or os.path.islink(real):
         # realpath stops at the first missing component, or loops
@@ -124,7 +133,12 @@ def file_identity(path: str) -> Identity:
 
 
 def read_bytes(path: str) -> bytes | None:
-    """The file's bytes (through symlinks), None when there is no file; DanglingLink for a dead link."""
+    """The file's bytes (through symlinks), None when there is no file; DanglingLink for a
+    dead link, trust.UntrustedLink for one that is not root's."""
+    if os.path.islink(path):
+        from ecs_harden.trust import check_link
+
+        check_link(path)
     try:
         with open(path, "rb") as fh:
             return fh.read()

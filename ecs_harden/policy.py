@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
 import re
@@ -78,33 +79,61 @@ def resolve_path(cli_path: str | None) -> tuple[str, bool]:
     return DEFAULT_PATH, False
 
 
+class UntrustedPolicy(PolicyError):
+    """A policy file ecs-harden refuses to read at all (not root's, writable by others,
+    a symlink): nothing in it is used, not even where the status file is."""
+
+
 def load(cli_path: str | None = None) -> Policy:
     path, explicit = resolve_path(cli_path)
+    data = read_trusted(path, explicit=explicit)
+    return Policy() if data is None else parse(data, source=path)
+
+
+def read_trusted(path: str, *, explicit: bool = True) -> bytes | None:
+    """The policy's bytes, read from a descriptor opened with O_NOFOLLOW and checked with
+    fstat (no gap between check and read), below directories that only root can change;
+    None for a missing default file."""
+    from ecs_harden.trust import untrusted_directories
+
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         if explicit:
             raise PolicyError(f"{path}: policy file not found") from None
-        return Policy()
+        return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UntrustedPolicy(
+                f"{path}: refusing a policy that is a symlink; install the file itself there"
+            ) from None
         raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
-    _check_ownership(path, st)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        _check_ownership(path, os.fstat(fd))
+        why = untrusted_directories(path)
+        if why:
+            raise UntrustedPolicy(f"{path}: refusing the policy: {why}")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
-    return parse(data, source=path)
+    finally:
+        os.close(fd)
 
 
 def salvage_status_file(cli_path: str | None = None) -> str:
     """Where the daemon writes its status, from a policy that does not load: its
-    report.status_file if the YAML still says so plainly, else the default."""
+    report.status_file if the YAML still says so plainly, else the default. Only from a
+    file that passed the ownership checks (read_trusted): never from a refused one."""
     path, _ = resolve_path(cli_path)
     try:
-        with open(path, "rb") as fh:
-            data = yaml.safe_load(fh)
-        value = data["report"]["status_file"]
+        data = read_trusted(path)
+        value = yaml.safe_load(data or b"")["report"]["status_file"]
     except Exception:  # any way of being broken means: fall back to the default
         return ReportPolicy.status_file
     return value if isinstance(value, str) and os.path.isabs(value) else ReportPolicy.status_file
@@ -112,13 +141,13 @@ def salvage_status_file(cli_path: str | None = None) -> str:
 
 def _check_ownership(path: str, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise PolicyError(f"{path}: policy is not a regular file")
+        raise UntrustedPolicy(f"{path}: policy is not a regular file")
     if st.st_uid != 0:
-        raise PolicyError(
+        raise UntrustedPolicy(
             f"{path}: refusing a policy owned by uid {st.st_uid}; it must be owned by root"
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise PolicyError(
+        raise UntrustedPolicy(
             f"{path}: refusing a policy writable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod go-w {path}"
         )

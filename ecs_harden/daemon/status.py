@@ -7,8 +7,9 @@ import os
 import time
 from typing import Any
 
-from ecs_harden.atomic import ensure_dir, write_atomic
+from ecs_harden.atomic import ensure_dir
 from ecs_harden.report import STATUSES, Report
+from ecs_harden.trust import write_replacing
 
 
 def report_text(report: Report) -> str:
@@ -23,8 +24,9 @@ def write_status(path: str, report: Report | str, daemon: dict[str, Any]) -> Non
     body = report if isinstance(report, str) else report_text(report)
     daemon_text = json.dumps(daemon, indent=2).replace("\n", "\n  ")
     text = f'{body},\n  "daemon": {daemon_text}\n}}\n'
-    # Rewritten every interval, on tmpfs by default: atomic, but not worth an fsync.
-    write_atomic(path, text.encode(), mode=0o644, durable=False)
+    # Rewritten every interval, on tmpfs by default: atomic, but not worth an fsync; never
+    # through a symlink (trust).
+    write_replacing(path, text.encode(), mode=0o644)
 
 
 def read_status(path: str) -> tuple[dict[str, Any], float]:
@@ -68,5 +70,7 @@ def metrics_text(report: Report, *, repairs: int, duration: float, last: float) 
 
 
 def write_metrics(path: str, text: str) -> None:
+    """node_exporter's textfile directory is its user's: a link planted there is replaced,
+    never followed (trust)."""
     ensure_dir(os.path.dirname(path), mode=0o755)
-    write_atomic(path, text.encode(), mode=0o644, durable=False)
+    write_replacing(path, text.encode(), mode=0o644)

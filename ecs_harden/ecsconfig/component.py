@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ecs_harden.atomic import DanglingLink, ensure_dir, read_bytes
+from ecs_harden.atomic import RefusedLink, ensure_dir, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.ecsconfig.envfile import EnvFile, Line
 from ecs_harden.errors import RuntimeFailure
@@ -91,10 +91,10 @@ class EcsConfigComponent:
     def inspect(self) -> Inspection:
         try:
             old = read_bytes(self.path)
-        except DanglingLink as exc:
+        except RefusedLink as exc:
             return Inspection(tuple(
                 Finding(f"ecs_config.{k}", ERROR, "absent" if v is None else f"{k}={v}",
-                        "dangling symlink", str(exc))
+                        "refused symlink", str(exc))
                 for k, v in self.settings.items()
             ))
         envfile = EnvFile.parse(old) if old is not None else None

@@ -56,7 +56,7 @@ NON_TERMINAL = frozenset(
 MAX_DEPTH = 32
 # The work one probe may cost: a Docker host with 50k rules walks about one rule each.
 MAX_STEPS = 200_000
-MAX_CHAINS = 512
+MAX_CHAINS = 256  # each one read is an `iptables -S CHAIN` on nf_tables hosts
 DPORT_OPTIONS = ("dport", "dports", "destination-port", "destination-ports")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden import proc
-from ecs_harden.atomic import DanglingLink, Identity, ensure_dir, file_identity, read_bytes
+from ecs_harden.atomic import Identity, RefusedLink, ensure_dir, file_identity, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
@@ -101,8 +101,8 @@ class PersistedFileComponent:
             ),))
         try:
             old = read_bytes(self.path)
-        except DanglingLink as exc:
-            return Inspection((Finding(self.name, ERROR, self.expected(), "dangling symlink", str(exc)),))
+        except RefusedLink as exc:
+            return Inspection((Finding(self.name, ERROR, self.expected(), "refused symlink", str(exc)),))
         if old is not None:
             complaint = self._corrupt(old)
             if complaint is not None:
@@ -184,7 +184,7 @@ class PersistedFileComponent:
             return []
         try:
             old = read_bytes(self.path)
-        except DanglingLink:
+        except RefusedLink:
             return []  # nothing of ours can be in a file that does not exist
         if old is None:
             return []

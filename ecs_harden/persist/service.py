@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from ecs_harden import proc
-from ecs_harden.atomic import DanglingLink, Identity, file_identity, read_bytes
+from ecs_harden.atomic import Identity, RefusedLink, file_identity, read_bytes
 from ecs_harden.component import Inspection
 from ecs_harden.flavors import Flavor
 from ecs_harden.persist.rulesfile import RulesFile
@@ -108,7 +108,7 @@ class ServiceComponent:
             path = self.flavor.rules_file(family)
             try:
                 data = read_bytes(path) if path else None
-            except DanglingLink:
+            except RefusedLink:
                 continue  # the file's own check reports the link
 
             if data:

@@ -59,13 +59,17 @@ def test_dangling_link_is_an_error_naming_link_and_target(harden: Harden, tmp_pa
     assert harden.config.is_symlink() and not target.exists() and not target.parent.exists()
 
 
-def test_status_file_through_a_symlink(harden: Harden, tmp_path: Path) -> None:
-    real = tmp_path / "real-status.json"
-    real.write_text("{}")
-    (tmp_path / "status.json").symlink_to(real)
+def test_a_symlink_in_place_of_the_status_file_is_replaced_never_followed(
+    harden: Harden, tmp_path: Path
+) -> None:
+    victim = tmp_path / "etc-ecs" / "ecs.config"
+    victim.write_bytes(b"ECS_CLUSTER=prod\nECS_ENGINE_AUTH_DATA=secret\n")
+    (tmp_path / "status.json").symlink_to(victim)
+    harden.write_policy("imds:\n  persist: false\nmode: report\n")
     assert harden("run", "--once").code in (0, 3)
-    assert (tmp_path / "status.json").is_symlink()
-    assert '"findings"' in real.read_text()
+    assert not (tmp_path / "status.json").is_symlink()
+    assert '"findings"' in (tmp_path / "status.json").read_text()
+    assert victim.read_bytes() == b"ECS_CLUSTER=prod\nECS_ENGINE_AUTH_DATA=secret\n"
 
 
 def test_apply_waits_for_the_lock_then_gives_up_naming_the_holder(harden: Harden) -> None:

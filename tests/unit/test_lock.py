@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ecs_harden.errors import RuntimeFailure
 from ecs_harden.lock import LockTimeout, ReconcileLock
 
 HOLD = """
@@ -56,3 +57,54 @@ def test_one_holder_at_a_time_in_one_process_too(tmp_path: Path) -> None:
     path = str(tmp_path / "reconcile.lock")
     with ReconcileLock(path, timeout=1), pytest.raises(LockTimeout):
         ReconcileLock(path, timeout=0.1).acquire()
+
+
+def test_the_lock_is_root_only_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "lockdir" / "reconcile.lock"
+    old = os.umask(0)
+    try:
+        with ReconcileLock(str(path), timeout=1):
+            pass
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_an_existing_lock_file_open_to_others_is_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "reconcile.lock"
+    path.write_text("")
+    path.chmod(0o644)
+    with ReconcileLock(str(path), timeout=1):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_symlink_in_place_of_the_lock_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "reconcile.lock").symlink_to(victim)
+    with pytest.raises(RuntimeFailure, match="symlink"):
+        ReconcileLock(str(tmp_path / "reconcile.lock"), timeout=1).acquire()
+    assert victim.read_text() == "keep"
+
+
+def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    with pytest.raises(RuntimeFailure, match="writable by group or others"):
+        ReconcileLock(str(d / "reconcile.lock"), timeout=1).acquire()
+    assert list(d.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_an_unprivileged_user_cannot_even_open_the_lock(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    path = tmp_path / "reconcile.lock"
+    with ReconcileLock(str(path), timeout=1):
+        pass
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.setgid(65534); os.setuid(65534); open(sys.argv[1])",
+         str(path)], capture_output=True, text=True, check=False,
+    )
+    assert done.returncode != 0 and "PermissionError" in done.stderr

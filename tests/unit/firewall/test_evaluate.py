@@ -28,10 +28,13 @@ PROBE = Probe("docker+", ipaddress.ip_network("169.254.169.254/32"), ("docker+",
 
 
 def evaluator(text: str) -> PathEvaluator:
-    chains = {line.split()[1] for line in text.splitlines() if line.split()[0] in ("-A", "-P", "-N")}
+    by_chain: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.split()[0] in ("-A", "-P", "-N"):
+            by_chain.setdefault(line.split()[1], []).append(line)
 
     def read(name: str) -> Chain | None:
-        return parse_chain_listing(name, text) if name in chains else None
+        return parse_chain_listing(name, "\n".join(by_chain[name])) if name in by_chain else None
 
     return PathEvaluator(read)
 
@@ -142,3 +145,57 @@ def test_rule_matches_is_three_valued() -> None:
     assert m("-A F -m state --state NEW -j ACCEPT") is Tri.YES
     assert m("-A F -m physdev --physdev-in veth0 -j ACCEPT") is Tri.MAYBE
     assert m("-A F -m comment --comment x -j ACCEPT") is Tri.YES
+
+
+def mark_tree(levels: int, width: int) -> str:
+    """levels x width of mark-matching jumps (each may match, so every path is explored),
+    a leaf ACCEPT for IMDS at the bottom: the shape that exhausted the recursive walk."""
+    lines = ["-P FORWARD ACCEPT"]
+
+    def chain(name: str, depth: int) -> None:
+        lines.append(f"-N {name}")
+        for i in range(width):
+            child = f"T{depth}{name[1:]}{i}"
+            if depth == levels:
+                lines.append(f"-A {name} -m mark --mark 0x{i} -d 169.254.169.254/32 -j ACCEPT")
+            else:
+                lines.append(f"-A {name} -m mark --mark 0x{i} -j {child}")
+                chain(child, depth + 1)
+
+    lines.append("-A FORWARD -m mark --mark 0x1 -j T1")
+    chain("T1", 1)
+    return "\n".join(lines) + "\n"
+
+
+def test_a_deep_tree_of_jumps_is_walked_without_recursion() -> None:
+    found = verdicts(mark_tree(4, 4))
+    assert any(v == "accept" and "-m mark --mark 0x" in r for v, r in found)
+    # With the block on top, the walk stops there.
+    assert verdicts(mark_tree(4, 4).replace("-A FORWARD -m mark", f"-A FORWARD {BLOCK}\n-A FORWARD -m mark", 1)) \
+        == {("block", f"-A FORWARD {BLOCK}")}
+
+
+def test_hundreds_of_rules_that_may_accept_are_no_crash() -> None:
+    text = "-P FORWARD ACCEPT\n" + "".join(f"-A FORWARD -s 10.0.{i // 250}.{i % 250}/32 -j ACCEPT\n" for i in range(2000))
+    found = verdicts(text)
+    assert len(found) == 2001 and ("accept", "policy FORWARD ACCEPT") in found
+
+
+def test_more_chains_than_the_budget_is_unknown() -> None:
+    found = {o.verdict for o in evaluator(mark_tree(5, 4)).outcomes(PROBE)}  # 1,365 chains
+    assert "unknown" in found
+
+
+def test_the_budget_ends_in_unknown_never_in_effective() -> None:
+    text = "-P FORWARD DROP\n" + "-A FORWARD -s 10.0.0.1/32 -j LOG\n" * 50
+    ev = evaluator(text)
+    ev.max_steps = 10
+    found = {o.verdict for o in ev.outcomes(PROBE)}
+    assert "unknown" in found
+    assert {o.verdict for o in evaluator(text).outcomes(PROBE)} == {"block"}
+
+
+def test_an_unreadable_rule_may_accept() -> None:
+    text = '-P FORWARD DROP\n-A FORWARD -m comment --comment "a\n-A FORWARD -j DROP\n'
+    found = verdicts(text)
+    assert any(v == "unknown" and "cannot read" in r for v, r in found)

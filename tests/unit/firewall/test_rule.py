@@ -64,3 +64,34 @@ def test_listing() -> None:
 def test_quote_args_for_restore() -> None:
     assert quote_args(["-m", "comment", "--comment", 'a "b" c']) == '-m comment --comment "a \\"b\\" c"'
     assert parse_line("-A X " + quote_args(["--comment", 'a "b" c'])) is not None
+
+
+def test_iptables_quoting_is_read_back_exactly() -> None:
+    from ecs_harden.firewall.rule import parse_line, quote_args, tokenize
+
+    line = '-A FORWARD -d 169.254.169.254/32 -i docker+ -m comment --comment "it\\\'s \\"q\\" \\\\" -j DROP'
+    rule = parse_line(line)
+    assert rule is not None and not rule.unreadable
+    assert rule.matches[0].options[0].values == ("it's \"q\" \\",)
+    assert tokenize(quote_args(rule.args)) == list(rule.args)
+
+
+def test_a_comment_holding_newlines_is_one_rule_in_a_listing() -> None:
+    from ecs_harden.firewall.rule import parse_chain_listing
+
+    text = '-P FORWARD ACCEPT\n-A FORWARD -m comment --comment "a\n-A FORWARD -i docker+ -d 169.254.169.254/32 -j DROP\n" -j ACCEPT\n'
+    chain = parse_chain_listing("FORWARD", text)
+    assert len(chain.rules) == 1 and chain.rules[0].target == "ACCEPT"
+    assert chain.rules[0].matches[0].options[0].values == ("a\n-A FORWARD -i docker+ -d 169.254.169.254/32 -j DROP\n",)
+
+
+@pytest.mark.parametrize("line", ['-A FORWARD -m comment --comment "open -j ACCEPT', "-A FORWARD -j ACC'EPT",
+                                  '-A FORWARD "x"y -j ACCEPT', "-A"])
+def test_a_line_that_cannot_be_read_is_an_unreadable_rule_not_a_crash(line: str) -> None:
+    from ecs_harden.firewall.rule import parse_line
+
+    rule = parse_line(line)
+    if line == "-A":
+        assert rule is None
+    else:
+        assert rule is not None and rule.unreadable and rule.text() == line
