@@ -155,6 +155,10 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
 def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     if not args.yes:
         raise UsageError("remove takes the IMDS block away; say --yes to do it")
+    from ecs_harden.daemon.stop import stop_daemon
+
+    for line in stop_daemon(policy.report.status_file):
+        print(line)
     found = facts_mod.gather()
     with ReconcileLock():
         removed = _remove_locked(policy, found)

@@ -76,3 +76,15 @@ class ChangeJournal:
                 "changes": list(summary),
             }
         )
+
+    def delete_file(self, path: str, old: bytes, *, kind: str, summary: Sequence[str]) -> None:
+        """Back up old, remove path (the link itself if it is one), journal it."""
+        backup = self.backup(path, old)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise RuntimeFailure(f"{path}: cannot remove: {exc.strerror}") from None
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.record({"path": path, "kind": kind, "action": "delete", "backup": backup,
+                     "sha256_before": hashlib.sha256(old).hexdigest(), "sha256_after": None,
+                     "changes": list(summary)})

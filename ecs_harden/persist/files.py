@@ -193,6 +193,11 @@ class PersistedFileComponent:
         if not lines:
             return []
         new = rules.without_ours()
+        removed = [f"{self.path}: {rules.lines[i].strip()}" for i in lines]
+        if RulesFile.created_by_us(new, self.blocks):  # nothing of anyone else's is left
+            self.journal.delete_file(self.path, old, kind=f"rules.v{self.family}",
+                                     summary=[f"delete {self.path}, which ecs-harden created"])
+            return [*removed, f"{self.path} (created by ecs-harden, now empty)"]
         self.journal.replace_file(self.path, old, new, kind=f"rules.v{self.family}",
                                   summary=[f"remove ecs-harden lines from {self.path}"])
-        return [f"{self.path}: {rules.lines[i].strip()}" for i in lines]
+        return removed

@@ -214,5 +214,29 @@ class RulesFile:
         return body
 
     def without_ours(self) -> bytes:
+        """The file without the agent's lines, and without what it added around them: the
+        `:DOCKER-USER - [0:0]` declaration once no rule uses the chain, and the `*raw`
+        section it appended once only the built-in chains' declarations are left."""
         drop = set(self.our_lines())
-        return _encode("".join(line for i, line in enumerate(self.lines) if i not in drop))
+        rest = RulesFile(_encode("".join(line for i, line in enumerate(self.lines) if i not in drop)))
+        gone: set[int] = set()
+        for table in ("filter", GUARD_TABLE):
+            sec = rest.section(table)
+            if sec is None:
+                continue
+            body = rest._lines(table)
+            used = any(DOCKER_USER in ln.split() for _, ln in body if not ln.startswith(":"))
+            for i, ln in body:
+                if not used and ln.split() == [f":{DOCKER_USER}", "-", "[0:0]"]:
+                    gone.add(i)
+            left = [ln for i, ln in body if i not in gone and ln]
+            skeleton = all(ln.startswith(":") and ln.split()[0][1:] in BUILTIN[table] for ln in left)
+            last = not any(ln.strip().startswith("*") for ln in rest.lines[sec.commit + 1:])
+            if table == GUARD_TABLE and skeleton and last:
+                gone.update(range(sec.start, sec.commit + 1))
+        return _encode("".join(line for i, line in enumerate(rest.lines) if i not in gone))
+
+    @staticmethod
+    def created_by_us(data: bytes, blocks: Sequence[Block]) -> bool:
+        """data is what the agent writes into an empty file, its own lines taken out again."""
+        return data == RulesFile(RulesFile(b"").merged(blocks)).without_ours()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,4 +103,33 @@ def test_merge_property(rules: list[str], declare_docker_user: bool) -> None:
     raw_skeleton = ["*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", "COMMIT"]
     assert others(out) == others(data) + raw_skeleton
     assert RulesFile(out).merged(BLOCKS) == out
-    assert others(RulesFile(out).without_ours()) == others(data) + raw_skeleton
+    # remove gives the file back byte for byte; an unused DOCKER-USER declaration (an empty
+    # chain, a no-op at boot) goes with ours: the two cannot be told apart.
+    # (A hand-made copy the agent replaced stays replaced; a file using DOCKER-USER without
+    # declaring it keeps the declaration that makes it restorable.)
+    back = RulesFile(out).without_ours()
+    assert others(back) == others(data)
+    used = any(r.startswith("-A DOCKER-USER") for r in rules)
+    if HAND.strip() not in rules and (declare_docker_user or not used):
+        assert back == (data if used else data.replace(decl.encode(), b""))
+
+
+@pytest.mark.parametrize("original", [
+    "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n",
+    "# mine\r\n*filter\r\n:INPUT DROP [0:0]\r\n-A INPUT -i lo -j ACCEPT\r\nCOMMIT\r\n",
+    "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s 10.9.9.9/32 -j DROP\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n",
+    "*filter\n:FORWARD ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -s 10.1.1.1/32 -j DROP\nCOMMIT\n",
+    "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+])
+def test_remove_gives_the_operators_file_back_byte_for_byte(original: str) -> None:
+    blocks = [Block("docker+", V4), Block("br-+", V4)]
+    merged = RulesFile(original.encode()).merged(blocks)
+    assert merged != original.encode()
+    back = RulesFile(merged).without_ours()
+    assert back == original.encode()
+    assert not RulesFile.created_by_us(back, blocks)
+
+
+def test_a_file_ecs_harden_created_is_known_as_such_once_emptied() -> None:
+    blocks = [Block("docker+", V4)]
+    assert RulesFile.created_by_us(RulesFile(RulesFile(b"").merged(blocks)).without_ours(), blocks)
