@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,14 +21,21 @@ def utc_now() -> str:
 class ChangeJournal:
     """Backups under state_dir/backups, the journal at state_dir/changes.jsonl."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, keep: int = 10):
         self.state_dir = state_dir
+        self.keep = keep  # backups kept per file, newest first (policy: backups)
         self.path = os.path.join(state_dir, "changes.jsonl")
 
-    def backup(self, path: str, data: bytes) -> str:
-        """Keep data (the file's old content) and return where it went."""
+    def backup(self, path: str, data: bytes) -> str | None:
+        """Keep data (the file's old content) and return where it went; None with keep 0.
+        Only the newest `keep` backups of each file stay: they are full copies (ecs.config
+        holds ECS_ENGINE_AUTH_DATA), 0600 in a 0700 directory; the journal keeps its lines."""
+        if self.keep <= 0:
+            return None
         directory = os.path.join(self.state_dir, "backups")
         ensure_dir(directory)
+        if os.stat(directory).st_mode & 0o077:
+            os.chmod(directory, 0o700)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         base = os.path.basename(path)
         name = os.path.join(directory, f"{base}.{stamp}.{os.getpid()}.bak")
@@ -36,7 +44,21 @@ class ChangeJournal:
             n += 1
             name = os.path.join(directory, f"{base}.{stamp}.{os.getpid()}.{n}.bak")
         write_atomic(name, data, mode=0o600)
+        self._prune(directory, base)
         return name
+
+    def _prune(self, directory: str, base: str) -> None:
+        """Remove all but the newest `keep` backups of the file named base."""
+        mine = []
+        for entry in os.scandir(directory):
+            if entry.name.startswith(f"{base}.") and entry.name.endswith(".bak") and entry.is_file(
+                    follow_symlinks=False):
+                rest = entry.name[len(base) + 1:]
+                if rest[:1].isdigit():  # base.<stamp>...: not a longer name sharing the prefix
+                    mine.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+        for _, name in sorted(mine, reverse=True)[self.keep:]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
 
     def record(self, entry: dict[str, Any]) -> None:
         ensure_dir(self.state_dir)

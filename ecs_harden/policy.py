@@ -59,6 +59,7 @@ class Policy:
     interval: float = 5.0
     resync: float = 60.0
     state_dir: str = "/var/lib/ecs-harden"
+    backups: int = 10  # backups kept per file under state_dir/backups
     imds: ImdsPolicy = field(default_factory=ImdsPolicy)
     ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy)
     report: ReportPolicy = field(default_factory=ReportPolicy)
@@ -160,6 +161,9 @@ def parse(data: bytes | str, source: str = "<policy>") -> Policy:
             node = loader.get_single_node()
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as exc:  # bytes that are not YAML text at all
+        raise PolicyError(f"{source}: line {_reader_line(data, exc)}: not valid YAML: "
+                          f"{_reader_problem(exc)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -167,7 +171,38 @@ def parse(data: bytes | str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}:{where}: not valid YAML: {problem}") from None
     if node is None:
         return Policy(source=source)
-    return _Reader(source, loader).policy(node)
+    reader = _Reader(source, loader)
+    try:
+        result = reader.policy(node)
+    except PolicyError as exc:
+        reader.errors.append(exc)
+    if reader.errors:  # every error of the file at once, not the first only
+        if len(reader.errors) == 1:
+            raise reader.errors[0]
+        lines = [str(e).replace(f"{source}: ", "", 1) for e in reader.errors]
+        raise PolicyError(f"{source}: {len(lines)} errors:\n  " + "\n  ".join(lines))
+    return result
+
+
+def _reader_line(data: bytes | str, exc: yaml.reader.ReaderError) -> int:
+    """The line of a ReaderError: its position counts bytes for a decoding error, else
+    characters."""
+    position = int(exc.position)
+    if isinstance(data, bytes) and not _decoding(exc):
+        data = data.decode("utf-8", errors="replace")
+    newline: Any = b"\n" if isinstance(data, bytes) else "\n"
+    return int(data[:position].count(newline)) + 1
+
+
+def _decoding(exc: yaml.reader.ReaderError) -> bool:
+    """A byte sequence that does not decode (else a character YAML does not allow)."""
+    return exc.encoding not in (None, "unicode")
+
+
+def _reader_problem(exc: yaml.reader.ReaderError) -> str:
+    if _decoding(exc):  # character is the byte
+        return f"byte 0x{int(exc.character):02x} is not {str(exc.encoding).upper()} text ({exc.reason})"
+    return f"character #x{exc.character:04x} is not allowed ({exc.reason})"
 
 
 _Scalar = Union[str, int, float, bool, None]
@@ -179,6 +214,19 @@ class _Reader:
     def __init__(self, source: str, loader: yaml.SafeLoader):
         self.source = source
         self.loader = loader
+        self.errors: list[PolicyError] = []
+
+    def each(
+        self, keys: Mapping[str, yaml.Node], handlers: Mapping[str, Callable[[yaml.Node], Any]]
+    ) -> dict[str, Any]:
+        """Every key's value; an invalid one is recorded and the others still read."""
+        values: dict[str, Any] = {}
+        for name, vnode in keys.items():
+            try:
+                values[name] = handlers[name](vnode)
+            except PolicyError as exc:
+                self.errors.append(exc)
+        return values
 
     def fail(self, node: yaml.Node, key: str, msg: str) -> PolicyError:
         return PolicyError(f"{self.source}: line {node.start_mark.line + 1}: {key}: {msg}")
@@ -232,6 +280,12 @@ class _Reader:
             raise self.fail(node, key, f"must be a number of seconds > 0, got {value!r}")
         return float(value)
 
+    def count(self, node: yaml.Node, key: str) -> int:
+        value = self.scalar(node, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(node, key, f"must be a whole number >= 0, got {value!r}")
+        return value
+
     def abspath(self, node: yaml.Node, key: str, *, nullable: bool = False) -> str | None:
         value = self.string(node, key, nullable=nullable)
         if value is not None and not os.path.isabs(value):
@@ -246,7 +300,7 @@ class _Reader:
 
     def policy(self, node: yaml.Node) -> Policy:
         top = self.mapping(
-            node, "", ("mode", "interval", "resync", "state_dir", "imds", "ecs_config", "report")
+            node, "", ("mode", "interval", "resync", "state_dir", "backups", "imds", "ecs_config", "report")
         )
         base = Policy(source=self.source)
         handlers: dict[str, Callable[[yaml.Node], Any]] = {
@@ -254,48 +308,53 @@ class _Reader:
             "interval": lambda n: self.seconds(n, "interval"),
             "resync": lambda n: self.seconds(n, "resync"),
             "state_dir": lambda n: self.abspath(n, "state_dir"),
+            "backups": lambda n: self.count(n, "backups"),
             "imds": self.imds,
             "ecs_config": self.ecs_config,
             "report": self.report,
         }
-        values = {name: handlers[name](vnode) for name, vnode in top.items()}
-        return _replace(base, values)
+        return _replace(base, self.each(top, handlers))
 
     def imds(self, node: yaml.Node) -> ImdsPolicy:
         if _is_null(node):
             raise self.fail(node, "imds", "must be a mapping")
         keys = self.mapping(node, "imds", ("interfaces", "ipv4", "ipv6", "persist"))
-        values: dict[str, Any] = {}
-        if "interfaces" in keys:
-            values["interfaces"] = self.interfaces(keys["interfaces"])
-        if "ipv4" in keys:
-            values["ipv4"] = self.network(keys["ipv4"], "imds.ipv4", 4)
-        if "ipv6" in keys:
-            values["ipv6"] = (
-                None if _is_null(keys["ipv6"]) else self.network(keys["ipv6"], "imds.ipv6", 6)
-            )
-        if "persist" in keys:
-            values["persist"] = self.boolean(keys["persist"], "imds.persist")
-        return _replace(ImdsPolicy(), values)
+        return _replace(ImdsPolicy(), self.each(keys, {
+            "interfaces": self.interfaces,
+            "ipv4": lambda n: self.network(n, "imds.ipv4", 4),
+            "ipv6": lambda n: None if _is_null(n) else self.network(n, "imds.ipv6", 6),
+            "persist": lambda n: self.boolean(n, "imds.persist"),
+        }))
 
     def interfaces(self, node: yaml.Node) -> tuple[str, ...]:
         key = "imds.interfaces"
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail(node, key, "must be a non-empty list of interface patterns")
         out: list[str] = []
+        errors: list[PolicyError] = []
         for i, item in enumerate(node.value):
-            value = self.string(item, f"{key}[{i}]")
-            assert value is not None
-            if not _IFACE_RE.match(value):
-                raise self.fail(
-                    item,
-                    f"{key}[{i}]",
-                    f"{value!r} is not an iptables interface pattern "
-                    "(at most 15 characters, no spaces or '/', '+' only at the end)",
-                )
-            if value not in out:
-                out.append(value)
+            try:
+                out.append(self.interface(item, f"{key}[{i}]", out))
+            except PolicyError as exc:
+                errors.append(exc)
+        if errors:  # every bad item is reported, the last one by the caller
+            self.errors.extend(errors[:-1])
+            raise errors[-1]
         return tuple(out)
+
+    def interface(self, item: yaml.Node, key: str, before: list[str]) -> str:
+        value = self.string(item, key)
+        assert value is not None
+        if "*" in value or "?" in value:
+            fix = value.rstrip("*?") + "+"
+            raise self.fail(item, key, f"{value!r} would match no interface: iptables' wildcard is "
+                            f"'+' at the end, not a shell glob; write {fix!r}")
+        if not _IFACE_RE.match(value):
+            raise self.fail(item, key, f"{value!r} is not an iptables interface pattern "
+                            "(at most 15 characters, no spaces or '/', '+' only at the end)")
+        if value in before:
+            raise self.fail(item, key, f"{value!r} is listed twice (item {before.index(value)} already)")
+        return value
 
     def network(self, node: yaml.Node, key: str, version: int) -> Any:
         value = self.string(node, key)
@@ -312,16 +371,11 @@ class _Reader:
         if _is_null(node):
             raise self.fail(node, "ecs_config", "must be a mapping")
         keys = self.mapping(node, "ecs_config", ("path", "settings", "restart_agent"))
-        values: dict[str, Any] = {}
-        if "path" in keys:
-            values["path"] = self.abspath(keys["path"], "ecs_config.path")
-        if "settings" in keys:
-            values["settings"] = self.settings(keys["settings"])
-        if "restart_agent" in keys:
-            values["restart_agent"] = self.choice(
-                keys["restart_agent"], "ecs_config.restart_agent", ("never", "on-change")
-            )
-        return _replace(EcsConfigPolicy(), values)
+        return _replace(EcsConfigPolicy(), self.each(keys, {
+            "path": lambda n: self.abspath(n, "ecs_config.path"),
+            "settings": self.settings,
+            "restart_agent": lambda n: self.choice(n, "ecs_config.restart_agent", ("never", "on-change")),
+        }))
 
     def settings(self, node: yaml.Node) -> tuple[tuple[str, str | None], ...]:
         if _is_null(node):
@@ -352,12 +406,17 @@ class _Reader:
         if _is_null(node):
             raise self.fail(node, "report", "must be a mapping")
         keys = self.mapping(node, "report", ("status_file", "textfile"))
-        values: dict[str, Any] = {}
-        if "status_file" in keys:
-            values["status_file"] = self.abspath(keys["status_file"], "report.status_file")
-        if "textfile" in keys:
-            values["textfile"] = self.abspath(keys["textfile"], "report.textfile", nullable=True)
-        return _replace(ReportPolicy(), values)
+        return _replace(ReportPolicy(), self.each(keys, {
+            "status_file": lambda n: self.abspath(n, "report.status_file"),
+            "textfile": self.textfile,
+        }))
+
+    def textfile(self, node: yaml.Node) -> str | None:
+        value = self.abspath(node, "report.textfile", nullable=True)
+        if value is not None and not value.endswith(".prom"):
+            raise self.fail(node, "report.textfile", f"{value!r} does not end in .prom: node_exporter's "
+                            "textfile collector reads only *.prom files, so no metric would be seen")
+        return value
 
 
 def _is_null(node: yaml.Node) -> bool:

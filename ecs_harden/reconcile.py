@@ -44,7 +44,7 @@ def persisted_files(policy: Policy, facts: Facts) -> list[PersistedFileComponent
     if not policy.imds.persist:
         return []
     flavor = flavors.by_name(facts.flavor)
-    journal = ChangeJournal(policy.state_dir)
+    journal = ChangeJournal(policy.state_dir, policy.backups)
     out = []
     for family in families(policy):
         address = policy.imds.ipv4 if family == 4 else policy.imds.ipv6

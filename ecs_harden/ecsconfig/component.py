@@ -86,7 +86,7 @@ class EcsConfigComponent:
     def __init__(self, policy: Policy):
         self.path = policy.ecs_config.path
         self.settings = dict(policy.ecs_config.settings)
-        self.journal = ChangeJournal(policy.state_dir)
+        self.journal = ChangeJournal(policy.state_dir, policy.backups)
 
     def inspect(self) -> Inspection:
         try:

@@ -82,12 +82,23 @@ BAD = [
     (b"ecs_config:\n  restart_agent: always\n",
      "line 2: ecs_config.restart_agent: must be one of never, on-change"),
     (b"state_dir: 5\n", "line 1: state_dir: must be a non-empty string"),
+    (b"backups: -1\n", "line 1: backups: must be a whole number >= 0"),
+    (b"backups: '3'\n", "line 1: backups: must be a whole number >= 0"),
     (b"report:\n  status_file: null\n", "line 2: report.status_file: must be a non-empty string"),
     (b"mode: enforce\nmode: report\n", "line 2: mode: duplicate key"),
     (b"- a\n- b\n", "line 1: policy: must be a mapping"),
     (b"mode: [enforce\n", "not valid YAML"),
     (b"mode: 'enforce\n", "not valid YAML"),
     (b"imds: null\n", "line 1: imds: must be a mapping"),
+    (b"imds:\n  interfaces: ['br-*']\n",
+     "line 2: imds.interfaces[0]: 'br-*' would match no interface: iptables' wildcard is '+' at the end, "
+     "not a shell glob; write 'br-+'"),
+    (b"imds:\n  interfaces:\n    - docker+\n    - br-+\n    - docker+\n",
+     "line 5: imds.interfaces[2]: 'docker+' is listed twice (item 0 already)"),
+    (b"report:\n  textfile: /var/lib/node_exporter/ecs_harden.txt\n",
+     "line 2: report.textfile: '/var/lib/node_exporter/ecs_harden.txt' does not end in .prom"),
+    (b"mode: enforce\n# caf\xe9\nresync: 1\n", "line 2: not valid YAML: byte 0xe9 is not UTF-8 text"),
+    (b"mode: enforce\nresync: 1\nx: \x07\n", "line 3: not valid YAML: character #x0007 is not allowed"),
 ]
 
 
@@ -138,3 +149,16 @@ def test_missing_default_file_means_defaults(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.delenv(policy.ENV_VAR, raising=False)
     monkeypatch.setattr(policy, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
     assert policy.load(None) == policy.Policy()
+
+
+def test_every_error_of_a_file_is_reported_at_once() -> None:
+    text = (b"mode: strict\ninterval: 0\nimds:\n  interfaces: ['br-*', 'docker+', 'docker+']\n"
+            b"  ipv4: 10.0.0.1/8\nreport:\n  textfile: /x/metrics.txt\n")
+    with pytest.raises(PolicyError) as err:
+        policy.parse(text, "/etc/ecs-harden/policy.yaml")
+    message = str(err.value)
+    assert message.startswith("/etc/ecs-harden/policy.yaml: 6 errors:\n")
+    for part in ("line 1: mode:", "line 2: interval:", "line 4: imds.interfaces[0]: 'br-*'",
+                 "line 4: imds.interfaces[2]: 'docker+' is listed twice", "line 5: imds.ipv4:",
+                 "line 7: report.textfile:"):
+        assert part in message, part

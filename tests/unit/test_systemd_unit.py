@@ -86,3 +86,9 @@ def test_al2_dropin_uses_only_what_systemd_219_knows() -> None:
     assert "ProtectSystem=full" in text and "ReadWriteDirectories=" in text
     assert "ReadWritePaths" not in text.split("[Service]")[1]
     assert "StateDirectory" not in text.split("[Service]")[1]
+
+
+def test_al2_dropin_keeps_systemd_219_from_giving_up_on_a_crashing_daemon() -> None:
+    service = DROPIN.read_text().split("[Service]")[1]
+    # 219 knows only the [Service] spelling; StartLimitIntervalSec= (230+) it ignores.
+    assert "\nStartLimitInterval=0\n" in service
