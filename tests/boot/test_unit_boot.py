@@ -169,3 +169,23 @@ def test_disabled_unit_reboot_persistence_alone_restores_the_block(host: BootedH
     check = host.run(["ecs-harden", "check"], check=False)
     assert check.returncode == 0, check.stdout
     host.run(["systemctl", "enable", "--now", "ecs-harden.service"])
+
+
+def test_remove_stops_and_disables_the_unit_and_nothing_comes_back(host: BootedHost) -> None:
+    wait_active(host)
+    assert set(copies(host).values()) == {1}
+    done = host.run(["ecs-harden", "remove", "--yes"], check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "stopped and disabled: ecs-harden.service" in done.stdout
+    props = unit(host, "ActiveState", "UnitFileState")
+    assert props == {"ActiveState": "inactive", "UnitFileState": "disabled"}, props
+    time.sleep(3)  # a daemon still running would have put everything back by now
+    assert set(copies(host).values()) == {0}, copies(host)
+    for path in RULES[host.flavor]:
+        text = host.run(["cat", path], check=False).stdout
+        assert MARK not in text and "DOCKER-USER" not in text, text
+    host.reboot()  # and not at the next boot either
+    assert set(copies(host).values()) == {0}, copies(host)
+    assert unit(host, "ActiveState")["ActiveState"] == "inactive"
+    host.run(["ecs-harden", "apply"], check=False)
+    host.run(["systemctl", "enable", "--now", "ecs-harden.service"])

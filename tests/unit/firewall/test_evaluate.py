@@ -8,6 +8,7 @@ import pytest
 
 from ecs_harden.firewall.evaluate import PathEvaluator, Probe, Tri, iface_covers, iface_disjoint, rule_matches
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, parse_line
+from tests.lab import foreign
 
 DOCKER = """-P FORWARD ACCEPT
 -A FORWARD -j DOCKER-USER
@@ -148,23 +149,8 @@ def test_rule_matches_is_three_valued() -> None:
 
 
 def mark_tree(levels: int, width: int) -> str:
-    """levels x width of mark-matching jumps (each may match, so every path is explored),
-    a leaf ACCEPT for IMDS at the bottom: the shape that exhausted the recursive walk."""
-    lines = ["-P FORWARD ACCEPT"]
-
-    def chain(name: str, depth: int) -> None:
-        lines.append(f"-N {name}")
-        for i in range(width):
-            child = f"T{depth}{name[1:]}{i}"
-            if depth == levels:
-                lines.append(f"-A {name} -m mark --mark 0x{i} -d 169.254.169.254/32 -j ACCEPT")
-            else:
-                lines.append(f"-A {name} -m mark --mark 0x{i} -j {child}")
-                chain(child, depth + 1)
-
-    lines.append("-A FORWARD -m mark --mark 0x1 -j T1")
-    chain("T1", 1)
-    return "\n".join(lines) + "\n"
+    chains, rules = foreign.mark_tree(levels, width)
+    return "\n".join(["-P FORWARD ACCEPT", *(f"-N {c}" for c in chains), *rules]) + "\n"
 
 
 def test_a_deep_tree_of_jumps_is_walked_without_recursion() -> None:
