@@ -47,7 +47,9 @@ POLICY
 )
 
 ecs_harden_user_data() (
-    set -euo pipefail
+    # -E: the ERR trap below also fires inside functions (pkg_install): a failed dnf or apt
+    # must end with a FAILED line, not silently.
+    set -Eeuo pipefail
     umask 022
     prefix=/opt/ecs-harden
     log=/var/log/ecs-harden-user-data.log
@@ -60,9 +62,11 @@ ecs_harden_user_data() (
     say "user-data starting $(date -u +%FT%TZ)"
     [ "$(id -u)" -eq 0 ] || fail "must run as root (EC2 user-data does)"
     [ -r /etc/os-release ] || fail "no /etc/os-release: cannot tell the distribution"
-    # shellcheck disable=SC1091
+    # shellcheck source=/dev/null
     id=$(. /etc/os-release && echo "${ID:-}")
+    # shellcheck source=/dev/null
     version=$(. /etc/os-release && echo "${VERSION_ID:-}")
+    # shellcheck source=/dev/null
     like=$(. /etc/os-release && echo "${ID_LIKE:-}")
 
     python=python3

@@ -149,9 +149,8 @@ class Reconciler:
         # A component that can hold off other writers between its read and its commit
         # (legacy iptables: the xtables lock) inspects, repairs and checks again in one
         # transaction, so its commit needs no second read of the table.
-        transaction = getattr(component, "transaction", None)
         try:
-            with transaction() if transaction and repair else contextlib.nullcontext():
+            with component.transaction() if repair else contextlib.nullcontext():
                 return self._run_component(component, repair=repair, dry_run=dry_run)
         except HardenError as exc:  # the transaction itself (the xtables lock)
             self._failed("reconcile.failed", component, str(exc))

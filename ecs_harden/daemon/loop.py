@@ -13,27 +13,25 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from ecs_harden import facts as facts_mod
 from ecs_harden import logs, proc
 from ecs_harden import policy as policy_mod
 from ecs_harden.atomic import Identity, file_identity
-from ecs_harden.component import Component
+from ecs_harden.component import ECS, FILES, FIREWALL, Component
 from ecs_harden.daemon.filewatch import FileWatch
 from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.nftevents import generation as nf_generation
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.status import metrics_text, report_text, write_metrics, write_status
+from ecs_harden.daemon.publisher import Counters, PolicyState, StatusPublisher
 from ecs_harden.daemon.wakeups import (
     ALL,
     BOTH,
-    ECS,
-    FILES,
-    FIREWALL,
     LEGACY_FULL,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
@@ -42,24 +40,30 @@ from ecs_harden.daemon.wakeups import (
     Wake,
 )
 from ecs_harden.errors import HardenError, PolicyError
-from ecs_harden.facts import iso
+from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
-from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components, failed_finding
 from ecs_harden.reconcile import families as families_of
-from ecs_harden.report import DRIFT, ERROR, Finding, Report
+from ecs_harden.report import ERROR, Finding, Report
 
 
-@dataclass
-class Counters:
-    started: float = field(default_factory=time.time)
-    reconciles: int = 0
-    repairs: int = 0
-    last_error: str | None = None
-    last_reconcile: float = 0.0
-    last_duration: float = 0.0
+def daemon_lock() -> AbstractContextManager[object]:
+    return ReconcileLock(timeout=DAEMON_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the daemon takes from outside, so that unit tests can hand it fakes: the
+    host's facts, the components a policy makes, the policy loader, the reconcile lock,
+    and whether to open the kernel's and the file system's change sources."""
+
+    gather: Callable[[], Facts] = facts_mod.gather
+    build: Callable[[Policy, Facts], Sequence[Component]] = build_components
+    load: Callable[[Optional[str]], Policy] = policy_mod.load
+    lock: Callable[[], AbstractContextManager[object]] = daemon_lock
+    sources: bool = True
 
 
 class Daemon:
@@ -71,11 +75,14 @@ class Daemon:
         interval: float | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        parts: Parts | None = None,
     ):
         self.policy_path = policy_path
         self.interval_override = interval
         self.notifier = notifier or Notifier()
         self.clock = clock
+        self.parts = parts or Parts()
+        self.publisher = StatusPublisher(self.notifier)
         self.log = logs.get("ecs_harden.daemon")
         self.counters = Counters()
         self.findings: dict[int, list[Finding]] = {}
@@ -87,11 +94,7 @@ class Daemon:
         self.baseline: tuple[bytes, ...] = ()
         self.finding_log = FindingLog()
         self.fw_generation: int | None = None  # nf_tables generation of the last full firewall check
-        self._report: Report | None = None
-        self._report_text = ""
-        self._summary = ""
-        self.policy_error: str | None = None  # the last reload that failed, while it stands
-        self.policy_loaded = time.time()
+        self.policy_state = PolicyState()
         self._configure(policy)
 
     # -- set-up -----------------------------------------------------------
@@ -99,17 +102,17 @@ class Daemon:
         if self.interval_override is not None:
             policy = dataclasses.replace(policy, interval=self.interval_override)
         self.policy = policy
-        self.facts = facts_mod.gather()
-        self.components = build_components(policy, self.facts)
+        self.facts = self.parts.gather()
+        self.components = list(self.parts.build(policy, self.facts))
         self.reconciler = Reconciler(policy, self.facts.platform(), self.components, self.finding_log)
         self.findings = {}
-        self.watched = [policy.ecs_config.path] + [
-            c.path for c in self.components if isinstance(c, PersistedFileComponent) and c.path
-        ]
+        self.watched = list(dict.fromkeys(path for c in self.components for path in c.watches()))
         self._file_sig = self._signature()
 
     def _open_watchers(self) -> None:
         self._close_watchers()
+        if not self.parts.sources:
+            return
         if self.facts.iptables == "nf_tables":
             try:
                 self.nft = NftEvents()
@@ -185,16 +188,10 @@ class Daemon:
         generation = None
         if self.nft is not None and FIREWALL in groups and set(families) >= set(families_of(self.policy)):
             generation = self._generation()  # before reading, as the probe's baseline
-        chosen = []
-        for i, component in enumerate(self.components):
-            if component.wakes_on not in groups:
-                continue
-            family = getattr(component, "family", None)
-            if component.wakes_on == FIREWALL and family is not None and family not in families:
-                continue
-            chosen.append((i, component))
+        chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
+                  and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
         try:
-            with ReconcileLock(timeout=DAEMON_TIMEOUT):
+            with self.parts.lock():
                 for i, component in chosen:
                     errors += self._reconcile_one(i, component)
         except HardenError as exc:  # the lock: held too long, or refused
@@ -226,7 +223,7 @@ class Daemon:
     def _reconcile_one(self, i: int, component: Component) -> list[str]:
         try:
             found, _, errs = self.reconciler.run_component(component, repair=True)
-        except Exception as exc:  # a bug must not kill the daemon
+        except Exception as exc:  # a bug must not kill the daemon (the reconciler catches its own)
             self.log.error("reconcile.crashed", component=component.name, error=str(exc))
             found, errs = [Finding(component.name, ERROR, detail=str(exc))], [str(exc)]
         self.findings[i] = found
@@ -237,54 +234,12 @@ class Daemon:
         found = [f for i in sorted(self.findings) for f in self.findings[i]]
         return Report(self.policy.mode, self.facts.platform(), tuple(found))
 
-    def daemon_fields(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "pid": os.getpid(),
-            "started": iso(c.started),
-            "reconciles": c.reconciles,
-            "repairs": c.repairs,
-            "last_error": c.last_error,
-            "last_reconcile": iso(c.last_reconcile) if c.last_reconcile else None,
-            "interval": self.policy.interval,
-            "heartbeat": iso(time.time()),
-            "policy": {
-                "source": self.policy.source,
-                "loaded": iso(self.policy_loaded),
-                "reload_error": self.policy_error,
-            },
-        }
-
-    def summary(self, report: Report) -> str:
-        bad = [f.check for f in report.findings if f.status in (DRIFT, ERROR)]
-        if not bad:
-            line = f"compliant: {len(report.findings)} checks hold; {self.counters.repairs} repairs"
-        else:
-            line = f"NOT compliant: {', '.join(bad)}"
-        if self.policy_error:
-            line += f"; policy reload failed, running the policy from {self.policy.source}"
-        return line
-
     def publish(self, *, heartbeat: bool = False) -> None:
-        """Status file (and, after a reconcile, metrics and STATUS=). A heartbeat only
-        rewrites the status file, from the report already built."""
-        if not heartbeat or self._report is None:
-            self._report = self.report()
-            self._report_text = report_text(self._report)
-        report = self._report
-        try:
-            write_status(self.policy.report.status_file, self._report_text, self.daemon_fields())
-            if self.policy.report.textfile and not heartbeat:
-                write_metrics(self.policy.report.textfile, metrics_text(
-                    report, repairs=self.counters.repairs, duration=self.counters.last_duration,
-                    last=self.counters.last_reconcile,
-                ))
-        except HardenError as exc:
-            self.log.error("status.write_failed", error=str(exc))
-        summary = self.summary(report)
-        if summary != self._summary:
-            self._summary = summary
-            self.notifier.status(summary)
+        self.publisher.publish(None if heartbeat else self.report(), self.policy, self.counters,
+                               self.policy_state)
+
+    def summary(self) -> str:
+        return self.publisher.summary(self.report(), self.policy, self.counters, self.policy_state)
 
     # -- main loop --------------------------------------------------------
     def _signals(self, sel: selectors.BaseSelector) -> socket.socket:
@@ -310,16 +265,15 @@ class Daemon:
         self.reload_requested = False
         self.notifier.reloading()
         try:
-            policy = policy_mod.load(self.policy_path)
+            policy = self.parts.load(self.policy_path)
         except PolicyError as exc:
             self.log.error("policy.reload_failed", error=str(exc), kept=self.policy.source)
-            self.policy_error = str(exc)
+            self.policy_state.reload_error = str(exc)
             self.publish()
             self.notifier.status(f"policy reload failed, kept the old one: {exc}")
             self.notifier.send("READY=1")
             return
-        self.policy_error = None
-        self.policy_loaded = time.time()
+        self.policy_state = PolicyState()
         self._configure(policy)
         self._open_watchers()
         self.log.info("policy.reloaded", source=policy.source)
@@ -338,7 +292,7 @@ class Daemon:
         sel = selectors.DefaultSelector()
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
         ok = self.reconcile(why="start")
-        self.notifier.ready(self.summary(self.report()))
+        self.notifier.ready(self.summary())
         sched = self._schedule()
         sched.reconciled(ok, self.clock())
         registered: list[Any] = []

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FIREWALL, FILES, ECS = "firewall", "files", "ecs"
+from ecs_harden.component import ECS, FILES, FIREWALL
+
 ALL = frozenset({FIREWALL, FILES, ECS})
 BOTH = frozenset({4, 6})
 QUIET = 0.1

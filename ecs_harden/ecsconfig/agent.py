@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 
 from ecs_harden import facts, proc
-from ecs_harden.component import Inspection
+from ecs_harden.component import ECS, Base, Inspection
 from ecs_harden.policy import Policy
 from ecs_harden.report import OK, WARN, Finding
 
@@ -19,8 +19,8 @@ RESTART_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-class AgentRestartComponent:
-    wakes_on = "ecs"
+class AgentRestartComponent(Base):
+    wakes_on = ECS
     name = "ecs_agent"
 
     def __init__(

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from ecs_harden.atomic import RefusedLink, ensure_dir, read_bytes
-from ecs_harden.component import Inspection
+from ecs_harden.component import ECS, Base, Inspection
 from ecs_harden.ecsconfig.envfile import EnvFile, Line
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.journal import ChangeJournal
@@ -79,14 +79,17 @@ class _Plan:
     new: bytes
 
 
-class EcsConfigComponent:
-    wakes_on = "ecs"
+class EcsConfigComponent(Base):
+    wakes_on = ECS
     name = "ecs_config"
 
     def __init__(self, policy: Policy):
         self.path = policy.ecs_config.path
         self.settings = dict(policy.ecs_config.settings)
         self.journal = ChangeJournal(policy.state_dir, policy.backups)
+
+    def watches(self) -> tuple[str, ...]:
+        return (self.path,)
 
     def inspect(self) -> Inspection:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ecs_harden.component import Inspection
+from ecs_harden.component import FIREWALL, Base, Inspection
 from ecs_harden.firewall.evaluate import iface_covers
 from ecs_harden.report import OK, WARN, Finding
 
@@ -34,8 +34,8 @@ def judge(bridges: list[str], patterns: tuple[str, ...]) -> Finding:
     return Finding(CHECK, OK, expected, actual, "every bridge is covered" if bridges else "no bridges yet")
 
 
-class BridgesComponent:
-    wakes_on = "firewall"
+class BridgesComponent(Base):
+    wakes_on = FIREWALL
     name = "imds.bridges"
     checks = (CHECK,)
 

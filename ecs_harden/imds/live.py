@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-from ecs_harden.component import Inspection
+from ecs_harden.component import FIREWALL, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
@@ -55,8 +55,9 @@ class BlockState:
         return leaks[0] if leaks else None
 
 
-class LiveBlockComponent:
-    wakes_on = "firewall"
+class LiveBlockComponent(Base):
+    wakes_on = FIREWALL
+    family: int
 
     def __init__(
         self,

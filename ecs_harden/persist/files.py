@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ecs_harden import proc
 from ecs_harden.atomic import Identity, RefusedLink, ensure_dir, file_identity, read_bytes
-from ecs_harden.component import Inspection
+from ecs_harden.component import FILES, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
 from ecs_harden.imds.block import (
@@ -45,8 +45,9 @@ class _Plan:
     new: bytes
 
 
-class PersistedFileComponent:
-    wakes_on = "files"
+class PersistedFileComponent(Base):
+    wakes_on = FILES
+    family: int  # whose rules file (it wakes on FILES, so no firewall event filters it)
 
     def __init__(
         self,
@@ -68,6 +69,9 @@ class PersistedFileComponent:
         # The last steady inspection and the file's identity then: judging a file that
         # did not change gives the same answer, so the daemon's resync skips it.
         self._steady: tuple[Identity, Inspection] | None = None
+
+    def watches(self) -> tuple[str, ...]:
+        return (self.path,) if self.path else ()
 
     def expected(self) -> str:
         where = self.path or "a boot rules file"

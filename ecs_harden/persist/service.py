@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ecs_harden import proc
 from ecs_harden.atomic import Identity, RefusedLink, file_identity, read_bytes
-from ecs_harden.component import Inspection
+from ecs_harden.component import FILES, Base, Inspection
 from ecs_harden.flavors import Flavor
 from ecs_harden.persist.rulesfile import RulesFile
 from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding
@@ -74,8 +74,8 @@ def enablement_signature(extra: tuple[str, ...] = ()) -> tuple[tuple[str, Identi
     return tuple((d, file_identity(d)) for d in (*dirs, *extra))
 
 
-class ServiceComponent:
-    wakes_on = "files"
+class ServiceComponent(Base):
+    wakes_on = FILES
     name = CHECK
 
     def __init__(

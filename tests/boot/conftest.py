@@ -13,6 +13,7 @@ import pytest
 from tests.boot import image
 from tests.boot.nspawn import BootedHost
 from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, OS_RELEASE
+from tests.require import require
 
 NEEDED = ("systemd-nspawn", "debootstrap", "nsenter", "unshare")
 
@@ -59,10 +60,7 @@ def require_boot() -> None:
         why = "booting a container needs root"
     elif missing := [t for t in NEEDED if shutil.which(t) is None]:
         why = "needs " + ", ".join(missing)
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(why)
 
 
 @pytest.fixture(scope="session")

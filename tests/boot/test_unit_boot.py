@@ -14,8 +14,6 @@ import pytest
 
 from tests.boot.nspawn import BootedHost
 
-pytestmark = pytest.mark.lab
-
 MARK = "ecs-harden: block IMDS from containers"
 RULES = {
     "debian": ("/etc/iptables/rules.v4", "/etc/iptables/rules.v6"),

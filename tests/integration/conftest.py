@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.host import EcsHost
+from tests.require import require
 
 NEEDED = ("unshare", "nsenter", "dockerd", "containerd", "iptables-legacy", "iptables-nft", "ip")
 
@@ -24,11 +25,7 @@ def lab_missing() -> str | None:
 
 def require_lab() -> None:
     """Skip without the lab's tools; under CI their absence is a failure."""
-    why = lab_missing()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(lab_missing())
 
 
 @pytest.fixture(scope="module", params=["legacy", "nft"])

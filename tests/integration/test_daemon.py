@@ -335,7 +335,11 @@ def test_a_persisting_error_is_logged_once_not_every_resync(slow_daemon: tuple[E
     unit = host.sandbox.etc / "systemd" / "system" / "netfilter-persistent.service"
     unit.unlink()
     host.sandbox.run(["rm", "-f", "/etc/systemd/system/multi-user.target.wants/netfilter-persistent.service"])
-    time.sleep(9)  # four resyncs
+    def reconciles() -> int:
+        return int(json.loads((host.dir / "status.json").read_text())["daemon"]["reconciles"])
+
+    start = reconciles()
+    until(lambda: reconciles() >= start + 4, 60)  # four resyncs (2 s each) have looked at it
     events = [json.loads(ln) for ln in run.log.read_text().splitlines() if ln.startswith("{")]
     detected = [e for e in events if e["event"] == "drift.detected"
                 and e["check"] == "imds.persistence.service" and e["status"] == "error"]

@@ -19,6 +19,7 @@ from ecs_harden.lock import ReconcileLock
 with ReconcileLock(sys.argv[1], timeout=5):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
+    open(sys.argv[1] + ".released", "w").close()  # the last thing done while holding it
 """
 
 
@@ -47,10 +48,12 @@ def test_the_lock_is_free_once_the_holder_is_gone(tmp_path: Path) -> None:
     path = tmp_path / "reconcile.lock"
     holder = hold(path, 0.2)
     with ReconcileLock(str(path), timeout=10) as lock:  # waits for the holder, then gets it
-        assert holder.poll() is not None or holder.wait(5) == 0
+        # A lock that excluded nothing would be ours while the holder still sleeps in it.
+        assert (tmp_path / "reconcile.lock.released").exists()
         assert path.read_text().strip() == str(os.getpid())
         assert lock.fd is not None
     assert lock.fd is None
+    assert holder.wait(5) == 0
 
 
 def test_one_holder_at_a_time_in_one_process_too(tmp_path: Path) -> None:

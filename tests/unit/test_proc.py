@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +17,15 @@ def test_run_records_the_child_pid_and_raises_with_argv_and_stderr() -> None:
     assert err.value.returncode == 3 and "nope" in str(err.value) and "sh -c" in str(err.value)
 
 
-def test_run_many_runs_at_once_and_keeps_order() -> None:
-    t0 = time.monotonic()
-    out = proc.run_many([["sh", "-c", "sleep 0.5; echo a"], ["sh", "-c", "sleep 0.5; echo b; exit 2"],
-                         ["/nonexistent/program"]])
-    assert time.monotonic() - t0 < 1.4  # not one after the other
+def test_run_many_runs_at_once_and_keeps_order(tmp_path: Path) -> None:
+    # Each waits until the other has started: run one after the other, the first would
+    # wait for ever (here: until its 10 s give up, and the test fails on its output).
+    wait = "for i in $(seq 200); do [ -e {other} ] && break; sleep 0.05; done; [ -e {other} ]"
+    a, b = tmp_path / "a", tmp_path / "b"
+    out = proc.run_many([
+        ["sh", "-c", f"touch {a}; {wait.format(other=b)} && echo a"],
+        ["sh", "-c", f"touch {b}; {wait.format(other=a)} && echo b; exit 2"],
+        ["/nonexistent/program"],
+    ])
     assert [o.stdout.strip() for o in out[:2]] == ["a", "b"]
     assert [o.returncode for o in out] == [0, 2, 127]

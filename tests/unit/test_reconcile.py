@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 
-from ecs_harden.component import Inspection
+from ecs_harden.component import Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler
 from ecs_harden.report import DRIFT, OK, Finding
 
 
-class Fake:
+class Fake(Base):
     """A component whose check drifts until it is repaired."""
 
     name = "fake"

@@ -19,7 +19,6 @@ from tests.vm.vagrantlab import VagrantLab, lab_with_box
 
 HOSTS = ("ecs1", "ecs2", "ecs3")
 ANSIBLE = PROJECT / "ansible"
-pytestmark = pytest.mark.vm
 
 
 class Fleet:

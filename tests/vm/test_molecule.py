@@ -15,7 +15,6 @@ from tests.vm.test_vm import require_vm
 from tests.vm.vagrantlab import lab_with_box
 
 ROLE = PROJECT / "ansible" / "roles" / "ecs_harden"
-pytestmark = pytest.mark.vm
 
 
 def test_molecule_test_passes(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.boot.image import PROJECT
+from tests.require import require
 from tests.vm.vagrantlab import VagrantLab, lab_with_box
 
 NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
@@ -36,7 +37,6 @@ ExecStartPre=/bin/sh -c 'mkdir -p /var/log/ecs-test; \
 DROP_V4 = '-d 169.254.169.254/32 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
 DROP_V6 = '-d fd00:ec2::254/128 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
 
-pytestmark = pytest.mark.vm
 
 
 def require_vm() -> None:
@@ -45,10 +45,7 @@ def require_vm() -> None:
         why = "the VM lab needs root"
     elif missing := [t for t in NEEDED if shutil.which(t) is None]:
         why = "needs " + ", ".join(missing) + " (scripts/bootstrap installs them)"
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require(why)
 
 
 def ours(url: str) -> str:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import struct
 
+from ecs_harden.component import ECS, FILES, FIREWALL
 from ecs_harden.daemon.nftevents import NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID, Batch, parse
 from ecs_harden.daemon.wakeups import (
     ALL,
     COALESCE,
     COALESCE_MAX,
-    ECS,
-    FILES,
-    FIREWALL,
     QUIET,
     SETTLE_MAX,
     Schedule,

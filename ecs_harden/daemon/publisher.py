@@ -1,0 +1,92 @@
+"""What the daemon shows the outside: the status file, the node_exporter textfile and
+systemd's STATUS= line, from the last report and the daemon's counters."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecs_harden import logs
+from ecs_harden.daemon.notify import Notifier
+from ecs_harden.daemon.status import metrics_text, report_text, write_metrics, write_status
+from ecs_harden.errors import HardenError
+from ecs_harden.facts import iso
+from ecs_harden.policy import Policy
+from ecs_harden.report import DRIFT, ERROR, Report
+
+
+@dataclass
+class Counters:
+    started: float = field(default_factory=time.time)
+    reconciles: int = 0
+    repairs: int = 0
+    last_error: str | None = None
+    last_reconcile: float = 0.0
+    last_duration: float = 0.0
+
+
+@dataclass
+class PolicyState:
+    """Which policy the daemon runs, and the last reload that failed while it stands."""
+
+    loaded: float = field(default_factory=time.time)
+    reload_error: str | None = None
+
+
+class StatusPublisher:
+    def __init__(self, notifier: Notifier):
+        self.notifier = notifier
+        self.log = logs.get("ecs_harden.daemon")
+        self._report: Report | None = None
+        self._text = ""
+        self._summary = ""
+
+    def fields(self, policy: Policy, counters: Counters, state: PolicyState) -> dict[str, Any]:
+        c = counters
+        return {
+            "pid": os.getpid(),
+            "started": iso(c.started),
+            "reconciles": c.reconciles,
+            "repairs": c.repairs,
+            "last_error": c.last_error,
+            "last_reconcile": iso(c.last_reconcile) if c.last_reconcile else None,
+            "interval": policy.interval,
+            "heartbeat": iso(time.time()),
+            "policy": {"source": policy.source, "loaded": iso(state.loaded),
+                       "reload_error": state.reload_error},
+        }
+
+    @staticmethod
+    def summary(report: Report, policy: Policy, counters: Counters, state: PolicyState) -> str:
+        bad = [f.check for f in report.findings if f.status in (DRIFT, ERROR)]
+        if not bad:
+            line = f"compliant: {len(report.findings)} checks hold; {counters.repairs} repairs"
+        else:
+            line = f"NOT compliant: {', '.join(bad)}"
+        if state.reload_error:
+            line += f"; policy reload failed, running the policy from {policy.source}"
+        return line
+
+    def publish(self, report: Report | None, policy: Policy, counters: Counters, state: PolicyState) -> None:
+        """After a reconcile (report given): status file, metrics and STATUS=. A heartbeat
+        (report None) only rewrites the status file, from the report already built."""
+        heartbeat = report is None
+        if report is not None or self._report is None:
+            self._report = report if report is not None else Report(policy.mode, {}, ())
+            self._text = report_text(self._report)
+        current = self._report
+        try:
+            write_status(policy.report.status_file, self._text, self.fields(policy, counters, state))
+            if policy.report.textfile and not heartbeat:
+                write_metrics(policy.report.textfile, metrics_text(
+                    current, repairs=counters.repairs, duration=counters.last_duration,
+                    last=counters.last_reconcile,
+                ))
+        except HardenError as exc:
+            self.log.error("status.write_failed", error=str(exc))
+        summary = self.summary(current, policy, counters, state)
+        if summary != self._summary:
+            self._summary = summary
+            self.notifier.status(summary)

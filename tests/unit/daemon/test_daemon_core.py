@@ -1,0 +1,202 @@
+"""The daemon's core driven with fakes (no root, no netfilter): report mode never repairs,
+a failed reconcile (lock, crash, commit) is an error finding, a broken policy on reload
+keeps the old one, heartbeats rewrite the status file from the last report."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecs_harden.component import ECS, Base, Inspection
+from ecs_harden.daemon.loop import Daemon, Parts
+from ecs_harden.errors import PolicyError, RuntimeFailure
+from ecs_harden.facts import Facts, Process
+from ecs_harden.lock import LockTimeout
+from ecs_harden.policy import Policy, ReportPolicy
+from ecs_harden.report import DRIFT, OK, Finding
+
+FACTS = Facts("debian", "systemd", None, Process(False), Process(False))
+
+
+class Drifting(Base):
+    """Drifts until repaired; can fail in inspect or execute on demand."""
+
+    wakes_on = ECS
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.fixed = False
+        self.executed = 0
+        self.fail_inspect: Exception | None = None
+        self.fail_execute: Exception | None = None
+
+    def inspect(self) -> Inspection:
+        if self.fail_inspect is not None:
+            raise self.fail_inspect
+        if self.fixed:
+            return Inspection((Finding(f"{self.name}.check", OK, "x", "x", "holds"),))
+        return Inspection((Finding(f"{self.name}.check", DRIFT, "x", "y", "y is not x"),), ("fix",),
+                          frozenset({f"{self.name}.check"}), True)
+
+    def execute(self, inspection: Inspection) -> None:
+        self.executed += 1
+        if self.fail_execute is not None:
+            raise self.fail_execute
+        self.fixed = True
+
+
+class Silent:
+    """A notifier that remembers what it would have told systemd."""
+
+    watchdog_interval = None
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, *fields: str) -> bool:
+        self.sent.append("\n".join(fields))
+        return True
+
+    def ready(self, status: str) -> None:
+        self.send("READY=1", f"STATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+
+@dataclasses.dataclass
+class Lock:
+    """The reconcile lock, or a lock somebody else holds (fail set)."""
+
+    fail: bool = False
+    taken: int = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.fail:
+            raise LockTimeout("another process (pid 4242 (sleep, uid 65534)) has held it")
+        self.taken += 1
+        yield
+
+
+@dataclasses.dataclass
+class Rig:
+    daemon: Daemon
+    component: Drifting
+    lock: Lock
+    notifier: Silent
+    status_file: Path
+    loads: list[Any]
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.status_file.read_text())  # type: ignore[no-any-return]
+
+    def statuses(self) -> dict[str, str]:
+        return {f["check"]: f["status"] for f in self.status()["findings"]}
+
+
+def rig(tmp_path: Path, mode: str = "enforce") -> Rig:
+    status = tmp_path / "status.json"
+    policy = Policy(mode=mode, state_dir=str(tmp_path / "state"), source=str(tmp_path / "p.yaml"),
+                    report=ReportPolicy(status_file=str(status)))
+    component, lock, notifier = Drifting(), Lock(), Silent()
+    loads: list[Any] = []
+
+    def load(path: str | None) -> Policy:
+        item = loads.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    parts = Parts(gather=lambda: FACTS, build=lambda p, f: [component], load=load, lock=lock, sources=False)
+    daemon = Daemon(policy, str(tmp_path / "p.yaml"), notifier=notifier, parts=parts)  # type: ignore[arg-type]
+    return Rig(daemon, component, lock, notifier, status, loads)
+
+
+def test_report_mode_never_repairs(tmp_path: Path) -> None:
+    r = rig(tmp_path, "report")
+    for _ in range(5):
+        assert r.daemon.reconcile(why="test") is True
+    assert r.component.executed == 0
+    assert r.statuses() == {"fake.check": "drift"} and r.status()["mode"] == "report"
+    assert r.status()["daemon"]["repairs"] == 0
+    assert r.daemon.run(once=True) == 3
+
+
+def test_enforce_mode_repairs_once(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.daemon.reconcile(why="test")
+    assert r.component.executed == 1 and r.statuses() == {"fake.check": "ok"}
+    assert r.status()["daemon"]["repairs"] == 1 and r.status()["compliant"] is True
+    assert r.daemon.reconcile(why="again") and r.component.executed == 1
+    assert r.lock.taken == 2
+
+
+def test_a_lock_it_cannot_get_turns_what_was_ok_into_error(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.daemon.reconcile(why="test") and r.status()["compliant"] is True
+    r.lock.fail = True
+    assert r.daemon.reconcile(why="test") is False
+    status = r.status()
+    assert status["compliant"] is False and r.statuses() == {"fake.check": "error"}
+    (finding,) = status["findings"]
+    assert "not reconciled: another process (pid 4242" in finding["detail"]
+    assert "last seen: ok: holds" in finding["detail"]
+    assert "has held it" in status["daemon"]["last_error"]
+    assert r.daemon.run(once=True) == 1
+    r.lock.fail = False
+    assert r.daemon.reconcile(why="test") and r.status()["compliant"] is True
+    assert r.status()["daemon"]["last_error"] is None
+
+
+@pytest.mark.parametrize("where", ["inspect", "execute"])
+def test_a_crash_or_a_failed_commit_is_an_error_and_the_daemon_goes_on(tmp_path: Path, where: str) -> None:
+    r = rig(tmp_path)
+    error = RecursionError("deep") if where == "inspect" else RuntimeFailure("iptables-restore: line 2 failed")
+    setattr(r.component, f"fail_{where}", error)
+    assert r.daemon.reconcile(why="test") is False
+    assert r.statuses() == {"fake.check" if where == "execute" else "fake": "error"}
+    assert r.status()["compliant"] is False and r.status()["daemon"]["last_error"]
+    setattr(r.component, f"fail_{where}", None)
+    assert r.daemon.reconcile(why="retry") and r.status()["compliant"] is True
+
+
+def test_a_broken_policy_on_reload_keeps_the_old_one(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    r.daemon.reconcile(why="start")
+    old = r.daemon.policy
+    r.loads.append(PolicyError("p.yaml: line 1: mode: must be one of enforce, report"))
+    r.daemon.reload()
+    assert r.daemon.policy is old
+    status = r.status()
+    assert status["daemon"]["policy"]["reload_error"].endswith("must be one of enforce, report")
+    assert any(m.startswith("RELOADING=1") for m in r.notifier.sent)
+    assert r.notifier.sent[-1].startswith("READY=1")  # systemd waits for it after RELOADING
+    r.loads.append(dataclasses.replace(old, mode="report"))
+    r.daemon.reload()
+    assert r.daemon.policy.mode == "report" and r.status()["daemon"]["policy"]["reload_error"] is None
+
+
+def test_a_heartbeat_rewrites_the_status_from_the_last_report(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    r.daemon.reconcile(why="start")
+    before = r.status()
+    r.component.fixed = False  # drifts again, but nobody reconciled
+    r.daemon.publish(heartbeat=True)
+    after = r.status()
+    assert after["findings"] == before["findings"] and after["daemon"]["heartbeat"] >= before["daemon"]["heartbeat"]
