@@ -32,38 +32,48 @@ IMDS_V4 = ipaddress.IPv4Network("169.254.169.254/32")
 IMDS_V6 = ipaddress.IPv6Network("fd00:ec2::254/128")
 
 
+# Each field is declared once, here, with the parser of its YAML value (_Reader's method
+# of that name, given the node and the key path): the allowed keys, the types and the
+# error's line all follow from these declarations.
+def _parsed_by(method: str, *args: Any) -> Any:
+    return {"parse": (method, args)}
+
+
 @dataclass(frozen=True)
 class ImdsPolicy:
-    interfaces: tuple[str, ...] = ("docker+",)
-    ipv4: ipaddress.IPv4Network = IMDS_V4
-    ipv6: ipaddress.IPv6Network | None = IMDS_V6
-    persist: bool = True
+    interfaces: tuple[str, ...] = field(default=("docker+",), metadata=_parsed_by("interfaces"))
+    ipv4: ipaddress.IPv4Network = field(default=IMDS_V4, metadata=_parsed_by("network", 4))
+    ipv6: ipaddress.IPv6Network | None = field(default=IMDS_V6, metadata=_parsed_by("network", 6, True))
+    persist: bool = field(default=True, metadata=_parsed_by("boolean"))
 
 
 @dataclass(frozen=True)
 class EcsConfigPolicy:
-    path: str = "/etc/ecs/ecs.config"
-    settings: tuple[tuple[str, str | None], ...] = DEFAULT_SETTINGS
-    restart_agent: str = "never"
+    path: str = field(default="/etc/ecs/ecs.config", metadata=_parsed_by("abspath"))
+    settings: tuple[tuple[str, str | None], ...] = field(
+        default=DEFAULT_SETTINGS, metadata=_parsed_by("settings"))
+    restart_agent: str = field(default="never", metadata=_parsed_by("choice", ("never", "on-change")))
 
 
 @dataclass(frozen=True)
 class ReportPolicy:
-    status_file: str = "/run/ecs-harden/status.json"
-    textfile: str | None = None
+    status_file: str = field(default="/run/ecs-harden/status.json", metadata=_parsed_by("abspath"))
+    textfile: str | None = field(default=None, metadata=_parsed_by("textfile"))
 
 
 @dataclass(frozen=True)
 class Policy:
-    mode: str = "enforce"
-    interval: float = 5.0
-    resync: float = 60.0
-    state_dir: str = "/var/lib/ecs-harden"
-    backups: int = 10  # backups kept per file under state_dir/backups
-    imds: ImdsPolicy = field(default_factory=ImdsPolicy)
-    ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy)
-    report: ReportPolicy = field(default_factory=ReportPolicy)
-    source: str = "built-in defaults"
+    mode: str = field(default="enforce", metadata=_parsed_by("choice", ("enforce", "report")))
+    interval: float = field(default=5.0, metadata=_parsed_by("seconds"))
+    resync: float = field(default=60.0, metadata=_parsed_by("seconds"))
+    state_dir: str = field(default="/var/lib/ecs-harden", metadata=_parsed_by("abspath"))
+    # backups kept per file under state_dir/backups
+    backups: int = field(default=10, metadata=_parsed_by("count"))
+    imds: ImdsPolicy = field(default_factory=ImdsPolicy, metadata=_parsed_by("section", ImdsPolicy))
+    ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy,
+                                        metadata=_parsed_by("section", EcsConfigPolicy))
+    report: ReportPolicy = field(default_factory=ReportPolicy, metadata=_parsed_by("section", ReportPolicy))
+    source: str = "built-in defaults"  # not a key: where the policy came from
 
     @property
     def enforce(self) -> bool:
@@ -299,35 +309,25 @@ class _Reader:
         return value
 
     def policy(self, node: yaml.Node) -> Policy:
-        top = self.mapping(
-            node, "", ("mode", "interval", "resync", "state_dir", "backups", "imds", "ecs_config", "report")
-        )
-        base = Policy(source=self.source)
-        handlers: dict[str, Callable[[yaml.Node], Any]] = {
-            "mode": lambda n: self.choice(n, "mode", ("enforce", "report")),
-            "interval": lambda n: self.seconds(n, "interval"),
-            "resync": lambda n: self.seconds(n, "resync"),
-            "state_dir": lambda n: self.abspath(n, "state_dir"),
-            "backups": lambda n: self.count(n, "backups"),
-            "imds": self.imds,
-            "ecs_config": self.ecs_config,
-            "report": self.report,
-        }
-        return _replace(base, self.each(top, handlers))
+        return self.section(node, "", Policy, base=Policy(source=self.source))
 
-    def imds(self, node: yaml.Node) -> ImdsPolicy:
-        if _is_null(node):
-            raise self.fail(node, "imds", "must be a mapping")
-        keys = self.mapping(node, "imds", ("interfaces", "ipv4", "ipv6", "persist"))
-        return _replace(ImdsPolicy(), self.each(keys, {
-            "interfaces": self.interfaces,
-            "ipv4": lambda n: self.network(n, "imds.ipv4", 4),
-            "ipv6": lambda n: None if _is_null(n) else self.network(n, "imds.ipv6", 6),
-            "persist": lambda n: self.boolean(n, "imds.persist"),
-        }))
+    def section(self, node: yaml.Node, key: str, cls: type[_T], base: _T | None = None) -> _T:
+        """A mapping read into cls by the parsers its fields declare."""
+        if key and _is_null(node):
+            raise self.fail(node, key, "must be a mapping")
+        declared = {f.name: f.metadata["parse"] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                    if "parse" in f.metadata}
+        keys = self.mapping(node, key, tuple(declared))
 
-    def interfaces(self, node: yaml.Node) -> tuple[str, ...]:
-        key = "imds.interfaces"
+        def handler(name: str) -> Callable[[yaml.Node], Any]:
+            method, args = declared[name]
+            path = f"{key}.{name}" if key else name
+            return lambda n: getattr(self, method)(n, path, *args)
+
+        values = self.each(keys, {name: handler(name) for name in keys})
+        return _replace(base if base is not None else cls(), values)
+
+    def interfaces(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise self.fail(node, key, "must be a non-empty list of interface patterns")
         out: list[str] = []
@@ -356,7 +356,9 @@ class _Reader:
             raise self.fail(item, key, f"{value!r} is listed twice (item {before.index(value)} already)")
         return value
 
-    def network(self, node: yaml.Node, key: str, version: int) -> Any:
+    def network(self, node: yaml.Node, key: str, version: int, nullable: bool = False) -> Any:
+        if nullable and _is_null(node):
+            return None  # imds.ipv6: null, no IPv6 rule
         value = self.string(node, key)
         assert value is not None
         try:
@@ -367,54 +369,36 @@ class _Reader:
             raise self.fail(node, key, f"{value!r} is not an IPv{version} address")
         return net
 
-    def ecs_config(self, node: yaml.Node) -> EcsConfigPolicy:
-        if _is_null(node):
-            raise self.fail(node, "ecs_config", "must be a mapping")
-        keys = self.mapping(node, "ecs_config", ("path", "settings", "restart_agent"))
-        return _replace(EcsConfigPolicy(), self.each(keys, {
-            "path": lambda n: self.abspath(n, "ecs_config.path"),
-            "settings": self.settings,
-            "restart_agent": lambda n: self.choice(n, "ecs_config.restart_agent", ("never", "on-change")),
-        }))
-
-    def settings(self, node: yaml.Node) -> tuple[tuple[str, str | None], ...]:
+    def settings(self, node: yaml.Node, key: str) -> tuple[tuple[str, str | None], ...]:
+        """Merged over the defaults: a policy that only adds a key keeps the IMDS flags."""
         if _is_null(node):
             return DEFAULT_SETTINGS
         merged = dict(DEFAULT_SETTINGS)
-        for name, vnode in self.mapping(node, "ecs_config.settings", ()).items():
-            key = f"ecs_config.settings.{name}"
+        for name, vnode in self.mapping(node, key, ()).items():
+            path = f"{key}.{name}"
             if not _KEY_RE.match(name):
-                raise self.fail(vnode, key, "is not a valid environment variable name")
-            value = self.scalar(vnode, key)
+                raise self.fail(vnode, path, "is not a valid environment variable name")
+            value = self.scalar(vnode, path)
             if value is not None and not isinstance(value, str):
                 raise self.fail(
                     vnode,
-                    key,
+                    path,
                     f"must be a quoted string or null, got {type(value).__name__} {value!r}; "
                     f'write {name}: "{_yaml_text(value)}"',
                 )
             if value is not None and ("\n" in value or "\r" in value or "\0" in value):
-                raise self.fail(vnode, key, "must not contain a line break or NUL")
+                raise self.fail(vnode, path, "must not contain a line break or NUL")
             if value is not None and value != value.rstrip():
                 raise self.fail(
-                    vnode, key, "must not end with whitespace (ecs-init trims it off every line)"
+                    vnode, path, "must not end with whitespace (ecs-init trims it off every line)"
                 )
             merged[name] = value
         return tuple(merged.items())
 
-    def report(self, node: yaml.Node) -> ReportPolicy:
-        if _is_null(node):
-            raise self.fail(node, "report", "must be a mapping")
-        keys = self.mapping(node, "report", ("status_file", "textfile"))
-        return _replace(ReportPolicy(), self.each(keys, {
-            "status_file": lambda n: self.abspath(n, "report.status_file"),
-            "textfile": self.textfile,
-        }))
-
-    def textfile(self, node: yaml.Node) -> str | None:
-        value = self.abspath(node, "report.textfile", nullable=True)
+    def textfile(self, node: yaml.Node, key: str) -> str | None:
+        value = self.abspath(node, key, nullable=True)
         if value is not None and not value.endswith(".prom"):
-            raise self.fail(node, "report.textfile", f"{value!r} does not end in .prom: node_exporter's "
+            raise self.fail(node, key, f"{value!r} does not end in .prom: node_exporter's "
                             "textfile collector reads only *.prom files, so no metric would be seen")
         return value
 
