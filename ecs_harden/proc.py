@@ -38,8 +38,14 @@ class CommandError(RuntimeFailure):
         super().__init__(f"`{' '.join(self.argv)}` {how}" + (f": {tail[0]}" if tail else ""))
 
 
+# systemd's notify protocol is the daemon's own: a child that inherits NOTIFY_SOCKET
+# speaks into it (systemctl sends ERRNO= on failure), and blocks when the receiver does
+# not read; found when `systemctl is-enabled` hung for its whole timeout in the lab.
+PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
 def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE}
     env.update({"LANG": "C", "LC_ALL": "C"})
     if extra:
         env.update(extra)

@@ -40,6 +40,9 @@ class BootedHost:
         self.boots = 0
         self.variant = "nft"  # which iptables the image's alternatives point at
         self.flavor = "debian"  # what its /etc says it is
+        # Its network: none but loopback (a fresh, empty namespace at every boot), or a
+        # veth on a bridge of the outer sandbox (tests/vm/fleet.py).
+        self.network: list[str] = ["--private-network"]
 
     # -- the outer sandbox and the disk ----------------------------------
     def start(self) -> BootedHost:
@@ -85,7 +88,7 @@ class BootedHost:
         log = open(self.dir / f"console-{self.boots}.log", "wb")  # noqa: SIM115 - the child owns it
         self.nspawn = subprocess.Popen(
             ["nsenter", "-t", str(self.ns_pid), "-n", "-m", "-p", "--",
-             "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-b", "--private-network",
+             "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-b", *self.network,
              "--console=pipe", "-D", str(self.root)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

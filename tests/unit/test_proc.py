@@ -29,3 +29,10 @@ def test_run_many_runs_at_once_and_keeps_order(tmp_path: Path) -> None:
     ])
     assert [o.stdout.strip() for o in out[:2]] == ["a", "b"]
     assert [o.returncode for o in out] == [0, 2, 127]
+
+
+def test_children_never_inherit_the_daemons_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "@ecs-harden-test")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    done = proc.run(["sh", "-c", "echo ${NOTIFY_SOCKET:-none} ${WATCHDOG_USEC:-none} $LANG"])
+    assert done.stdout.split() == ["none", "none", "C"]
