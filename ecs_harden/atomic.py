@@ -14,13 +14,8 @@ import os
 import tempfile
 from typing import Optional, Tuple
 
-from ecs_harden.errors import RuntimeFailure
-
-UNIT = "ecs-harden.service"
-
-
-class RefusedLink(RuntimeFailure):
-    """A symlink ecs-harden will not write through: dangling, or not root's (trust)."""
+from ecs_harden.errors import RefusedLink, RuntimeFailure, read_only_hint
+from ecs_harden.trust import check_link
 
 
 class DanglingLink(RefusedLink):
@@ -36,21 +31,11 @@ class DanglingLink(RefusedLink):
         )
 
 
-def read_only_hint(directory: str) -> str:
-    """Why a write may fail with EROFS on a host where the file system is writable."""
-    return (
-        f" (read-only file system: when {UNIT} runs this, its sandbox (ProtectSystem=strict) "
-        f"must list {directory} in ReadWritePaths=; add a drop-in)"
-    )
-
-
 def resolve(path: str) -> str:
     """The file path names after following symlinks; DanglingLink when it names none,
     trust.UntrustedLink when someone other than root could have planted the link."""
     if not os.path.islink(path):
         return path
-    from ecs_harden.trust import check_link
-
     check_link(path)
     real = os.path.realpath(path)
     if not os.path.lexists(real) or os.path.islink(real):
@@ -136,8 +121,6 @@ def read_bytes(path: str) -> bytes | None:
     """The file's bytes (through symlinks), None when there is no file; DanglingLink for a
     dead link, trust.UntrustedLink for one that is not root's."""
     if os.path.islink(path):
-        from ecs_harden.trust import check_link
-
         check_link(path)
     try:
         with open(path, "rb") as fh:

@@ -26,3 +26,18 @@ class PolicyError(UsageError):
 
 class RuntimeFailure(HardenError):
     """A tool failed, a privilege is missing, a file could not be written."""
+
+
+class RefusedLink(RuntimeFailure):
+    """A symlink ecs-harden will not write through: dangling, or not root's (trust)."""
+
+
+UNIT = "ecs-harden.service"
+
+
+def read_only_hint(directory: str) -> str:
+    """Why a write may fail with EROFS on a host where the file system is writable."""
+    return (
+        f" (read-only file system: when {UNIT} runs this, its sandbox (ProtectSystem=strict) "
+        f"must list {directory} in ReadWritePaths=; add a drop-in)"
+    )

@@ -21,8 +21,7 @@ import stat
 import time
 from types import TracebackType
 
-from ecs_harden.atomic import read_only_hint
-from ecs_harden.errors import RuntimeFailure
+from ecs_harden.errors import RuntimeFailure, read_only_hint
 
 DEFAULT_PATH = "/run/ecs-harden/lock/reconcile.lock"
 ENV_VAR = "ECS_HARDEN_LOCK_FILE"

@@ -24,8 +24,7 @@ import os
 import secrets
 import stat
 
-from ecs_harden.atomic import RefusedLink, read_only_hint
-from ecs_harden.errors import RuntimeFailure
+from ecs_harden.errors import RefusedLink, RuntimeFailure, read_only_hint
 
 MAX_LINKS = 40  # as the kernel's own limit on a path's symlinks
 

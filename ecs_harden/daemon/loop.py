@@ -26,7 +26,6 @@ from ecs_harden.component import ECS, FILES, FIREWALL, Component
 from ecs_harden.daemon.filewatch import FileWatch
 from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
-from ecs_harden.daemon.nftevents import generation as nf_generation
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import Counters, PolicyState, StatusPublisher
 from ecs_harden.daemon.wakeups import (
@@ -42,6 +41,7 @@ from ecs_harden.daemon.wakeups import (
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
+from ecs_harden.firewall.netlink import generation as nf_generation
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components, failed_finding

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from dataclasses import dataclass, field
 
-NETLINK_NETFILTER = 12
+from ecs_harden.firewall.netlink import (
+    NETLINK_NETFILTER,
+    NFGENMSG,
+    NFNL_SUBSYS_NFTABLES,
+    NFT_MSG_NEWGEN,
+    NFTA_GEN_PROC_PID,
+    NLMSG_HDR,
+    gen_attr,
+)
+
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 RCVBUF = 4 << 20
-
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWGEN = 15
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
-NFTA_GEN_PROC_PID = 2
-NLM_F_REQUEST = 1
 NFPROTO = {2: 4, 10: 6}  # NFPROTO_IPV4, NFPROTO_IPV6 -> our family numbers
-NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-NFGENMSG = 4  # family u8, version u8, res_id be16
 
 
 class Overflow(Exception):
@@ -60,7 +59,7 @@ def parse(data: bytes, batch: Batch) -> None:
         if mtype >> 8 == NFNL_SUBSYS_NFTABLES and len(body) >= NFGENMSG:
             msg = mtype & 0xFF
             if msg == NFT_MSG_NEWGEN:
-                pid = _gen_pid(body[NFGENMSG:])
+                pid = gen_attr(body[NFGENMSG:], NFTA_GEN_PROC_PID)
                 if pid is not None:
                     batch.writers.add(pid)
             elif body[0] in NFPROTO:
@@ -68,41 +67,6 @@ def parse(data: bytes, batch: Batch) -> None:
             else:
                 batch.other = True
         offset += (length + 3) & ~3
-
-
-def _gen_attr(attrs: bytes, wanted: int) -> int | None:
-    offset = 0
-    while offset + 4 <= len(attrs):
-        alen, atype = struct.unpack_from("=HH", attrs, offset)
-        if alen < 4:
-            return None
-        if atype & 0x3FFF == wanted and alen >= 8:
-            return int(struct.unpack_from(">I", attrs, offset + 4)[0])
-        offset += (alen + 3) & ~3
-    return None
-
-
-def _gen_pid(attrs: bytes) -> int | None:
-    return _gen_attr(attrs, NFTA_GEN_PROC_PID)
-
-
-def generation() -> int:
-    """The ruleset generation of this network namespace: every nf_tables commit bumps it,
-    so an unchanged generation means an unchanged ruleset (NFT_MSG_GETGEN, microseconds)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.settimeout(2.0)
-        sock.bind((0, 0))
-        mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
-        msg = NLMSG_HDR.pack(NLMSG_HDR.size + NFGENMSG, mtype, NLM_F_REQUEST, 1, 0) + bytes(NFGENMSG)
-        sock.send(msg)
-        data = sock.recv(65536)
-    length, rtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, 0)
-    if rtype & 0xFF != NFT_MSG_NEWGEN:
-        raise OSError(f"unexpected answer to NFT_MSG_GETGEN (type {rtype})")
-    gen = _gen_attr(data[NLMSG_HDR.size + NFGENMSG:length], NFTA_GEN_ID)
-    if gen is None:
-        raise OSError("no NFTA_GEN_ID in the answer to NFT_MSG_GETGEN")
-    return gen
 
 
 class NftEvents:

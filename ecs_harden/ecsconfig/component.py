@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ecs_harden.atomic import RefusedLink, ensure_dir, read_bytes
+from ecs_harden.atomic import ensure_dir, read_bytes
 from ecs_harden.component import ECS, Base, Inspection
 from ecs_harden.ecsconfig.envfile import EnvFile, Line
-from ecs_harden.errors import RuntimeFailure
+from ecs_harden.errors import RefusedLink, RuntimeFailure
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, OK, Finding

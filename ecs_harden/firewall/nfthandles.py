@@ -15,7 +15,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from ecs_harden.daemon.nftevents import (
+from ecs_harden.firewall.netlink import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
     NLM_F_REQUEST,

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from ecs_harden import proc
-from ecs_harden.daemon.nftevents import generation
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall import nfthandles
 from ecs_harden.firewall.backend import Delete, DeleteAt, Insert, NewChain, Op
 from ecs_harden.firewall.evaluate import ChainReader
+from ecs_harden.firewall.netlink import generation
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, quote_args
 
 WAIT_SECONDS = "10"

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden import proc
-from ecs_harden.atomic import Identity, RefusedLink, ensure_dir, file_identity, read_bytes
+from ecs_harden.atomic import Identity, ensure_dir, file_identity, read_bytes
 from ecs_harden.component import FILES, Base, Inspection
-from ecs_harden.errors import RuntimeFailure
+from ecs_harden.errors import RefusedLink, RuntimeFailure
 from ecs_harden.firewall.evaluate import Probe
 from ecs_harden.imds.block import (
     DOCKER_USER,

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 
 from ecs_harden import proc
-from ecs_harden.atomic import Identity, RefusedLink, file_identity, read_bytes
+from ecs_harden.atomic import Identity, file_identity, read_bytes
 from ecs_harden.component import FILES, Base, Inspection
+from ecs_harden.errors import RefusedLink
 from ecs_harden.flavors import Flavor
 from ecs_harden.persist.rulesfile import RulesFile
 from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding

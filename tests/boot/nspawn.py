@@ -28,6 +28,23 @@ class BootError(RuntimeError):
     pass
 
 
+def outer_sandbox() -> tuple[subprocess.Popen[bytes], int]:
+    """A private network + mount + PID namespace that dies with this process: its holder,
+    and the PID of its PID 1 (to nsenter)."""
+    holder = subprocess.Popen(
+        ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+         "--propagation", "private", "sleep", "infinity"],
+        preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + 10
+    while not (kids := psutil.Process(holder.pid).children()):
+        if time.monotonic() > deadline:
+            holder.kill()
+            raise BootError("the sandbox holder did not start")
+        time.sleep(0.01)
+    return holder, kids[0].pid
+
+
 class BootedHost:
     def __init__(self, image: Path, workdir: Path | None = None):
         self.image = image
@@ -48,17 +65,7 @@ class BootedHost:
     def start(self) -> BootedHost:
         for d in ("upper", "work", "merged"):
             (self.dir / d).mkdir(exist_ok=True)
-        self.holder = subprocess.Popen(
-            ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "--propagation", "private", "sleep", "infinity"],
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + 10
-        while not (kids := psutil.Process(self.holder.pid).children()):
-            if time.monotonic() > deadline:
-                raise BootError("the sandbox holder did not start")
-            time.sleep(0.01)
-        self.ns_pid = kids[0].pid
+        self.holder, self.ns_pid = outer_sandbox()
         self.outer(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={self.image},upperdir={self.dir}/upper,workdir={self.dir}/work",
                     str(self.root)])

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.boot.nspawn import BootedHost, BootError
+from tests.boot.nspawn import BootedHost, BootError, outer_sandbox
 
 BRIDGE = "fleetbr"
 NET = "10.77.0"
@@ -107,23 +107,9 @@ class Fleet:
         return cp
 
     def start(self) -> Fleet:
-        import psutil
-
-        from tests.lab.sandbox import _die_with_parent
-
         self.dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
-        self.holder = subprocess.Popen(
-            ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-             "--propagation", "private", "sleep", "infinity"],
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + 10
-        while not (kids := psutil.Process(self.holder.pid).children()):
-            if time.monotonic() > deadline:
-                raise BootError("the sandbox holder did not start")
-            time.sleep(0.01)
-        self.ns_pid = kids[0].pid
+        self.holder, self.ns_pid = outer_sandbox()
         self.outer(["sh", "-ec", f"ip link set lo up; ip link add {BRIDGE} type bridge; "
                     f"ip addr add {CONTROLLER}/24 dev {BRIDGE}; ip link set {BRIDGE} up"])
         for host in self.hosts.values():

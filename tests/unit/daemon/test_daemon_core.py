@@ -15,6 +15,7 @@ import pytest
 
 from ecs_harden.component import ECS, Base, Inspection
 from ecs_harden.daemon.loop import Daemon, Parts
+from ecs_harden.daemon.notify import Notifier
 from ecs_harden.errors import PolicyError, RuntimeFailure
 from ecs_harden.facts import Facts, Process
 from ecs_harden.lock import LockTimeout
@@ -51,32 +52,16 @@ class Drifting(Base):
         self.fixed = True
 
 
-class Silent:
-    """A notifier that remembers what it would have told systemd."""
-
-    watchdog_interval = None
+class Silent(Notifier):
+    """The real notifier, remembering what it would have told systemd instead of sending."""
 
     def __init__(self) -> None:
+        super().__init__(env={})
         self.sent: list[str] = []
 
     def send(self, *fields: str) -> bool:
         self.sent.append("\n".join(fields))
         return True
-
-    def ready(self, status: str) -> None:
-        self.send("READY=1", f"STATUS={status}")
-
-    def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
-
-    def watchdog(self) -> None:
-        self.send("WATCHDOG=1")
-
-    def reloading(self) -> None:
-        self.send("RELOADING=1")
-
-    def stopping(self) -> None:
-        self.send("STOPPING=1")
 
 
 @dataclasses.dataclass
@@ -124,7 +109,7 @@ def rig(tmp_path: Path, mode: str = "enforce") -> Rig:
         return item  # type: ignore[no-any-return]
 
     parts = Parts(gather=lambda: FACTS, build=lambda p, f: [component], load=load, lock=lock, sources=False)
-    daemon = Daemon(policy, str(tmp_path / "p.yaml"), notifier=notifier, parts=parts)  # type: ignore[arg-type]
+    daemon = Daemon(policy, str(tmp_path / "p.yaml"), notifier=notifier, parts=parts)
     return Rig(daemon, component, lock, notifier, status, loads)
 
 

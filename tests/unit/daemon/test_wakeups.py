@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from ecs_harden.component import ECS, FILES, FIREWALL
-from ecs_harden.daemon.nftevents import NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID, Batch, parse
+from ecs_harden.daemon.nftevents import Batch, parse
 from ecs_harden.daemon.wakeups import (
     ALL,
     COALESCE,
@@ -16,6 +16,7 @@ from ecs_harden.daemon.wakeups import (
     Wake,
 )
 from ecs_harden.findinglog import FindingLog
+from ecs_harden.firewall.netlink import NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID
 
 
 def message(msg: int, family: int, attrs: bytes = b"") -> bytes:

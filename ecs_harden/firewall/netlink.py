@@ -1,0 +1,49 @@
+"""nf_tables over netlink, the parts both the daemon's events and the firewall need: the
+socket family and message layout, and the ruleset generation (NFT_MSG_GETGEN)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+NFTA_GEN_PROC_PID = 2
+NLM_F_REQUEST = 1
+NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NFGENMSG = 4  # family u8, version u8, res_id be16
+
+
+def gen_attr(attrs: bytes, wanted: int) -> int | None:
+    """A 32-bit attribute of a generation message (NFTA_GEN_ID, NFTA_GEN_PROC_PID)."""
+    offset = 0
+    while offset + 4 <= len(attrs):
+        alen, atype = struct.unpack_from("=HH", attrs, offset)
+        if alen < 4:
+            return None
+        if atype & 0x3FFF == wanted and alen >= 8:
+            return int(struct.unpack_from(">I", attrs, offset + 4)[0])
+        offset += (alen + 3) & ~3
+    return None
+
+
+def generation() -> int:
+    """The ruleset generation of this network namespace: every nf_tables commit bumps it,
+    so an unchanged generation means an unchanged ruleset (NFT_MSG_GETGEN, microseconds)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
+        msg = NLMSG_HDR.pack(NLMSG_HDR.size + NFGENMSG, mtype, NLM_F_REQUEST, 1, 0) + bytes(NFGENMSG)
+        sock.send(msg)
+        data = sock.recv(65536)
+    length, rtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, 0)
+    if rtype & 0xFF != NFT_MSG_NEWGEN:
+        raise OSError(f"unexpected answer to NFT_MSG_GETGEN (type {rtype})")
+    gen = gen_attr(data[NLMSG_HDR.size + NFGENMSG:length], NFTA_GEN_ID)
+    if gen is None:
+        raise OSError("no NFTA_GEN_ID in the answer to NFT_MSG_GETGEN")
+    return gen
