@@ -22,6 +22,7 @@ import time
 from types import TracebackType
 
 from ecs_harden.errors import RuntimeFailure, read_only_hint
+from ecs_harden.trust import others_may_write
 
 DEFAULT_PATH = "/run/ecs-harden/lock/reconcile.lock"
 ENV_VAR = "ECS_HARDEN_LOCK_FILE"
@@ -83,7 +84,7 @@ def secure_directory(directory: str, *, own: bool) -> None:
         raise _refuse(directory, f"the directory is owned by uid {st.st_uid}, not by us")
     if own and st.st_mode & 0o077:
         os.chmod(directory, 0o700)
-    elif not own and st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+    elif not own and others_may_write(st):
         raise _refuse(directory, f"the directory is writable by group or others ({st.st_mode & 0o777:o})")
 
 

@@ -37,11 +37,17 @@ class UntrustedLink(RefusedLink, UntrustedPath):
     """A symlink ecs-harden will not follow."""
 
 
+def others_may_write(st: os.stat_result, *, directory: bool = True) -> bool:
+    """Group or others can change it: write a file, or replace a directory's entries (a
+    sticky directory keeps them from renaming or removing entries that are not theirs)."""
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return bool(writable) and not (directory and st.st_mode & stat.S_ISVTX)
+
+
 def _unsafe(st: os.stat_result, *, directory: bool) -> str | None:
     if st.st_uid != 0:
         return f"owned by uid {st.st_uid}, not root"
-    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if writable and not (directory and st.st_mode & stat.S_ISVTX):
+    if others_may_write(st, directory=directory):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
@@ -124,7 +130,7 @@ def write_replacing(path: str, data: bytes, *, mode: int = 0o644) -> None:
         raise RuntimeFailure(f"{path}: cannot open {directory}: {exc.strerror}{hint}") from None
     try:
         st = os.fstat(dfd)
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        if others_may_write(st):
             raise UntrustedPath(
                 f"{path}: refusing to write in {directory}, which group or others can write "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}) without the sticky bit; nothing written"
