@@ -96,28 +96,23 @@ class LiveBlockComponent(Base):
         evaluator = PathEvaluator(reader)
         chains = {name: evaluator.chain(name) for name in MANAGED_CHAINS}
         raw = self.backend.snapshot(GUARD_TABLE)(GUARD_CHAIN)
-        raw_rules = raw.rules if raw else ()
         places: Places = {("filter", name): chain.rules if chain else () for name, chain in chains.items()}
-        places[(GUARD_TABLE, GUARD_CHAIN)] = raw_rules
-        leading = leading_copies(raw_rules, self.blocks)
+        places[(GUARD_TABLE, GUARD_CHAIN)] = raw.rules if raw else ()
+        # The copies (of any block) that open each place, before any other rule.
+        openers = {place: rules[:leading_copies(rules, self.blocks)] for place, rules in places.items()}
+        guard = (GUARD_TABLE, GUARD_CHAIN)
         states = []
         for block in self.blocks:
-            copies = {
-                name: [r for r in (chain.rules if chain else ()) if block.is_copy(r)]
-                for name, chain in chains.items()
-            }
-            tops = {}
-            for name, chain in chains.items():
-                rules = chain.rules if chain else ()
-                tops[name] = any(block.is_copy(r) for r in rules[:leading_copies(rules, self.blocks)])
-            guards = [r for r in raw_rules if block.is_copy(r)]
-            guard_on_top = any(block.is_copy(r) for r in raw_rules[:leading])
+            copies = {n: [r for r in places[("filter", n)] if block.is_copy(r)] for n in MANAGED_CHAINS}
+            on_top = {n: any(block.is_copy(r) for r in openers[("filter", n)]) for n in MANAGED_CHAINS}
+            guards = [r for r in places[guard] if block.is_copy(r)]
+            guard_on_top = any(block.is_copy(r) for r in openers[guard])
             probe = Probe(block.interface, self.address, self.interfaces)
-            states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, guard_on_top, tops))
+            states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, guard_on_top, on_top))
         return chains, states, places
 
     def read_places(self) -> Places:
-        """The rules of every place the block goes, without evaluating anything."""
+        """The rules of every place the block goes, as they are now, without evaluating anything."""
         places: Places = {}
         for table, names in (("filter", MANAGED_CHAINS), (GUARD_TABLE, (GUARD_CHAIN,))):
             reader = self.backend.snapshot(table)
@@ -204,15 +199,12 @@ class LiveBlockComponent(Base):
         """Every rule this agent added (ours by comment), in every managed chain."""
         if self.family == 6 and not ipv6_available():
             return []
-        ops: list[Op] = []
-        for table, names in (("filter", MANAGED_CHAINS), (GUARD_TABLE, (GUARD_CHAIN,))):
-            reader = self.backend.snapshot(table)
-            for name in names:
-                chain = reader(name)
-                for i, rule in enumerate(chain.rules if chain else ()):
-                    if rule.target == "DROP" and rule.has_comment(COMMENT):
-                        ops.append(DeleteAt(name, i + 1, rule, table))
-        return ops
+        return [
+            DeleteAt(name, i + 1, rule, table)
+            for (table, name), rules in self.read_places().items()
+            for i, rule in enumerate(rules)
+            if rule.target == "DROP" and rule.has_comment(COMMENT)
+        ]
 
     def remove(self) -> list[str]:
         ops = self.removal_ops()
@@ -254,7 +246,7 @@ def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
     """The inserts that make each block effective: a copy at the top of each managed chain
     and of raw PREROUTING wherever none opens it. A copy opening FORWARD drops the traffic
     before any other rule can accept it, so this needs no evaluation and no delete; the
-    copies it leaves below are tidied afterwards (LiveBlockComponent.tidy_ops)."""
+    copies it leaves below are tidied afterwards (tidy)."""
     ops: list[Op] = []
     if chains.get(DOCKER_USER) is None:
         ops.append(NewChain(DOCKER_USER))
