@@ -26,16 +26,6 @@ class Insert:
 
 
 @dataclass(frozen=True)
-class Delete:
-    """Delete the first rule equal to args: only for rules ecs-harden wrote itself, whose
-    text it made (remove --yes). Someone else's rule is deleted with DeleteAt."""
-
-    chain: str
-    args: tuple[str, ...]
-    table: str = "filter"
-
-
-@dataclass(frozen=True)
 class DeleteAt:
     """Delete the rule at position (1-based), which must still be `rule` as read: checked
     where the commit happens, against the table it changes (legacy: under the xtables
@@ -48,7 +38,7 @@ class DeleteAt:
     table: str = "filter"
 
 
-Op = Union[NewChain, Insert, Delete, DeleteAt]
+Op = Union[NewChain, Insert, DeleteAt]
 
 
 def describe(op: Op) -> str:
@@ -59,9 +49,17 @@ def describe(op: Op) -> str:
         return f"{table}-N {op.chain}"
     if isinstance(op, Insert):
         return f"{table}-I {op.chain} {op.position} {quote_args(op.args)}"
-    if isinstance(op, DeleteAt):
-        return f"{table}-D {op.chain} {op.position} ({op.rule.text()})"
-    return f"{table}-D {op.chain} {quote_args(op.args)}"
+    return f"{table}-D {op.chain} {op.position} ({op.rule.text()})"
+
+
+def separate(ops: Sequence[Op]) -> None:
+    """Deletes by position go in a commit of their own (ValueError otherwise): on nf_tables
+    they are a netlink batch of their own, so a commit mixing them with inserts could not
+    be all or nothing; and the insert that makes the block effective must never wait on,
+    or fail with, a delete."""
+    kinds = {isinstance(op, DeleteAt) for op in ops}
+    if len(kinds) > 1:
+        raise ValueError("a commit holds deletes by position and other ops: commit them apart")
 
 
 class Backend(Protocol):
@@ -75,7 +73,8 @@ class Backend(Protocol):
         ...
 
     def commit(self, ops: Sequence[Op]) -> None:
-        """Apply every op, all or nothing."""
+        """Apply every op, all or nothing; deletes by position in a commit of their own
+        (separate())."""
         ...
 
     def transaction(self) -> AbstractContextManager[None]:

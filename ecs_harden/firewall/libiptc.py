@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.firewall.backend import Delete, DeleteAt, Insert, NewChain, Op
+from ecs_harden.firewall.backend import DeleteAt, Insert, NewChain, Op, separate
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.rule import Chain, Rule, parse_args, unreadable
 from ecs_harden.lock import flock_within
@@ -118,13 +118,6 @@ def _parsed(chain: str, r: Any) -> Rule:
         return unreadable(chain, f"-A {chain} (python-iptables cannot decode it: {exc})")
 
 
-def _same(a: Rule, b: Rule) -> bool:
-    def key(r: Rule) -> tuple[object, ...]:
-        return (r.src, r.dst, r.in_iface, r.out_iface, r.proto, r.matches, r.target, r.goto, r.target_args)
-
-    return key(a) == key(b)
-
-
 class Libiptc:
     name = "python-iptables"
 
@@ -204,6 +197,7 @@ class Libiptc:
             raise RuntimeFailure(f"{op.chain}: cannot delete rule {op.position}: {table.strerror()}")
 
     def commit(self, ops: Sequence[Op]) -> None:
+        separate(ops)
         if not ops:
             return
         iptc = self._iptc
@@ -221,17 +215,6 @@ class Libiptc:
                     elif isinstance(op, Insert):
                         chain = iptc.Chain(table, op.chain)
                         chain.insert_rule(self._build(parse_args(op.chain, op.args)), op.position - 1)
-                    elif isinstance(op, DeleteAt):
-                        continue
-                    elif isinstance(op, Delete):
-                        want = parse_args(op.chain, op.args)
-                        chain = iptc.Chain(table, op.chain)
-                        for existing in chain.rules:
-                            if _same(parse_args(op.chain, rule_args(existing)), want):
-                                chain.delete_rule(existing)
-                                break
-                        else:
-                            raise RuntimeFailure(f"no rule in {op.chain} to delete: {' '.join(op.args)}")
                 # Positions from the last, so that each delete leaves the others' in place.
                 for op in sorted((o for o in ops if isinstance(o, DeleteAt)), key=lambda o: -o.position):
                     self._delete_at(tables[op.table], op)

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from ecs_harden import proc
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall import nfthandles
-from ecs_harden.firewall.backend import Delete, DeleteAt, Insert, NewChain, Op
+from ecs_harden.firewall.backend import DeleteAt, Insert, NewChain, Op, separate
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.netlink import generation
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, quote_args
@@ -85,22 +85,20 @@ class XtablesCli:
                     lines.append(f"-N {op.chain}")
                 elif isinstance(op, Insert):
                     lines.append(f"-I {op.chain} {op.position} {quote_args(op.args)}")
-                elif isinstance(op, Delete):
-                    lines.append(f"-D {op.chain} {quote_args(op.args)}")
             lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
     def commit(self, ops: Sequence[Op]) -> None:
-        script = [op for op in ops if not isinstance(op, DeleteAt)]
-        if script:
-            proc.run(
-                [f"{self.binary}-restore", "-w", WAIT_SECONDS, "--noflush"],
-                input=self.restore_script(script),
-            )
+        separate(ops)
         by_chain: dict[tuple[str, str], list[DeleteAt]] = {}
         for op in ops:
             if isinstance(op, DeleteAt):
                 by_chain.setdefault((op.table, op.chain), []).append(op)
+        if ops and not by_chain:
+            proc.run(
+                [f"{self.binary}-restore", "-w", WAIT_SECONDS, "--noflush"],
+                input=self.restore_script(ops),
+            )
         for (table, chain), deletes in by_chain.items():
             self._delete_at(table, chain, deletes)
 

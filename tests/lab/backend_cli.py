@@ -2,6 +2,7 @@
 
     python -m tests.lab.backend_cli BACKEND FAMILY read CHAIN...   -> JSON {chain: [rule text]}
     python -m tests.lab.backend_cli BACKEND FAMILY commit          <- JSON ops on stdin
+        (new, insert, delete_at: by position, of the rule read there now or of "expect")
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ecs_harden.firewall.backend import Backend, Delete, Insert, NewChain, Op
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op
 from ecs_harden.firewall.libiptc import Libiptc
+from ecs_harden.firewall.rule import parse_line
 from ecs_harden.firewall.xtables_cli import XtablesCli
 
 
@@ -38,8 +40,11 @@ def main(argv: list[str]) -> int:
             ops.append(NewChain(item["chain"], table))
         elif kind == "insert":
             ops.append(Insert(item["chain"], item["position"], tuple(item["args"]), table))
-        else:
-            ops.append(Delete(item["chain"], tuple(item["args"]), table))
+        else:  # delete_at: the rule read at that position now, or the one it is expected to be
+            rule = parse_line(item["expect"]) if "expect" in item else backend.snapshot(table)(
+                item["chain"]).rules[item["position"] - 1]  # type: ignore[union-attr]
+            assert rule is not None
+            ops.append(DeleteAt(item["chain"], item["position"], rule, table))
     backend.commit(ops)
     return 0
 
