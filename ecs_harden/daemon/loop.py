@@ -221,11 +221,8 @@ class Daemon:
         return not errors
 
     def _reconcile_one(self, i: int, component: Component) -> list[str]:
-        try:
-            found, _, errs = self.reconciler.run_component(component, repair=True)
-        except Exception as exc:  # a bug must not kill the daemon (the reconciler catches its own)
-            self.log.error("reconcile.crashed", component=component.name, error=str(exc))
-            found, errs = [Finding(component.name, ERROR, detail=str(exc))], [str(exc)]
+        # A crash of the component is an error finding already (Reconciler.run_component).
+        found, _, errs = self.reconciler.run_component(component, repair=True)
         self.findings[i] = found
         self.counters.repairs += sum(1 for f in found if f.changed)
         return errs
