@@ -232,8 +232,8 @@ class Daemon:
         return Report(self.policy.mode, self.facts.platform(), tuple(found))
 
     def publish(self, *, heartbeat: bool = False) -> None:
-        self.publisher.publish(None if heartbeat else self.report(), self.policy, self.counters,
-                               self.policy_state)
+        report = None if heartbeat and self.publisher.published else self.report()
+        self.publisher.publish(report, self.policy, self.counters, self.policy_state)
 
     def summary(self) -> str:
         return self.publisher.summary(self.report(), self.policy, self.counters, self.policy_state)

@@ -43,6 +43,11 @@ class StatusPublisher:
         self._text = ""
         self._summary = ""
 
+    @property
+    def published(self) -> bool:
+        """A report was published: a heartbeat can rewrite the status file from it."""
+        return self._report is not None
+
     def fields(self, policy: Policy, counters: Counters, state: PolicyState) -> dict[str, Any]:
         c = counters
         return {
@@ -73,10 +78,12 @@ class StatusPublisher:
         """After a reconcile (report given): status file, metrics and STATUS=. A heartbeat
         (report None) only rewrites the status file, from the report already built."""
         heartbeat = report is None
-        if report is not None or self._report is None:
-            self._report = report if report is not None else Report(policy.mode, {}, ())
-            self._text = report_text(self._report)
+        if report is not None:
+            self._report = report
+            self._text = report_text(report)
         current = self._report
+        if current is None:
+            raise ValueError("a heartbeat before any report was published")
         try:
             write_status(policy.report.status_file, self._text, self.fields(policy, counters, state))
             if policy.report.textfile and not heartbeat:

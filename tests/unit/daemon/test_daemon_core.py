@@ -185,3 +185,10 @@ def test_a_heartbeat_rewrites_the_status_from_the_last_report(tmp_path: Path) ->
     r.daemon.publish(heartbeat=True)
     after = r.status()
     assert after["findings"] == before["findings"] and after["daemon"]["heartbeat"] >= before["daemon"]["heartbeat"]
+
+
+def test_a_heartbeat_before_any_reconcile_publishes_the_real_report(tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    r.daemon.publish(heartbeat=True)
+    assert r.statuses() == {} and r.status()["compliant"] is True  # nothing reconciled: no findings
+    assert r.status()["platform"] == FACTS.platform()
