@@ -248,10 +248,11 @@ def rule_lines(text: str) -> list[str]:
         i += 1
         if line.startswith("-A "):
             joined, j = line, i
-            while _open_quote(joined) and j < len(lines) and j - i < MAX_CONTINUATION:
+            # Only a line with a quote can leave one open (most rules, Docker's all, have none).
+            while '"' in joined and _open_quote(joined) and j < len(lines) and j - i < MAX_CONTINUATION:
                 joined += "\n" + lines[j]
                 j += 1
-            if not _open_quote(joined):
+            if j > i and not _open_quote(joined):
                 line, i = joined, j
         out.append(line)
     return out
