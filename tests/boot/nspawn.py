@@ -156,12 +156,16 @@ class BootedHost:
         self.boot()
 
     # -- teardown --------------------------------------------------------
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """The container gone: shut down cleanly if it can, killed if not."""
         if self.nspawn is not None and self.nspawn.poll() is None:
             with contextlib.suppress(Exception):
                 self.shutdown(timeout=30)
             if self.nspawn.poll() is None:
                 self.nspawn.kill()
+
+    def stop(self) -> None:
+        self.halt()
         if self.holder is not None and self.holder.poll() is None:
             if self.ns_pid:
                 with contextlib.suppress(ProcessLookupError):

@@ -79,12 +79,8 @@ class FleetHost(BootedHost):
                     f"lowerdir={self.image},upperdir={upper},workdir={self.dir}/work", str(self.root)])
         return self
 
-    def stop(self) -> None:  # the outer sandbox is the fleet's
-        if self.nspawn is not None and self.nspawn.poll() is None:
-            with contextlib.suppress(Exception):
-                self.shutdown(timeout=30)
-            if self.nspawn.poll() is None:
-                self.nspawn.kill()
+    def stop(self) -> None:  # the outer sandbox and the directory are the fleet's
+        self.halt()
 
 
 class Fleet:
