@@ -1,8 +1,10 @@
 """Daemon: `ecs-harden run`. Reconcile at start, then on every change it can observe.
 
-When it wakes is daemon.wakeups' business (kernel events, the legacy table probe,
-file signatures, timers); this module reconciles, publishes the status file and
-metrics, speaks the systemd notify protocol and handles signals.
+What it can observe, and when, is the wake sources' business (daemon.sources:
+kernel events, the legacy table probe, the file watch) and the schedule's
+(daemon.wakeups: resync, retry, heartbeat, watchdog); this module runs the loop
+over them, reconciles what they wake, publishes (daemon.publisher) and handles
+signals.
 """
 
 from __future__ import annotations
@@ -13,40 +15,33 @@ import selectors
 import signal
 import socket
 import time
+import typing
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from ecs_harden import facts as facts_mod
-from ecs_harden import logs, proc
+from ecs_harden import logs
 from ecs_harden import policy as policy_mod
-from ecs_harden.atomic import Identity, file_identity
 from ecs_harden.component import ECS, FILES, FIREWALL, Component
-from ecs_harden.daemon.filewatch import FileWatch
-from ecs_harden.daemon.legacyprobe import TableProbe
-from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import Counters, PolicyState, StatusPublisher
-from ecs_harden.daemon.wakeups import (
-    ALL,
-    BOTH,
-    LEGACY_FULL,
-    PROBE_MIN,
-    PROBES_PER_INTERVAL,
-    SETTLE,
-    Schedule,
-    Wake,
-)
+from ecs_harden.daemon.sources import WakeSource, open_sources
+from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
-from ecs_harden.firewall.netlink import generation as nf_generation
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components, failed_finding
 from ecs_harden.reconcile import families as families_of
 from ecs_harden.report import ERROR, Finding, Report
+
+Clock = typing.Callable[[], float]
+OpenSources = typing.Callable[
+    [Facts, Policy, typing.Collection[int], typing.Sequence[str], Clock], typing.Sequence[WakeSource]
+]
 
 
 def daemon_lock() -> AbstractContextManager[object]:
@@ -57,13 +52,14 @@ def daemon_lock() -> AbstractContextManager[object]:
 class Parts:
     """What the daemon takes from outside, so that unit tests can hand it fakes: the
     host's facts, the components a policy makes, the policy loader, the reconcile lock,
-    and whether to open the kernel's and the file system's change sources."""
+    and the wake sources (from the facts, the policy, its IP families, the watched
+    paths and the clock)."""
 
     gather: Callable[[], Facts] = facts_mod.gather
     build: Callable[[Policy, Facts], Sequence[Component]] = build_components
     load: Callable[[Optional[str]], Policy] = policy_mod.load
     lock: Callable[[], AbstractContextManager[object]] = daemon_lock
-    sources: bool = True
+    sources: OpenSources = open_sources
 
 
 class Daemon:
@@ -88,12 +84,8 @@ class Daemon:
         self.findings: dict[int, list[Finding]] = {}
         self.stop_requested = False
         self.reload_requested = False
-        self.nft: NftEvents | None = None
-        self.probe: TableProbe | None = None  # legacy iptables: no events, probe the tables
-        self.files: FileWatch | None = None
-        self.baseline: tuple[bytes, ...] = ()
+        self.sources: list[WakeSource] = []
         self.finding_log = FindingLog()
-        self.fw_generation: int | None = None  # nf_tables generation of the last full firewall check
         self.policy_state = PolicyState()
         self._configure(policy)
 
@@ -107,69 +99,16 @@ class Daemon:
         self.reconciler = Reconciler(policy, self.facts.platform(), self.components, self.finding_log)
         self.findings = {}
         self.watched = list(dict.fromkeys(path for c in self.components for path in c.watches()))
-        self._file_sig = self._signature()
 
-    def _open_watchers(self) -> None:
-        self._close_watchers()
-        if not self.parts.sources:
-            return
-        if self.facts.iptables == "nf_tables":
-            try:
-                self.nft = NftEvents()
-            except OSError as exc:
-                self.log.warning("nftevents.unavailable", error=str(exc))
-        else:
-            try:
-                self.probe = TableProbe(families_of(self.policy))
-            except OSError as exc:
-                self.log.warning("tableprobe.unavailable", error=str(exc))
-        try:
-            self.files = FileWatch(self.watched)
-        except OSError as exc:
-            self.log.warning("filewatch.unavailable", error=str(exc))
+    def _open_sources(self) -> None:
+        self._close_sources()
+        self.sources = list(self.parts.sources(
+            self.facts, self.policy, families_of(self.policy), self.watched, self.clock))
 
-    def _close_watchers(self) -> None:
-        if self.files is not None:
-            self.files.close()
-            self.files = None
-        if self.nft is not None:
-            self.nft.close()
-            self.nft = None
-        if self.probe is not None:
-            self.probe.close()
-            self.probe = None
-
-    def _probe_changed(self) -> set[int]:
-        """The families whose legacy tables changed since the baseline."""
-        assert self.probe is not None
-        try:
-            now = self.probe.signature()
-        except OSError as exc:
-            self.log.warning("tableprobe.failed", error=str(exc))
-            self.probe.close()
-            self.probe = None
-            return set(BOTH)
-        return self.probe.changed(self.baseline, now)
-
-    def _signature(self) -> list[Identity]:
-        return [file_identity(path) for path in self.watched]
-
-    def _settling(self) -> float:
-        """Seconds until every watched file is SETTLE old (its last change, ctime: not
-        settable by `touch -d`); 0 when all are. A change dated more than a second in
-        the future (the clock went back) counts as settled, or the daemon would wait for
-        it; the clock is read after the stat, which may see a change made just now."""
-        settle = int(SETTLE * 1e9)
-        wait = 0
-        for path in self.watched:
-            try:
-                ctime = os.stat(path).st_ctime_ns
-            except OSError:
-                continue
-            age = time.time_ns() - ctime
-            if -1_000_000_000 < age < settle:
-                wait = max(wait, settle - max(age, 0))
-        return wait / 1e9
+    def _close_sources(self) -> None:
+        for source in self.sources:
+            source.close()
+        self.sources = []
 
     # -- reconcile --------------------------------------------------------
     def reconcile(
@@ -179,15 +118,8 @@ class Daemon:
         families); True when no error."""
         t0 = time.monotonic()
         errors: list[str] = []
-        if self.probe is not None and FIREWALL in groups:
-            # Taken before reading: a change made while we reconcile shows at the next probe.
-            try:
-                self.baseline = self.probe.signature()
-            except OSError:
-                self.baseline = ()
-        generation = None
-        if self.nft is not None and FIREWALL in groups and set(families) >= set(families_of(self.policy)):
-            generation = self._generation()  # before reading, as the probe's baseline
+        for source in self.sources:
+            source.before(groups, families)
         chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
                   and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
         try:
@@ -202,19 +134,12 @@ class Daemon:
                     failed_finding(f, f"not reconciled: {exc}")
                     for f in self.findings.get(i) or [Finding(component.name, ERROR)]
                 ]
-        if FIREWALL in groups:
-            self.fw_generation = generation if not errors else None
         self.counters.reconciles += 1
         self.counters.last_duration = time.monotonic() - t0
         self.counters.last_reconcile = time.time()
         self.counters.last_error = errors[-1] if errors else None
-        if FILES in groups or ECS in groups:
-            self._file_sig = self._signature()
-            if self.files is not None:
-                try:
-                    self.files.rewatch()
-                except OSError as exc:
-                    self.log.warning("filewatch.failed", error=str(exc))
+        for source in self.sources:
+            source.after(groups, not errors, self.clock())
         self.log.debug("reconcile.done", why=why, groups=list(groups),
                        duration=round(self.counters.last_duration, 4), errors=len(errors))
         self.publish()
@@ -251,10 +176,9 @@ class Daemon:
         def on_hup(signum: int, frame: object) -> None:
             self.reload_requested = True
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
-        sel.register(rsock, selectors.EVENT_READ, "signal")
+        self._handlers = {sig: signal.signal(sig, handler) for sig, handler in
+                          ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup))}
+        sel.register(rsock, selectors.EVENT_READ, None)
         self._wsock = wsock
         return rsock
 
@@ -272,7 +196,7 @@ class Daemon:
             return
         self.policy_state = PolicyState()
         self._configure(policy)
-        self._open_watchers()
+        self._open_sources()
         self.log.info("policy.reloaded", source=policy.source)
         self.reconcile(why="reload")
         self.notifier.send("READY=1")
@@ -281,40 +205,30 @@ class Daemon:
         self.log.info("daemon.started", pid=os.getpid(), mode=self.policy.mode,
                       iptables=self.facts.iptables, flavor=self.facts.flavor,
                       interval=self.policy.interval, resync=self.policy.resync)
-        self._open_watchers()
         if once:
             ok = self.reconcile(why="once")
-            self._close_watchers()
             return 1 if not ok else (0 if self.report().compliant else 3)
+        self._open_sources()
         sel = selectors.DefaultSelector()
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
         ok = self.reconcile(why="start")
         self.notifier.ready(self.summary())
         sched = self._schedule()
         sched.reconciled(ok, self.clock())
-        registered: list[Any] = []
+        registered: dict[int, WakeSource] = {}
         try:
             while not self.stop_requested:
-                watchers = [w for w in (self.nft, self.files) if w is not None]
-                if watchers != registered:
-                    for w in registered:
-                        sel.unregister(w)
-                    for w in watchers:
-                        sel.register(w, selectors.EVENT_READ, "nft" if w is self.nft else "files")
-                    registered = watchers
-                if self.probe is not None and self._quiet_ticks(sel, sched):
+                registered = self._register(sel, registered)
+                if self._idle(sel, sched):
                     continue
-                events = sel.select(max(0.0, sched.earliest() - self.clock()))
+                events = sel.select(max(0.0, sched.earliest(self.sources) - self.clock()))
                 now = self.clock()
                 wake = Wake()
                 for key, _ in events:
-                    if key.data == "signal":
+                    if key.data is None:
                         self._drain(rsock)
-                    elif key.data == "nft" and self.nft is not None:
-                        self._on_nft(sched, wake, now)
-                    elif key.data == "files" and self.files is not None and self.files.drain() \
-                            and self._signature() != self._file_sig:
-                        wake.add({FILES, ECS}, "file changed")
+                    else:
+                        key.data.readable(now, wake)
                 if self.stop_requested:
                     break
                 if self.reload_requested:
@@ -322,29 +236,24 @@ class Daemon:
                     sched = self._schedule()
                     continue
                 self._due(sched, wake, now)
-                if wake.groups & {FILES, ECS}:
-                    sched.defer_files(wake, now, self._settling())
                 if wake:
                     ok = self.reconcile(wake.groups, why=", ".join(wake.why), families=wake.families)
                     backoff = sched.reconciled(ok, self.clock())
                     if backoff is not None:
                         self.log.warning("reconcile.retry_scheduled", seconds=backoff)
-                now = self.clock()
-                if now >= sched.heartbeat:
-                    sched.heartbeat = now + self.policy.interval
+                heartbeat, watchdog = sched.beats(self.clock())
+                if heartbeat:
                     self.publish(heartbeat=True)
-                    if sched.watchdog_every and sched.watchdog_every > self.policy.interval:
-                        self.notifier.watchdog()
-                        sched.watchdog = now + sched.watchdog_every
-                if sched.watchdog is not None and sched.watchdog_every and now >= sched.watchdog:
+                if watchdog:
                     self.notifier.watchdog()
-                    sched.watchdog = now + sched.watchdog_every
         finally:
             signal.set_wakeup_fd(-1)
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
             sel.close()
             rsock.close()
             self._wsock.close()
-            self._close_watchers()
+            self._close_sources()
         self.notifier.stopping()
         self.log.info("daemon.stopped", reconciles=self.counters.reconciles,
                       repairs=self.counters.repairs, rules="left in place")
@@ -352,42 +261,31 @@ class Daemon:
 
     def _schedule(self) -> Schedule:
         return Schedule(self.clock(), interval=self.policy.interval, resync=self.policy.resync,
-                        probe_every=self._probe_every(), polling_files=self.files is None,
                         watchdog=self.notifier.watchdog_interval)
 
-    def _quiet_ticks(self, sel: selectors.BaseSelector, sched: Schedule) -> bool:
-        """Legacy idle: probe tick after probe tick while nothing else is due, touching as
-        little as possible (a wakeup is most of an idle daemon's cost). False when the
-        general loop has something to do: an event, a changed table, another timer."""
-        assert self.probe is not None and sched.probe is not None and sched.probe_every is not None
-        others = min(d for d in (sched.resync, sched.heartbeat, sched.file, sched.watchdog,
-                                 sched.retry, sched.pending_at, sched.settle) if d is not None)
-        clock, probe, baseline, every = self.clock, self.probe, self.baseline, sched.probe_every
-        ticked = False
-        while True:
-            now = clock()
-            if now >= others or self.stop_requested or self.reload_requested:
-                return ticked
-            if now < sched.probe:
-                if sel.select(min(sched.probe, others) - now):
-                    return ticked
-                continue
-            sched.probe = now + every
-            try:
-                if probe.signature() != baseline:
-                    sched.probe = now  # let the general loop see it at once
-                    return ticked
-            except OSError:
-                sched.probe = now
-                return ticked
-            ticked = True
+    def _register(
+        self, sel: selectors.BaseSelector, registered: dict[int, WakeSource]
+    ) -> dict[int, WakeSource]:
+        """Select on the sources' descriptors (they change on reload and when a source
+        gives up its descriptor)."""
+        wanted = {fd: s for s in self.sources if (fd := s.fileno()) >= 0}
+        if wanted != registered:
+            for fd in registered:
+                sel.unregister(fd)
+            for fd, source in wanted.items():
+                sel.register(fd, selectors.EVENT_READ, source)
+        return wanted
 
-    def _probe_every(self) -> float | None:
-        """How often to look at the firewall without being told: the legacy probe's
-        period, every interval when there is neither events nor probe, else never."""
-        if self.probe is not None:
-            return max(PROBE_MIN, self.policy.interval / PROBES_PER_INTERVAL)
-        return self.policy.interval if self.nft is None else None
+    def _idle(self, sel: selectors.BaseSelector, sched: Schedule) -> bool:
+        """Let a source that carries the timers tick on its own until something else is due."""
+        def select(timeout: float) -> bool:
+            return bool(sel.select(timeout))
+
+        def interrupted() -> bool:
+            return self.stop_requested or self.reload_requested
+
+        return any(s.idle(select, sched.others(s, self.sources), interrupted)
+                   for s in self.sources if s.carries_timers)
 
     @staticmethod
     def _drain(rsock: socket.socket) -> None:
@@ -397,51 +295,15 @@ class Daemon:
         except BlockingIOError:
             pass
 
-    def _on_nft(self, sched: Schedule, wake: Wake, now: float) -> None:
-        assert self.nft is not None
-        try:
-            batch = self.nft.drain()
-        except Overflow:
-            self.log.warning("nftevents.overflow")
-            wake.add(ALL, "enobufs")
-            return
-        if not batch.messages:
-            return
-        ours = set(proc.recent_pids)
-        if batch.writers and batch.writers <= ours and not batch.other:
-            return  # the echo of our own commit
-        fams = set(batch.families) if batch.families and not batch.other else set(BOTH)
-        sched.event(wake, now, fams, "nftables event")
-
-    def _generation(self) -> int | None:
-        try:
-            return nf_generation()
-        except OSError as exc:
-            self.log.debug("nftables.generation_failed", error=str(exc))
-            return None
-
     def _due(self, sched: Schedule, wake: Wake, now: float) -> None:
+        """Add to wake what the timers and the sources say is due, without what a
+        source holds back (a file still being written)."""
         sched.due(wake, now)
-        # nf_tables numbers every commit: the same generation is the same ruleset, so on
-        # a resync the firewall checks would find what they found last time.
-        if wake.why == ["resync"] and self.fw_generation is not None \
-                and self._generation() == self.fw_generation:
-            wake.groups.discard(FIREWALL)
-        # Legacy: the probe sees every insert, delete and flush at once; what it cannot
-        # see (a same-size replacement) waits for a full check every LEGACY_FULL resyncs.
-        if wake.why == ["resync"] and self.probe is not None:
-            if now < sched.full_firewall:
-                wake.groups.discard(FIREWALL)
-            else:
-                sched.full_firewall = now + LEGACY_FULL * self.policy.resync
-        if sched.probe is not None and sched.probe_every is not None and now >= sched.probe:
-            sched.probe = now + sched.probe_every
-            if self.probe is None:  # no events and no probe: the checks themselves
-                sched.probe_every = self.policy.interval
-                wake.add({FIREWALL}, "poll")
-            elif changed := self._probe_changed():
-                wake.add({FIREWALL}, "legacy table changed", changed)
-        if sched.file is not None and sched.file_every is not None and now >= sched.file:
-            sched.file = now + sched.file_every
-            if self._signature() != self._file_sig:
-                wake.add({FILES, ECS}, "file changed")
+        if wake.why == ["resync"]:
+            for source in self.sources:
+                source.resync(wake, now)
+        for source in self.sources:
+            source.due(now, wake)
+        if wake.groups & {FILES, ECS}:
+            for source in self.sources:
+                source.hold(wake, now)

@@ -1,29 +1,24 @@
-"""Wakeups: what the daemon must reconcile now, from kernel events, probes and timers.
+"""Wakeups: what the daemon must reconcile now, and the one schedule of deadlines.
 
-- nf_tables: a notification from somebody else is acted on at once, for the IP
-  family whose table changed; notifications of our own commits (the committing
-  pid is one we started) are ignored. What arrives within QUIET of the end of a
-  reconcile is coalesced (COALESCE after the last event, at most COALESCE_MAX),
-  so a burst of Docker changes costs one or two reconciles, never a loop.
-- legacy iptables: no notifications; the table probe runs PROBES_PER_INTERVAL
-  times per `interval` and a changed table wakes its family's checks at once. What
-  the probe cannot see (a same-size replacement) waits for the full firewall check,
-  every LEGACY_FULL resyncs.
-- files (ecs.config, the rules files): inotify on their directories (daemon.filewatch);
-  without inotify, a stat() signature every FILE_POLL seconds. A file changed less
-  than SETTLE ago is left alone until it is SETTLE old: a writer that truncates,
-  then writes (`cat >`, `echo >`) must not have its half-written file read and
-  replaced, which would send its bytes to an unlinked inode.
-- idle costs wakeups (about 0.15 ms of CPU each here, the interpreter's caches being
-  cold after a sleep), so timers share wakeups: where the probe ticks, the other
-  timers are looked at on its ticks only, and the watchdog is fed with the heartbeat.
+The sources of change (nf_tables events, the legacy table probe, the file watch:
+daemon.sources) each say their own deadline and what they wake; the Schedule holds
+the daemon's own timers and finds the earliest deadline of all:
+
 - everything: every `resync` seconds, at once after lost notifications (ENOBUFS),
-  and after a failed reconcile with exponential backoff.
+  and after a failed reconcile with exponential backoff (at most BACKOFF_MAX);
+- the heartbeat (the status file rewritten every `interval`) and the systemd watchdog.
+
+Idle costs wakeups (about 0.15 ms of CPU each here, the interpreter's caches being
+cold after a sleep), so timers share them: where a source ticks often (the legacy
+probe), the schedule's timers are looked at on its ticks only, and the watchdog is
+fed with the heartbeat when that is often enough.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ecs_harden.component import ECS, FILES, FIREWALL
 
@@ -63,79 +58,72 @@ class Wake:
         return bool(self.groups)
 
 
-class Schedule:
-    """Deadlines on a monotonic clock; the daemon sleeps until the earliest."""
+class Source(Protocol):
+    """What the schedule asks of a wake source (daemon.sources.WakeSource)."""
 
-    def __init__(
-        self, now: float, *, interval: float, resync: float, probe_every: float | None,
-        polling_files: bool, watchdog: float | None,
-    ):
+    @property
+    def carries_timers(self) -> bool: ...
+
+    def deadline(self) -> float | None: ...
+
+
+class Schedule:
+    """The daemon's own deadlines on a monotonic clock, and the earliest of all."""
+
+    def __init__(self, now: float, *, interval: float, resync: float, watchdog: float | None):
         self.interval = interval
         self.resync_every = resync
-        self.probe_every = probe_every
         self.watchdog_every = watchdog
         self.resync = now + resync
-        self.full_firewall = now + LEGACY_FULL * resync
-        self.file_every: float | None = FILE_POLL if polling_files else None
-        self.file = now + FILE_POLL if polling_files else None
         self.heartbeat = now + interval
-        self.probe = now + self.probe_every if self.probe_every else None
         self.watchdog = now if watchdog else None
         self.retry: float | None = None
         self.backoff = 0.0
-        self.pending: Wake | None = None
-        self.pending_since = 0.0
-        self.pending_at: float | None = None
-        self.settle: float | None = None
-        self.settle_since: float | None = None
-        self.last_reconcile_end = -1e9
 
-    def earliest(self) -> float:
-        timers: list[float | None] = [self.probe] if self.probe is not None else [
-            self.resync, self.file, self.heartbeat, self.watchdog]
-        return min(d for d in (*timers, self.retry, self.pending_at, self.settle) if d is not None)
+    def timers(self) -> list[float]:
+        return [d for d in (self.resync, self.heartbeat, self.watchdog, self.retry) if d is not None]
 
-    def event(self, wake: Wake, now: float, families: set[int], why: str) -> None:
-        """A change by somebody else: act now, or coalesce right after a reconcile."""
-        if self.pending is None and now - self.last_reconcile_end >= QUIET:
-            wake.add({FIREWALL}, why, families)
-            return
-        if self.pending is None:
-            self.pending = Wake()
-            self.pending_since = now
-        self.pending.add({FIREWALL}, why, families)
-        self.pending_at = min(now + COALESCE, self.pending_since + COALESCE_MAX)
+    def earliest(self, sources: Sequence[Source]) -> float:
+        """When the daemon must next wake: the sources' deadlines and the timers; where
+        a source carries the timers, the resync, heartbeat and watchdog wait for its
+        tick (the retry after a failure does not)."""
+        carried = any(s.carries_timers for s in sources)
+        found = [d for s in sources if (d := s.deadline()) is not None]
+        if not carried:
+            found += self.timers()
+        elif self.retry is not None:
+            found.append(self.retry)
+        return min(found) if found else float("inf")
+
+    def others(self, source: Source, sources: Sequence[Source]) -> float:
+        """The earliest deadline that is not `source`'s own: how long it may idle."""
+        found = self.timers() + [d for s in sources if s is not source and (d := s.deadline()) is not None]
+        return min(found) if found else float("inf")
 
     def due(self, wake: Wake, now: float) -> None:
         """Add what the timers say is due to wake."""
-        if self.pending is not None and self.pending_at is not None and now >= self.pending_at:
-            wake.merge(self.pending)
-            self.pending, self.pending_at = None, None
         if now >= self.resync:
             self.resync = now + self.resync_every
             wake.add(ALL, "resync")
         if self.retry is not None and now >= self.retry:
             wake.add(ALL, "retry")
-        if self.settle is not None and now >= self.settle:
-            self.settle = None
-            wake.add({FILES, ECS}, "file settled")
 
-    def defer_files(self, wake: Wake, now: float, wait: float) -> None:
-        """Take the files out of this wake and look at them again in `wait` seconds; a
-        wake deferred for SETTLE_MAX already is left as it is."""
-        if not wake.groups & {FILES, ECS}:
-            return
-        if wait <= 0 or (self.settle_since is not None and now - self.settle_since >= SETTLE_MAX):
-            self.settle, self.settle_since = None, None
-            return
-        if self.settle_since is None:
-            self.settle_since = now
-        wake.groups -= {FILES, ECS}
-        self.settle = now + wait if self.settle is None else min(self.settle, now + wait)
+    def beats(self, now: float) -> tuple[bool, bool]:
+        """(publish a heartbeat, feed the watchdog) now; each moves its deadline on."""
+        heartbeat = watchdog = False
+        if now >= self.heartbeat:
+            self.heartbeat = now + self.interval
+            heartbeat = True
+            if self.watchdog_every and self.watchdog_every > self.interval:
+                watchdog = True  # fed with the heartbeat, which is often enough
+                self.watchdog = now + self.watchdog_every
+        if self.watchdog is not None and self.watchdog_every and now >= self.watchdog:
+            watchdog = True
+            self.watchdog = now + self.watchdog_every
+        return heartbeat, watchdog
 
     def reconciled(self, ok: bool, now: float) -> float | None:
         """After a reconcile: the backoff before the next try, or None when it went well."""
-        self.last_reconcile_end = now
         self.heartbeat = now + self.interval
         if ok:
             self.backoff, self.retry = 0.0, None

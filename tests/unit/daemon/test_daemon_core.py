@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 from ecs_harden.component import ECS, Base, Inspection
 from ecs_harden.daemon.loop import Daemon, Parts
 from ecs_harden.daemon.notify import Notifier
+from ecs_harden.daemon.sources import WakeSource
+from ecs_harden.daemon.wakeups import Wake
 from ecs_harden.errors import PolicyError, RuntimeFailure
 from ecs_harden.facts import Facts, Process
 from ecs_harden.lock import LockTimeout
@@ -108,7 +111,7 @@ def rig(tmp_path: Path, mode: str = "enforce") -> Rig:
             raise item
         return item  # type: ignore[no-any-return]
 
-    parts = Parts(gather=lambda: FACTS, build=lambda p, f: [component], load=load, lock=lock, sources=False)
+    parts = Parts(gather=lambda: FACTS, build=lambda p, f: [component], load=load, lock=lock, sources=lambda *a: [])
     daemon = Daemon(policy, str(tmp_path / "p.yaml"), notifier=notifier, parts=parts)
     return Rig(daemon, component, lock, notifier, status, loads)
 
@@ -192,3 +195,101 @@ def test_a_heartbeat_before_any_reconcile_publishes_the_real_report(tmp_path: Pa
     r.daemon.publish(heartbeat=True)
     assert r.statuses() == {} and r.status()["compliant"] is True  # nothing reconciled: no findings
     assert r.status()["platform"] == FACTS.platform()
+
+
+class Pipe(WakeSource):
+    """A source behind a real descriptor: readable when the test writes to it, waking ECS."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.held: list[float] = []
+
+    def fileno(self) -> int:
+        return self.r
+
+    def readable(self, now: float, wake: Wake) -> None:
+        os.read(self.r, 64)
+        wake.add({ECS}, "pipe")
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class Ticks(WakeSource):
+    """A timer source: due every 10 ms; after `stop_after` ticks it stops the daemon."""
+
+    def __init__(self, daemon: Daemon, stop_after: int, wakes: bool) -> None:
+        self.daemon, self.left, self.wakes = daemon, stop_after, wakes
+        self.next = daemon.clock() + 0.01
+        self.ticks = 0
+        self.seen: list[tuple[frozenset[str], bool]] = []
+
+    def deadline(self) -> float | None:
+        return self.next
+
+    def due(self, now: float, wake: Wake) -> None:
+        if now < self.next:
+            return
+        self.next = now + 0.01
+        self.ticks += 1
+        if self.wakes:
+            wake.add({ECS}, "tick")
+        if self.ticks >= self.left:
+            self.daemon.stop_requested = True
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        self.seen.append((frozenset(groups), ok))
+
+
+def looping(tmp_path: Path, make: Callable[[Daemon], list[WakeSource]], mode: str = "enforce") -> Rig:
+    r = rig(tmp_path, mode)
+    sources: list[list[WakeSource]] = []
+
+    def open_sources(*args: object) -> list[WakeSource]:
+        sources.append(make(r.daemon))
+        return sources[-1]
+
+    r.daemon.parts = dataclasses.replace(r.daemon.parts, sources=open_sources)
+    return r
+
+
+def test_the_loop_reconciles_what_a_source_wakes_and_tells_every_source(tmp_path: Path) -> None:
+    made: list[WakeSource] = []
+
+    def make(daemon: Daemon) -> list[WakeSource]:
+        pipe, ticks = Pipe(), Ticks(daemon, stop_after=5, wakes=False)
+        os.write(pipe.w, b"x")  # readable from the start
+        made[:] = [pipe, ticks]
+        return made
+
+    r = looping(tmp_path, make)
+    r.component.fixed = True
+    assert r.daemon.run() == 0
+    pipe, ticks = made
+    assert isinstance(ticks, Ticks) and ticks.ticks == 5
+    # the start, then the pipe's wake (the ticks wake nothing): each source told of both
+    assert [g for g, _ in ticks.seen] == [frozenset({"firewall", "files", "ecs"}), frozenset({ECS})]
+    assert r.daemon.counters.reconciles == 2 and r.component.executed == 0
+    with pytest.raises(OSError):
+        os.fstat(pipe.fileno())  # closed when the daemon stopped
+
+
+def test_a_source_that_holds_back_its_group_delays_that_reconcile(tmp_path: Path) -> None:
+    class Holding(Ticks):
+        def hold(self, wake: Wake, now: float) -> None:
+            if self.ticks < 3:
+                wake.groups.discard(ECS)
+
+    made: list[Ticks] = []
+
+    def make(daemon: Daemon) -> list[WakeSource]:
+        made[:] = [Holding(daemon, stop_after=4, wakes=True)]
+        return list(made)
+
+    r = looping(tmp_path, make, mode="report")
+    assert r.daemon.run() == 0
+    # ticks 1 and 2 were held back; 3 and 4 reconciled; report mode never repaired
+    assert r.daemon.counters.reconciles == 3 and r.component.executed == 0
+    assert r.statuses() == {"fake.check": "drift"}

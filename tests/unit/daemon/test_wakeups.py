@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+
+import pytest
 
 from ecs_harden.component import ECS, FILES, FIREWALL
+from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import Batch, parse
+from ecs_harden.daemon.sources import FileSource, NftSource, ProbeSource
 from ecs_harden.daemon.wakeups import (
     ALL,
     COALESCE,
     COALESCE_MAX,
+    FILE_POLL,
+    LEGACY_FULL,
     QUIET,
     SETTLE_MAX,
     Schedule,
@@ -44,38 +51,84 @@ def test_parse_flags_other_families_and_survives_garbage() -> None:
     assert batch.other and batch.families == set() and batch.messages == 1
 
 
-def schedule(now: float = 100.0, probe: float | None = None) -> Schedule:
-    return Schedule(now, interval=5, resync=60, probe_every=probe, polling_files=False, watchdog=15)
+def schedule(now: float = 100.0) -> Schedule:
+    return Schedule(now, interval=5, resync=60, watchdog=15)
+
+
+class Events:
+    """An NftEvents that never has anything to read (the tests call `event` directly)."""
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def nft_source(generation: list[int] | None = None) -> NftSource:
+    gen = generation if generation is not None else [7]
+    return NftSource(Events(), {4, 6}, generation=lambda: gen[0], ours=set)  # type: ignore[arg-type]
 
 
 def test_first_event_acts_at_once_and_a_burst_after_a_reconcile_is_coalesced() -> None:
-    s = schedule(now=190.0)
+    s = nft_source()
     wake = Wake()
     s.event(wake, 200.0, {4}, "nftables event")
     assert wake.groups == {FIREWALL} and wake.families == {4}  # at once
-    s.reconciled(True, 200.01)
+    s.after({FIREWALL}, True, 200.01)
     later = Wake()
     s.event(later, 200.02, {6}, "nftables event")  # within QUIET: coalesce
-    assert not later and s.pending_at == 200.02 + COALESCE
+    assert not later and s.deadline() == 200.02 + COALESCE
     for t in (200.03, 200.04, 200.05):
         s.event(later, t, {6}, "nftables event")
-    assert s.pending_at is not None and s.pending_at <= 200.02 + COALESCE_MAX
-    s.due(later, s.pending_at)
-    assert later.groups == {FIREWALL} and later.families == {6} and s.pending is None
+    due = s.deadline()
+    assert due is not None and due <= 200.02 + COALESCE_MAX
+    s.due(due - 0.001, later)
+    assert not later  # not yet
+    s.due(due, later)
+    assert later.groups == {FIREWALL} and later.families == {6} and s.deadline() is None
     quiet = Wake()
-    s.event(quiet, s.last_reconcile_end + QUIET + 1, {4}, "nftables event")
+    s.event(quiet, s.last_end + QUIET + 1, {4}, "nftables event")
     assert quiet  # long after: at once again
 
 
 def test_a_burst_never_waits_longer_than_coalesce_max() -> None:
-    s = schedule()
-    s.reconciled(True, 10.0)
+    s = nft_source()
+    s.after({FIREWALL}, True, 10.0)
     w = Wake()
     t = 10.01
     while t < 11:
         s.event(w, t, {4}, "e")
         t += COALESCE / 2
-    assert s.pending_at == 10.01 + COALESCE_MAX
+    assert s.deadline() == 10.01 + COALESCE_MAX
+
+
+def test_a_resync_skips_the_firewall_when_the_nftables_generation_is_the_one_checked() -> None:
+    gen = [7]
+    s = nft_source(gen)
+    s.before(ALL, {4, 6})
+    s.after(ALL, True, 1.0)
+    w = Wake()
+    w.add(ALL, "resync")
+    s.resync(w, 60.0)
+    assert w.groups == {FILES, ECS}  # same ruleset: nothing new to find
+    gen[0] = 8
+    w = Wake()
+    w.add(ALL, "resync")
+    s.resync(w, 120.0)
+    assert FIREWALL in w.groups
+    s.before(ALL, {4})  # one family only: not a full check
+    s.after(ALL, True, 121.0)
+    w = Wake()
+    w.add(ALL, "resync")
+    s.resync(w, 180.0)
+    assert FIREWALL in w.groups
+    s.before(ALL, {4, 6})
+    s.after(ALL, False, 181.0)  # a failed check proves nothing
+    w = Wake()
+    w.add(ALL, "resync")
+    s.resync(w, 240.0)
+    assert FIREWALL in w.groups
 
 
 def test_resync_and_backoff() -> None:
@@ -90,39 +143,140 @@ def test_resync_and_backoff() -> None:
     assert s.reconciled(True, 63.0) is None and s.retry is None
 
 
-def test_a_file_still_being_written_waits_then_is_looked_at() -> None:
-    s = schedule()
+def test_heartbeat_and_watchdog() -> None:
+    s = Schedule(0.0, interval=5, resync=60, watchdog=2)
+    assert s.beats(0.0) == (False, True)  # the first ping at once
+    assert s.beats(1.0) == (False, False)
+    assert s.beats(2.0) == (False, True)
+    assert s.beats(5.0) == (True, True)
+    fed = Schedule(0.0, interval=5, resync=60, watchdog=15)  # fed with the heartbeat
+    assert fed.beats(0.0) == (False, True) and fed.beats(5.0) == (True, True) and fed.watchdog == 20.0
+
+
+def files(tmp_path: Path, age_ns: int) -> FileSource:
+    path = tmp_path / "ecs.config"
+    path.write_text("ECS_CLUSTER=prod\n")
+    ctime = path.stat().st_ctime_ns
+    return FileSource([str(path)], None, 100.0, wall_ns=lambda: ctime + age_ns)
+
+
+def test_a_file_still_being_written_waits_then_is_looked_at(tmp_path: Path) -> None:
+    s = files(tmp_path, 50_000_000)  # changed 50 ms ago
     wake = Wake()
     wake.add(ALL, "resync")
-    s.defer_files(wake, 100.0, 0.2)
+    s.hold(wake, 100.0)
     assert wake.groups == {FIREWALL}  # the firewall is not held back
-    assert s.settle == 100.2 and s.earliest() <= 100.2
+    assert s.deadline() == pytest.approx(100.2)
     later = Wake()
-    s.due(later, 100.2)
+    s.due(100.2, later)
     assert later.groups == {FILES, ECS} and later.why == ["file settled"]
-    s.defer_files(later, 100.2, 0.0)  # settled now: acted on
-    assert later.groups == {FILES, ECS} and s.settle is None
+    s.wall_ns = lambda: 0  # its change is long past... or in the future: both count as settled
+    settled = files(tmp_path, SECOND)
+    settled.hold(later, 100.2)
+    assert later.groups == {FILES, ECS} and settled.settle_at is None
 
 
-def test_a_file_rewritten_without_pause_is_looked_at_after_settle_max() -> None:
-    s = schedule()
+SECOND = 1_000_000_000
+
+
+def test_a_file_dated_in_the_future_counts_as_settled(tmp_path: Path) -> None:
+    s = files(tmp_path, -2 * SECOND)  # the clock went back two seconds
+    wake = Wake()
+    wake.add({FILES, ECS}, "file changed")
+    s.hold(wake, 100.0)
+    assert wake.groups == {FILES, ECS}
+
+
+def test_a_file_rewritten_without_pause_is_looked_at_after_settle_max(tmp_path: Path) -> None:
+    s = files(tmp_path, 0)  # forever just written
     now = 100.0
     while now < 100.0 + SETTLE_MAX:
         wake = Wake()
         wake.add({FILES, ECS}, "file changed")
-        s.defer_files(wake, now, 0.25)
+        s.hold(wake, now)
         assert not wake
         now += 0.2
     wake = Wake()
     wake.add({FILES, ECS}, "file changed")
-    s.defer_files(wake, now, 0.25)
+    s.hold(wake, now)
     assert wake.groups == {FILES, ECS}
 
 
-def test_with_a_probe_the_daemon_sleeps_until_the_next_tick_only() -> None:
-    s = schedule(now=0.0, probe=0.2)
-    assert s.earliest() == 0.2  # heartbeat, resync and watchdog are looked at on ticks
-    assert schedule(now=0.0).earliest() == 0.0  # no probe: the watchdog's first ping
+def test_a_polled_file_wakes_its_checks_when_its_signature_changes(tmp_path: Path) -> None:
+    s = files(tmp_path, SECOND)
+    w = Wake()
+    s.due(100.0 + FILE_POLL, w)
+    assert not w  # unchanged
+    (tmp_path / "ecs.config").write_text("ECS_CLUSTER=other\n")
+    s.due(100.0 + 2 * FILE_POLL, w)
+    assert w.groups == {FILES, ECS} and w.why == ["file changed"]
+    s.after({FILES}, True, 103.0)
+    w2 = Wake()
+    s.due(100.0 + 3 * FILE_POLL, w2)
+    assert not w2  # the reconcile took the new signature
+
+
+class Probe:
+    """A TableProbe whose signature the test sets; `fail` makes it raise."""
+
+    def __init__(self) -> None:
+        self.sig: tuple[bytes, ...] = (b"a", b"b", b"c", b"d")
+        self.fail = False
+        self.closed = False
+
+    def signature(self) -> tuple[bytes, ...]:
+        if self.fail:
+            raise OSError(1, "IPT_SO_GET_INFO filter: Operation not permitted")
+        return self.sig
+
+    def changed(self, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> set[int]:
+        return TableProbe.changed(self, old, new)  # type: ignore[arg-type]
+
+    families = (4, 6)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_probe_wakes_the_family_whose_table_changed_and_turns_to_polling_when_it_fails() -> None:
+    probe = Probe()
+    s = ProbeSource(probe, interval=2.2, resync=60, now=0.0)  # type: ignore[arg-type]
+    assert s.carries_timers and s.deadline() == pytest.approx(0.1)
+    s.before({FIREWALL}, {4, 6})
+    w = Wake()
+    s.due(0.1, w)
+    assert not w
+    probe.sig = (b"a", b"b", b"c", b"D")  # the IPv6 raw table
+    s.due(0.2, w)
+    assert w.groups == {FIREWALL} and w.families == {6}
+    probe.fail = True
+    w = Wake()
+    s.due(0.35, w)
+    assert w.families == {4, 6} and probe.closed and not s.carries_timers
+    w = Wake()
+    s.due(0.35 + 2.2, w)
+    assert w.why == ["poll"]
+
+
+def test_legacy_resyncs_check_the_firewall_fully_every_legacy_full() -> None:
+    s = ProbeSource(Probe(), interval=5, resync=60, now=0.0)  # type: ignore[arg-type]
+    fulls = 0
+    for i in range(1, 11):
+        w = Wake()
+        w.add(ALL, "resync")
+        s.resync(w, 60.0 * i)
+        fulls += FIREWALL in w.groups
+    assert fulls == 10 // LEGACY_FULL
+
+
+def test_with_a_ticking_source_the_daemon_sleeps_until_its_next_tick_only() -> None:
+    s = schedule(now=0.0)
+    probe = ProbeSource(Probe(), interval=2.2, resync=60, now=0.0)  # type: ignore[arg-type]
+    assert s.earliest([probe]) == pytest.approx(0.1)  # heartbeat, resync, watchdog ride on ticks
+    assert schedule(now=0.0).earliest([]) == 0.0  # no ticking source: the watchdog's first ping
+    s.reconciled(False, 0.0)
+    assert s.earliest([probe]) == pytest.approx(0.1) and s.retry == 1.0
+    assert s.others(probe, [probe]) == 0.0  # the watchdog's first ping is due now
 
 
 def test_finding_log_logs_new_changed_cleared_and_reminds_hourly() -> None:

@@ -1,0 +1,408 @@
+"""Wake sources: each one watches one thing, says when it next needs the clock (its
+deadline) and what a change it sees wakes. The daemon's loop selects on their
+descriptors, sleeps until the earliest deadline of theirs and of the schedule's
+timers (daemon.wakeups), and knows nothing of what is behind them: a new way of
+noticing drift is one class here and one line in `open_sources`.
+
+- NftSource: nf_tables notifications, coalesced after our own reconciles.
+- ProbeSource: legacy iptables has none; probe the tables' signatures instead.
+- PollSource: neither works: run the firewall checks every interval.
+- FileSource: inotify on the kept files' directories, or a stat() poll; holds back
+  a file that is still being written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import typing
+from collections.abc import Callable, Collection, Sequence
+
+from ecs_harden import logs, proc
+from ecs_harden.atomic import Identity, file_identity
+from ecs_harden.component import ECS, FILES, FIREWALL
+from ecs_harden.daemon.filewatch import FileWatch
+from ecs_harden.daemon.legacyprobe import TableProbe
+from ecs_harden.daemon.nftevents import NftEvents, Overflow
+from ecs_harden.daemon.wakeups import (
+    ALL,
+    BOTH,
+    COALESCE,
+    COALESCE_MAX,
+    FILE_POLL,
+    LEGACY_FULL,
+    PROBE_MIN,
+    PROBES_PER_INTERVAL,
+    QUIET,
+    SETTLE,
+    SETTLE_MAX,
+    Wake,
+)
+from ecs_harden.facts import Facts
+from ecs_harden.firewall.netlink import generation as nf_generation
+from ecs_harden.policy import Policy
+
+Select = typing.Callable[[float], bool]  # sleep at most that long; True when a descriptor is ready
+
+log = logs.get("ecs_harden.daemon")
+
+
+class WakeSource:
+    """The protocol, with do-nothing defaults: a source overrides what it uses."""
+
+    name = "source"
+    # Ticks often enough (well under `interval`) that the schedule's own timers are
+    # looked at on its ticks only, which saves wakeups.
+    carries_timers = False
+
+    def fileno(self) -> int:
+        """A descriptor to select on; -1 for none."""
+        return -1
+
+    def deadline(self) -> float | None:
+        """When it next needs to be called (`due`), on the daemon's clock."""
+        return None
+
+    def readable(self, now: float, wake: Wake) -> None:
+        """Its descriptor is ready: add to `wake` what the change wakes."""
+
+    def due(self, now: float, wake: Wake) -> None:
+        """Called on every pass of the loop; acts when its deadline has come."""
+
+    def hold(self, wake: Wake, now: float) -> None:
+        """Take out of `wake` what may not be looked at yet (and come back for it)."""
+
+    def resync(self, wake: Wake, now: float) -> None:
+        """A wake that is only the periodic resync: drop what a full check cannot find changed."""
+
+    def before(self, groups: Collection[str], families: Collection[int]) -> None:
+        """A reconcile of these groups is about to read the host."""
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        """That reconcile ended."""
+
+    def idle(self, select: Select, until: float, interrupted: Callable[[], bool]) -> bool:
+        """Tick on its own, as cheaply as it can, while nothing else is due before
+        `until`; True when it ticked. Only a source that carries the timers has use for it."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class NftSource(WakeSource):
+    """nf_tables notifications. Somebody else's change is acted on at once, for the IP
+    family whose table changed; the echo of our own commits (the committing pid is one
+    we started) is ignored. What arrives within QUIET of the end of a reconcile is
+    coalesced (COALESCE after the last event, at most COALESCE_MAX), so a burst of
+    Docker changes costs one or two reconciles, never a loop. nf_tables numbers every
+    commit: at a resync, the same generation as at the last full check is the same
+    ruleset, and the firewall checks are skipped."""
+
+    name = "nftables"
+
+    def __init__(
+        self, events: NftEvents, families: Collection[int], *,
+        generation: Callable[[], int] = nf_generation,
+        ours: Callable[[], set[int]] = lambda: set(proc.recent_pids),
+    ):
+        self.events = events
+        self.families = set(families)
+        self.generation = generation
+        self.ours = ours
+        self.pending: Wake | None = None
+        self.pending_since = 0.0
+        self.pending_at: float | None = None
+        self.last_end = -1e9
+        self.taken: int | None = None
+        self.checked: int | None = None  # the generation of the last full firewall check
+
+    def fileno(self) -> int:
+        return self.events.fileno()
+
+    def deadline(self) -> float | None:
+        return self.pending_at
+
+    def readable(self, now: float, wake: Wake) -> None:
+        try:
+            batch = self.events.drain()
+        except Overflow:
+            log.warning("nftevents.overflow")
+            wake.add(ALL, "enobufs")
+            return
+        if not batch.messages:
+            return
+        if batch.writers and batch.writers <= self.ours() and not batch.other:
+            return  # the echo of our own commit
+        fams = set(batch.families) if batch.families and not batch.other else set(BOTH)
+        self.event(wake, now, fams, "nftables event")
+
+    def event(self, wake: Wake, now: float, families: set[int], why: str) -> None:
+        """A change by somebody else: act now, or coalesce right after a reconcile."""
+        if self.pending is None and now - self.last_end >= QUIET:
+            wake.add({FIREWALL}, why, families)
+            return
+        if self.pending is None:
+            self.pending = Wake()
+            self.pending_since = now
+        self.pending.add({FIREWALL}, why, families)
+        self.pending_at = min(now + COALESCE, self.pending_since + COALESCE_MAX)
+
+    def due(self, now: float, wake: Wake) -> None:
+        if self.pending is not None and self.pending_at is not None and now >= self.pending_at:
+            wake.merge(self.pending)
+            self.pending, self.pending_at = None, None
+
+    def _generation(self) -> int | None:
+        try:
+            return self.generation()
+        except OSError as exc:
+            log.debug("nftables.generation_failed", error=str(exc))
+            return None
+
+    def resync(self, wake: Wake, now: float) -> None:
+        if self.checked is not None and self._generation() == self.checked:
+            wake.groups.discard(FIREWALL)
+
+    def before(self, groups: Collection[str], families: Collection[int]) -> None:
+        # Taken before reading: a commit made while we read is a new generation.
+        full = FIREWALL in groups and set(families) >= self.families
+        self.taken = self._generation() if full else None
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        self.last_end = now
+        if FIREWALL in groups:
+            self.checked = self.taken if ok else None
+
+    def close(self) -> None:
+        self.events.close()
+
+
+class ProbeSource(WakeSource):
+    """Legacy iptables: no notifications; the tables' signatures are probed
+    PROBES_PER_INTERVAL times per `interval` and a changed table wakes its family's
+    checks at once. What the probe cannot see (a same-size replacement) waits for the
+    full firewall check, every LEGACY_FULL resyncs. A probe that fails turns into
+    polling: the firewall checks every interval."""
+
+    name = "legacy probe"
+
+    def __init__(self, probe: TableProbe, *, interval: float, resync: float, now: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.probe: TableProbe | None = probe
+        self.clock = clock
+        self.interval = interval
+        self.every = max(PROBE_MIN, interval / PROBES_PER_INTERVAL)
+        self.next = now + self.every
+        self.full_every = LEGACY_FULL * resync
+        self.full_at = now + self.full_every
+        self.baseline: tuple[bytes, ...] = ()
+
+    @property
+    def carries_timers(self) -> bool:  # type: ignore[override]
+        return self.probe is not None
+
+    def deadline(self) -> float | None:
+        return self.next
+
+    def due(self, now: float, wake: Wake) -> None:
+        if now < self.next:
+            return
+        if self.probe is None:
+            self.next = now + self.interval
+            wake.add({FIREWALL}, "poll")
+            return
+        self.next = now + self.every
+        try:
+            changed = self.probe.changed(self.baseline, self.probe.signature())
+        except OSError as exc:
+            log.warning("tableprobe.failed", error=str(exc))
+            self.probe.close()
+            self.probe = None
+            changed = set(BOTH)
+        if changed:
+            wake.add({FIREWALL}, "legacy table changed", changed)
+
+    def resync(self, wake: Wake, now: float) -> None:
+        if now < self.full_at:
+            wake.groups.discard(FIREWALL)
+        else:
+            self.full_at = now + self.full_every
+
+    def before(self, groups: Collection[str], families: Collection[int]) -> None:
+        # Taken before reading: a change made while we reconcile shows at the next probe.
+        if FIREWALL in groups and self.probe is not None:
+            try:
+                self.baseline = self.probe.signature()
+            except OSError:
+                self.baseline = ()
+
+    def idle(self, select: Select, until: float, interrupted: Callable[[], bool]) -> bool:
+        """Probe tick after probe tick touching as little as possible (a wakeup is most
+        of an idle daemon's cost, about 0.15 ms of CPU here). Returns when anything else
+        is due, a descriptor is ready, or a table changed (then it is due at once)."""
+        probe, baseline, every, clock = self.probe, self.baseline, self.every, self.clock
+        if probe is None:
+            return False
+        ticked = False
+        while True:
+            now = clock()
+            if now >= until or interrupted():
+                return ticked
+            if now < self.next:
+                if select(min(self.next, until) - now):
+                    return ticked
+                continue
+            self.next = now + every
+            try:
+                if probe.signature() != baseline:
+                    self.next = now  # let the loop see it at once
+                    return ticked
+            except OSError:
+                self.next = now
+                return ticked
+            ticked = True
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+
+class PollSource(WakeSource):
+    """Neither notifications nor a probe: the firewall checks themselves, every interval."""
+
+    name = "firewall poll"
+
+    def __init__(self, interval: float, now: float):
+        self.interval = interval
+        self.next = now + interval
+
+    def deadline(self) -> float | None:
+        return self.next
+
+    def due(self, now: float, wake: Wake) -> None:
+        if now >= self.next:
+            self.next = now + self.interval
+            wake.add({FIREWALL}, "poll")
+
+
+class FileSource(WakeSource):
+    """The files the components keep (ecs.config, the rules files): inotify on their
+    directories (daemon.filewatch), or without inotify a stat() signature every
+    FILE_POLL seconds. An event only says "look": the files wake their checks when
+    their signature changed. A file changed less than SETTLE ago is held back until it
+    is SETTLE old: a writer that truncates, then writes (`cat >`, `echo >`) must not
+    have its half-written file read and replaced, which would send its bytes to an
+    unlinked inode. A file rewritten without pause is looked at after SETTLE_MAX."""
+
+    name = "files"
+
+    def __init__(self, paths: Sequence[str], watch: FileWatch | None, now: float, *,
+                 wall_ns: Callable[[], int] = time.time_ns):
+        self.paths = list(paths)
+        self.watch = watch
+        self.wall_ns = wall_ns
+        self.sig = self.signature()
+        self.poll_at = now + FILE_POLL if watch is None else None
+        self.settle_at: float | None = None
+        self.settle_since: float | None = None
+
+    def signature(self) -> list[Identity]:
+        return [file_identity(path) for path in self.paths]
+
+    def fileno(self) -> int:
+        return self.watch.fileno() if self.watch is not None else -1
+
+    def deadline(self) -> float | None:
+        found = [d for d in (self.poll_at, self.settle_at) if d is not None]
+        return min(found) if found else None
+
+    def readable(self, now: float, wake: Wake) -> None:
+        if self.watch is not None and self.watch.drain() and self.signature() != self.sig:
+            wake.add({FILES, ECS}, "file changed")
+
+    def due(self, now: float, wake: Wake) -> None:
+        if self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            wake.add({FILES, ECS}, "file settled")
+        if self.poll_at is not None and now >= self.poll_at:
+            self.poll_at = now + FILE_POLL
+            if self.signature() != self.sig:
+                wake.add({FILES, ECS}, "file changed")
+
+    def settling(self) -> float:
+        """Seconds until every file is SETTLE old (its last change, ctime: not settable
+        by `touch -d`); 0 when all are. A change dated more than a second in the future
+        (the clock went back) counts as settled, or the daemon would wait for it; the
+        clock is read after the stat, which may see a change made just now."""
+        settle = int(SETTLE * 1e9)
+        wait = 0
+        for path in self.paths:
+            try:
+                ctime = os.stat(path).st_ctime_ns
+            except OSError:
+                continue
+            age = self.wall_ns() - ctime
+            if -1_000_000_000 < age < settle:
+                wait = max(wait, settle - max(age, 0))
+        return wait / 1e9
+
+    def hold(self, wake: Wake, now: float) -> None:
+        if not wake.groups & {FILES, ECS}:
+            return
+        wait = self.settling()
+        if wait <= 0 or (self.settle_since is not None and now - self.settle_since >= SETTLE_MAX):
+            self.settle_at, self.settle_since = None, None
+            return
+        if self.settle_since is None:
+            self.settle_since = now
+        wake.groups -= {FILES, ECS}
+        self.settle_at = now + wait if self.settle_at is None else min(self.settle_at, now + wait)
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        if FILES not in groups and ECS not in groups:
+            return
+        self.sig = self.signature()
+        if self.watch is not None:
+            try:
+                self.watch.rewatch()  # directories that appeared, links that moved
+            except OSError as exc:
+                log.warning("filewatch.failed", error=str(exc))
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+
+
+def _firewall_source(
+    facts: Facts, policy: Policy, families: Collection[int], now: float, clock: Callable[[], float]
+) -> WakeSource:
+    if facts.iptables == "nf_tables":
+        try:
+            return NftSource(NftEvents(), families)
+        except OSError as exc:
+            log.warning("nftevents.unavailable", error=str(exc))
+    else:
+        try:
+            return ProbeSource(TableProbe(list(families)), interval=policy.interval, resync=policy.resync,
+                               now=now, clock=clock)
+        except OSError as exc:
+            log.warning("tableprobe.unavailable", error=str(exc))
+    return PollSource(policy.interval, now)
+
+
+def open_sources(
+    facts: Facts, policy: Policy, families: Collection[int], watched: Sequence[str],
+    clock: Callable[[], float],
+) -> list[WakeSource]:
+    """The host's sources: one for the firewall (events, else a probe, else polling),
+    one for the files."""
+    try:
+        watch: FileWatch | None = FileWatch(watched)
+    except OSError as exc:
+        log.warning("filewatch.unavailable", error=str(exc))
+        watch = None
+    now = clock()
+    return [_firewall_source(facts, policy, families, now, clock), FileSource(watched, watch, now)]
