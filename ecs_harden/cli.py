@@ -21,7 +21,14 @@ from ecs_harden.errors import (
     UsageError,
 )
 from ecs_harden.lock import ReconcileLock
-from ecs_harden.reconcile import Outcome, Reconciler, build_components, live_blocks, persisted_files
+from ecs_harden.reconcile import (
+    Outcome,
+    Reconciler,
+    build_components,
+    live_blocks,
+    persisted_files,
+    restore_service,
+)
 from ecs_harden.report import render_text
 
 
@@ -189,6 +196,11 @@ def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[st
         for line in component.remove():
             removed.append(f"ip{'' if component.family == 4 else '6'}tables {line}")
             log.warning("rule.removed", family=component.family, rule=line)
+    # The restore ecs-harden enabled goes first: a sample put back must never be restored.
+    service = restore_service(policy, found)
+    for line in service.remove() if service is not None else []:
+        removed.append(line)
+        log.warning("restore.disabled", service=line)
     for persisted in persisted_files(policy, found):
         for line in persisted.remove():
             removed.append(line)

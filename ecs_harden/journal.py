@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ecs_harden.atomic import ensure_dir, fsync_dir, write_atomic
@@ -60,6 +60,25 @@ class ChangeJournal:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
 
+    def records(self) -> list[dict[str, Any]]:
+        """What the journal holds, oldest first; a line that is not a JSON object (torn by
+        a crash, or not ours) is skipped."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
     def record(self, entry: dict[str, Any]) -> None:
         ensure_dir(self.state_dir)
         line = json.dumps({"time": utc_now(), **entry}, sort_keys=True) + "\n"
@@ -83,8 +102,9 @@ class ChangeJournal:
         kind: str,
         summary: Sequence[str],
         mode: int = 0o600,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
-        """Back up old, write new atomically, journal it. summary must hold no secret."""
+        """Back up old, write new atomically, journal it (with extra). summary must hold no secret."""
         backup = self.backup(path, old) if old is not None else None
         write_atomic(path, new, mode=mode)
         self.record(
@@ -96,6 +116,7 @@ class ChangeJournal:
                 "sha256_before": hashlib.sha256(old).hexdigest() if old is not None else None,
                 "sha256_after": hashlib.sha256(new).hexdigest(),
                 "changes": list(summary),
+                **(extra or {}),
             }
         )
 

@@ -51,15 +51,24 @@ def persisted_files(policy: Policy, facts: Facts) -> list[PersistedFileComponent
         assert address is not None
         blocks = [Block(i, address) for i in policy.imds.interfaces]
         out.append(PersistedFileComponent(
-            family, flavor.rules_file(family), flavor.name, blocks, policy.imds.interfaces, journal
+            family, flavor.rules_file(family), flavor.name, blocks, policy.imds.interfaces, journal,
+            sample_package=flavor.restore_package if flavor.ships_sample else None,
         ))
     return out
 
 
+def restore_service(policy: Policy, facts: Facts) -> ServiceComponent | None:
+    if not policy.imds.persist:
+        return None
+    journal = ChangeJournal(policy.state_dir, policy.backups)
+    return ServiceComponent(flavors.by_name(facts.flavor), families(policy), journal=journal)
+
+
 def build_components(policy: Policy, facts: Facts) -> list[Component]:
     persistence: list[Component] = [*persisted_files(policy, facts)]
-    if policy.imds.persist:
-        persistence.append(ServiceComponent(flavors.by_name(facts.flavor), families(policy)))
+    service = restore_service(policy, facts)
+    if service is not None:
+        persistence.append(service)
     return [
         *live_blocks(policy, facts),
         BridgesComponent(policy.imds.interfaces),

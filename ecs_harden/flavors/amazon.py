@@ -38,6 +38,7 @@ class Amzn1(Amzn2):
     restore_package: ClassVar[str | None] = "iptables"
     install_command: ClassVar[str | None] = "yum install -y iptables"
     service_manager: ClassVar[str] = "sysv"
+    ships_sample: ClassVar[bool] = False  # the 2018.03 AMI's iptables package has no sample
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:

@@ -56,6 +56,9 @@ class Flavor:
     install_command: ClassVar[str | None] = None
     # How restore services are enabled for boot: "systemd" (systemctl) or "sysv" (chkconfig).
     service_manager: ClassVar[str] = "systemd"
+    # The restore package lays down a sample rules file of its own (persist.samples),
+    # which is replaced, not refused.
+    ships_sample: ClassVar[bool] = False
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:

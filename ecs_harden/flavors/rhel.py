@@ -17,6 +17,7 @@ class Rhel(Flavor):
     restore_services: ClassVar[tuple[str, ...]] = ("iptables.service", "ip6tables.service")
     restore_package: ClassVar[str | None] = "iptables-services"
     install_command: ClassVar[str | None] = "dnf install -y iptables-services"
+    ships_sample: ClassVar[bool] = True
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:

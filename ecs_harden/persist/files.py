@@ -20,7 +20,9 @@ from ecs_harden.imds.block import (
     count_problem,
 )
 from ecs_harden.journal import ChangeJournal
+from ecs_harden.persist import samples
 from ecs_harden.persist.rulesfile import RulesFile
+from ecs_harden.persist.samples import is_untouched_sample
 from ecs_harden.report import DRIFT, ERROR, OK, Finding
 
 
@@ -43,6 +45,7 @@ def restore_test(family: int, data: bytes) -> str | None:
 class _Plan:
     old: bytes | None
     new: bytes
+    sample: bool = False  # old is the package's untouched sample
 
 
 class PersistedFileComponent(Base):
@@ -57,8 +60,11 @@ class PersistedFileComponent(Base):
         blocks: Sequence[Block],
         interfaces: tuple[str, ...],
         journal: ChangeJournal,
+        sample_package: str | None = None,
     ):
         self.family = family
+        self.sample_package = sample_package  # whose sample file is replaced (persist.samples)
+        self.replaced: str | None = None  # after replacing the sample: what to say
         self.name = f"imds.ipv{family}.persisted"
         self.path = path
         self.flavor = flavor
@@ -116,12 +122,27 @@ class PersistedFileComponent(Base):
                     "left untouched: fix it by hand, then run ecs-harden apply",
                 ),))
         rules = RulesFile(old or b"")
+        if old is not None and self.sample_package is not None and rules.catch_all_rejects():
+            sample, how = is_untouched_sample(old, self.family, self.path, self.sample_package)
+            if sample:
+                return self._replace_sample(old, how)
         finding = self.judge(rules, exists=old is not None)
         new = rules.merged(self.blocks)
         if old is not None and new == old:
             return Inspection((finding,))
         verb = "create" if old is None else "merge the block into"
         return Inspection((finding,), (f"{verb} {self.path}",), frozenset({self.name}), _Plan(old, new))
+
+    def _replace_sample(self, old: bytes, how: str) -> Inspection:
+        assert self.path is not None
+        finding = Finding(
+            self.name, DRIFT, self.expected(), "the package's sample",
+            f"{self.path} is {samples.WHAT}, untouched ({how}): restored at boot it would cut every "
+            "container off and block nothing; it is replaced by a file holding the block (backup kept)",
+        )
+        new = RulesFile(b"").merged(self.blocks)
+        return Inspection((finding,), (f"replace {samples.WHAT} in {self.path} with the block",),
+                          frozenset({self.name}), _Plan(old, new, sample=True))
 
     def judge(self, rules: RulesFile, *, exists: bool) -> Finding:
         assert self.path is not None
@@ -161,8 +182,9 @@ class PersistedFileComponent(Base):
         actual = "; ".join(counts)
         if problems:
             return Finding(self.name, DRIFT, self.expected(), actual, f"{self.path}: " + "; ".join(problems))
+        done = f" ({self.replaced})" if self.replaced else ""
         return Finding(self.name, OK, self.expected(), actual,
-                       f"{self.path} restores an effective block at boot, before Docker starts")
+                       f"{self.path} restores an effective block at boot, before Docker starts{done}")
 
     def execute(self, inspection: Inspection) -> None:
         plan = inspection.plan
@@ -178,9 +200,28 @@ class PersistedFileComponent(Base):
             raise RuntimeFailure(f"{self.path}: changed while being merged; will retry")
         if plan.old is None:
             ensure_dir(os.path.dirname(self.path), mode=0o755)
-        self.journal.replace_file(
-            self.path, plan.old, plan.new, kind=f"rules.v{self.family}", summary=inspection.changes
-        )
+        summary = ([f"replaced {samples.WHAT} in {self.path} with the block"] if plan.sample
+                   else inspection.changes)
+        # The sample itself goes into the journal (it holds no secret, and backups are
+        # pruned): `remove` puts it back.
+        extra = {"sample": plan.old.decode("ascii")} if plan.sample and plan.old is not None \
+            and plan.old.isascii() else None
+        self.journal.replace_file(self.path, plan.old, plan.new, kind=f"rules.v{self.family}",
+                                  summary=summary, extra=extra)
+        if plan.sample:
+            self.replaced = f"replaced {samples.WHAT}; the sample is kept in {self.journal.state_dir}/backups"
+
+    def _replaced_sample(self) -> bytes | None:
+        """The package sample ecs-harden replaced in this file, as the journal kept it."""
+        for entry in reversed(self.journal.records()):
+            if entry.get("path") != self.path:
+                continue
+            if entry.get("action") == "delete" or entry.get("put_back"):
+                return None  # the story of that sample has ended
+            sample = entry.get("sample")
+            if isinstance(sample, str) and sample.isascii():
+                return sample.encode("ascii")
+        return None
 
     def remove(self) -> list[str]:
         """Take the agent's own lines out of the file (rollback)."""
@@ -198,6 +239,12 @@ class PersistedFileComponent(Base):
             return []
         new = rules.without_ours()
         removed = [f"{self.path}: {rules.lines[i].strip()}" for i in lines]
+        sample = self._replaced_sample()
+        if sample is not None and RulesFile.created_by_us(new, self.blocks):
+            self.journal.replace_file(self.path, old, sample, kind=f"rules.v{self.family}",
+                                      summary=[f"put back {samples.WHAT} in {self.path}"],
+                                      extra={"put_back": True})
+            return [*removed, f"{self.path} (the iptables-services sample it replaced is back)"]
         if RulesFile.created_by_us(new, self.blocks):  # nothing of anyone else's is left
             self.journal.delete_file(self.path, old, kind=f"rules.v{self.family}",
                                      summary=[f"delete {self.path}, which ecs-harden created"])

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from ecs_harden import proc
 from ecs_harden.atomic import Identity, file_identity, read_bytes
 from ecs_harden.component import FILES, Base, Inspection
-from ecs_harden.errors import RefusedLink
+from ecs_harden.errors import RefusedLink, RuntimeFailure
 from ecs_harden.flavors import Flavor
+from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.rulesfile import RulesFile
+from ecs_harden.persist.samples import is_untouched_sample
 from ecs_harden.report import DRIFT, ERROR, OK, WARN, Finding
 
 CHECK = "imds.persistence.service"
@@ -80,9 +82,11 @@ class ServiceComponent(Base):
     name = CHECK
 
     def __init__(
-        self, flavor: type[Flavor], families: tuple[int, ...], clock: Callable[[], float] = time.monotonic
+        self, flavor: type[Flavor], families: tuple[int, ...], clock: Callable[[], float] = time.monotonic,
+        journal: ChangeJournal | None = None,
     ):
         self.flavor = flavor
+        self.journal = journal  # records what it enabled, so that `remove` disables just that
         self.families = families
         self.services = flavor.services_for(families)
         self.clock = clock
@@ -98,12 +102,15 @@ class ServiceComponent(Base):
             return sysv_state(service)
         return systemd_state(service)
 
-    def enable_argv(self, service: str) -> tuple[str, ...]:
+    def enable_argv(self, service: str, verb: str = "enable") -> tuple[str, ...]:
         if self.flavor.service_manager == "sysv":
-            return ("chkconfig", service, "on")
-        return ("systemctl", "enable", service)
+            return ("chkconfig", service, "on" if verb == "enable" else "off")
+        return ("systemctl", verb, service)
 
-    def breaking_rules(self) -> list[str]:
+    def breaking_rules(self, *, samples_too: bool = False) -> list[str]:
+        """The catch-all REJECT/DROP lines the boot restore would bring back. The
+        package's untouched sample is left out unless samples_too: imds.ipvN.persisted
+        replaces it before this component runs (and execute looks again)."""
         out = []
         for family in self.families:
             path = self.flavor.rules_file(family)
@@ -111,9 +118,14 @@ class ServiceComponent(Base):
                 data = read_bytes(path) if path else None
             except RefusedLink:
                 continue  # the file's own check reports the link
-
-            if data:
-                out += [f"{path}: {r}" for r in RulesFile(data).catch_all_rejects()]
+            if not data or path is None:
+                continue
+            rejects = RulesFile(data).catch_all_rejects()
+            if rejects and not samples_too and self.flavor.ships_sample and is_untouched_sample(
+                data, family, path, self.flavor.restore_package
+            )[0]:
+                continue
+            out += [f"{path}: {r}" for r in rejects]
         return out
 
     def inspect(self) -> Inspection:
@@ -150,7 +162,8 @@ class ServiceComponent(Base):
                 f"run `{self.flavor.install_command}`, then ecs-harden apply",
             ),))
         off = [s for s, st in states.items() if not st.startswith("enabled")]
-        breaking = self.breaking_rules()
+        # Enabled already: the sample too is what boot restores until it is replaced.
+        breaking = self.breaking_rules(samples_too=not off)
         restores = "; ".join(breaking)
         if not off:
             if breaking:
@@ -189,5 +202,34 @@ class ServiceComponent(Base):
         argvs = inspection.plan
         if not isinstance(argvs, tuple):
             return
+        breaking = self.breaking_rules(samples_too=True)
+        if breaking:  # the sample was not replaced (its own check says why): never enable it
+            raise RuntimeFailure(f"not enabled: at boot it would restore {'; '.join(breaking)}")
         for argv in argvs:
             proc.run(argv, timeout=60, env=SYSTEMCTL_ENV)
+            self._record(argv[-1] if argv[0] == "systemctl" else argv[1], "enable")
+
+    def _record(self, service: str, action: str) -> None:
+        if self.journal is not None:
+            self.journal.record({"kind": "restore-service", "path": None, "unit": service, "action": action,
+                                 "changes": [" ".join(self.enable_argv(service, action))]})
+
+    def enabled_by_us(self) -> list[str]:
+        """The restore services whose last journaled change is ecs-harden enabling them."""
+        last: dict[str, str] = {}
+        for entry in self.journal.records() if self.journal is not None else []:
+            if entry.get("kind") == "restore-service" and isinstance(entry.get("unit"), str):
+                last[entry["unit"]] = str(entry.get("action"))
+        return [s for s in self.services if last.get(s) == "enable"]
+
+    def remove(self) -> list[str]:
+        """Disable the restore services ecs-harden enabled (rollback); what the operator
+        enabled stays. Raises RuntimeFailure when one cannot be disabled."""
+        out = []
+        for service in self.enabled_by_us():
+            if self.state(service).startswith("enabled"):
+                argv = self.enable_argv(service, "disable")
+                proc.run(argv, timeout=60, env=SYSTEMCTL_ENV)
+                out.append(f"{service} (enabled for boot by ecs-harden): disabled")
+            self._record(service, "disable")
+        return out

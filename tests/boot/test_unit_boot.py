@@ -76,6 +76,16 @@ def test_first_boot_starts_the_unit_once_and_enforces(host: BootedHost) -> None:
     # The boot restore is enabled (netfilter-persistent also has a SysV script).
     for service in RESTORE[host.flavor]:
         assert host.run(["systemctl", "is-enabled", service]).stdout.strip() == "enabled"
+    if host.flavor == "amzn2023":
+        # iptables-services' sample was there (emulated package): replaced, journaled, and
+        # the restore enabled for boot only: never started under the running host, whose
+        # rules a start (flush, restore) would throw away.
+        changes = host.run(["cat", "/var/lib/ecs-harden/changes.jsonl"]).stdout
+        for path in RULES[host.flavor]:
+            assert f"replaced the iptables-services sample (catch-all REJECT) in {path}" in changes
+            assert "REJECT" not in host.run(["cat", path]).stdout
+        for service in RESTORE[host.flavor]:
+            assert host.run(["systemctl", "is-active", service], check=False).stdout.strip() == "inactive"
     facts = json.loads(host.run(["ecs-harden", "facts", "--format", "json"]).stdout)
     assert facts["flavor"] == host.flavor
     check = host.run(["ecs-harden", "check", "--format", "json"], check=False)
@@ -182,6 +192,11 @@ def test_remove_stops_and_disables_the_unit_and_nothing_comes_back(host: BootedH
     for path in RULES[host.flavor]:
         text = host.run(["cat", path], check=False).stdout
         assert MARK not in text and "DOCKER-USER" not in text, text
+        if host.flavor == "amzn2023":  # the sample is back, and the restore ecs-harden enabled is not
+            assert "-A FORWARD -j REJECT" in text
+    if host.flavor == "amzn2023":
+        for service in RESTORE[host.flavor]:
+            assert host.run(["systemctl", "is-enabled", service], check=False).stdout.strip() == "disabled"
     host.reboot()  # and not at the next boot either
     assert set(copies(host).values()) == {0}, copies(host)
     assert unit(host, "ActiveState")["ActiveState"] == "inactive"

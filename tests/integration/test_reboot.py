@@ -4,6 +4,7 @@ Docker, and the block holds without ecs-harden running."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -99,28 +100,63 @@ def test_operator_rules_survive_byte_for_byte_outside_our_lines() -> None:
         assert h.report("apply")[0] == 0
 
 
-STOCK_RHEL = """# sample configuration for iptables service
-# you can edit this manually or use system-config-firewall
-# please do not ask us to add additional ports/services to this default configuration
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT
--A INPUT -p icmp -j ACCEPT
--A INPUT -i lo -j ACCEPT
--A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT
--A INPUT -j REJECT --reject-with icmp-host-prohibited
--A FORWARD -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-"""
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "iptables-services"
 
 
-def test_stock_reject_file_is_detected_and_the_service_not_enabled() -> None:
+@pytest.mark.parametrize(("variant", "flavor"), [("nft", "amzn2023"), ("legacy", "amzn2")])
+def test_the_untouched_iptables_services_sample_is_replaced_by_the_block(variant: str, flavor: str) -> None:
+    """A fresh AL host: iptables-services laid down its sample (the lab's dress does what
+    the package does). The first apply replaces it, keeps a backup, enables the restore."""
+    require_lab()
+    with EcsHost(variant, flavor=flavor).start(docker=False) as h:
+        sysconfig = h.sandbox.etc / "sysconfig"
+        assert (sysconfig / "iptables").read_bytes() == (SAMPLES / "iptables").read_bytes()
+        h.policy()
+        out = h.harden("apply", "--format", "text")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "changed: replace the iptables-services sample (catch-all REJECT) in /etc/sysconfig/iptables" \
+            in out.stdout
+        assert "replaced the iptables-services sample (catch-all REJECT)" in out.stdout
+        for tool in ("iptables", "ip6tables"):
+            now = (sysconfig / tool).read_text()
+            assert "REJECT" not in now and "ecs-harden" in now
+            assert (sysconfig / tool).stat().st_mode & 0o777 == 0o600
+            wants = h.sandbox.etc / "systemd" / "system" / "multi-user.target.wants" / f"{tool}.service"
+            assert wants.is_symlink()
+        backups = list((h.dir / "state" / "backups").iterdir())
+        kept = {p.read_bytes() for p in backups}
+        assert {(SAMPLES / t).read_bytes() for t in ("iptables", "ip6tables")} <= kept
+        journal = [json.loads(x) for x in (h.dir / "state" / "changes.jsonl").read_text().splitlines()]
+        assert [j["changes"] for j in journal if j["path"] == "/etc/sysconfig/iptables"] == [
+            ["replaced the iptables-services sample (catch-all REJECT) in /etc/sysconfig/iptables with the block"]]
+        code, report = h.report("check")
+        assert code == 0, report
+        # What boot restores now blocks IMDS (the lab's boot does what the enabled units do).
+        assert boot_restore(h.sandbox, flavor) == ["/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables"]
+        # remove: the restore it enabled is disabled first, then the samples are back, byte for byte.
+        out = h.harden("remove", "--yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "removed: iptables.service (enabled for boot by ecs-harden): disabled" in out.stdout
+        for tool in ("iptables", "ip6tables"):
+            assert (sysconfig / tool).read_bytes() == (SAMPLES / tool).read_bytes()
+            wants = h.sandbox.etc / "systemd" / "system" / "multi-user.target.wants" / f"{tool}.service"
+            assert not wants.is_symlink()
+        assert boot_restore(h.sandbox, flavor) == []
+        # and a second apply replaces the sample again
+        assert h.harden("apply").returncode == 0
+        assert "REJECT" not in (sysconfig / "iptables").read_text()
+
+
+@pytest.mark.parametrize("edit", ["a rule added", "a comment changed and a rule added"])
+def test_an_edited_sample_with_a_catch_all_is_refused_and_left_as_it_is(edit: str) -> None:
     require_lab()
     with EcsHost("nft", flavor="rhel").start(docker=False) as h:
-        (h.sandbox.etc / "sysconfig").mkdir(exist_ok=True)
-        (h.sandbox.etc / "sysconfig" / "iptables").write_text(STOCK_RHEL)
+        path = h.sandbox.etc / "sysconfig" / "iptables"
+        text = path.read_text().replace("-A INPUT -i lo -j ACCEPT\n",
+                                        "-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp --dport 443 -j ACCEPT\n")
+        if "comment" in edit:
+            text = "# ours now\n" + text
+        path.write_text(text)
         h.policy("imds:\n  ipv6: null\n")
         code, report = h.report("apply")
         assert code == 3
@@ -129,6 +165,10 @@ def test_stock_reject_file_is_detected_and_the_service_not_enabled() -> None:
         assert "Remove the catch-all" in f["detail"]
         wants = h.sandbox.etc / "systemd" / "system" / "multi-user.target.wants" / "iptables.service"
         assert not wants.exists() and not wants.is_symlink()
+        merged = path.read_text()  # the block is merged in, every line of the operator's kept
+        ours = [ln for ln in merged.splitlines(keepends=True) if "ecs-harden" in ln or ln == ":DOCKER-USER - [0:0]\n"]
+        skeleton = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        assert "".join(ln for ln in merged.splitlines(keepends=True) if ln not in ours) == text + skeleton
 
 
 def test_missing_restore_package_names_the_install_command() -> None:

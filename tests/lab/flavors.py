@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from tests.lab.sandbox import Sandbox
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "os-release"
+# What iptables-services lays down besides its units: the sample rules files, 0600.
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "iptables-services"
+LAB_FILES = Path(__file__).resolve().parent / "files"  # stand-ins for what Debian lacks
 OS_RELEASE = {"amzn1": "amzn1", "amzn2": "amzn2", "amzn2023": "amzn2023", "rhel": "rhel9", "debian": "debian12"}
 USUAL_VARIANTS = {"amzn1": "legacy", "amzn2": "legacy", "amzn2023": "nft", "rhel": "nft", "debian": "nft"}
 
@@ -48,19 +52,6 @@ ExecStop=/usr/sbin/netfilter-persistent stop
 [Install]
 WantedBy=multi-user.target
 """
-# chkconfig is not packaged for Debian: this stand-in does what `chkconfig NAME on` does
-# to the rc directories that Amazon Linux AMI's sysvinit reads at boot.
-CHKCONFIG = """#!/bin/sh
-set -e
-[ "$2" = on ] || { echo "lab chkconfig: only 'NAME on'" >&2; exit 2; }
-for l in 2 3 4 5; do mkdir -p /etc/rc.d/rc$l.d; ln -sf ../init.d/$1 /etc/rc.d/rc$l.d/S08$1; done
-"""
-SYSV_INIT = """#!/bin/sh
-# Amazon Linux AMI's /etc/init.d/{tool}, reduced to what boot does: restore the saved rules.
-[ "$1" = start ] && exec /sbin/{tool}-restore /etc/sysconfig/{tool}
-"""
-
-
 def dress(sandbox: Sandbox, flavor: str, *, install_restore: bool = True) -> None:
     etc = sandbox.etc
     osr = etc / "os-release"
@@ -80,15 +71,19 @@ def dress(sandbox: Sandbox, flavor: str, *, install_restore: bool = True) -> Non
         init = etc / "rc.d" / "init.d"
         init.mkdir(parents=True, exist_ok=True)
         for tool in ("iptables", "ip6tables"):
-            (init / tool).write_text(SYSV_INIT.format(tool=tool))
+            shutil.copy(LAB_FILES / "sysv-iptables", init / tool)
             os.chmod(init / tool, 0o755)
         bindir = sandbox.dir / "bin"
         bindir.mkdir(exist_ok=True)
-        (bindir / "chkconfig").write_text(CHKCONFIG)
+        shutil.copy(LAB_FILES / "chkconfig", bindir / "chkconfig")
         os.chmod(bindir / "chkconfig", 0o755)
     else:
+        sysconfig = etc / "sysconfig"
+        sysconfig.mkdir(exist_ok=True)
         for tool, v in (("iptables", "IPv4"), ("ip6tables", "IPv6")):
             (units / f"{tool}.service").write_text(IPTABLES_SERVICE.format(tool=tool, v=v))
+            (sysconfig / tool).write_bytes((SAMPLES / tool).read_bytes())
+            os.chmod(sysconfig / tool, 0o600)
 
 
 def _enabled_unit(etc: Path, unit: str) -> bool:

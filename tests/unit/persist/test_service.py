@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ecs_harden import flavors, proc
+from ecs_harden.errors import RuntimeFailure
 from ecs_harden.persist import service
 from ecs_harden.persist.service import ServiceComponent, sysv_state
 
@@ -26,7 +27,7 @@ def test_unknown_flavor_is_error() -> None:
 def states(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     table: dict[str, str] = {}
     monkeypatch.setattr(service, "systemd_state", lambda unit: table.get(unit, "not-found"))
-    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self: [])
+    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self, **kw: [])
     return table
 
 
@@ -73,8 +74,44 @@ def test_sysv_state_reads_rc_links(tmp_path: Path) -> None:
 
 
 def test_no_systemctl_is_an_error_finding_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self: [])
+    monkeypatch.setattr(ServiceComponent, "breaking_rules", lambda self, **kw: [])
     monkeypatch.setenv("PATH", "/nonexistent")
     insp = ServiceComponent(flavors.by_name("amzn2023"), (4,)).inspect()
     assert insp.findings[0].status == "error" and "cannot tell" in insp.findings[0].detail
     assert insp.changes == ()
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "iptables-services"
+
+
+def test_the_sample_is_left_to_its_file_check_but_never_enabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disabled restore over the untouched sample: planned (imds.ipv4.persisted replaces
+    the sample first), but enabling it while the sample is still there is refused; an
+    edited file with a catch-all is refused at once, and an enabled one is a warning."""
+    rules = tmp_path / "iptables"
+    rules.write_bytes((SAMPLES / "iptables").read_bytes())
+
+    class Here(flavors.by_name("amzn2023")):  # type: ignore[misc]
+        rules_v4 = str(rules)
+
+    table = {"iptables.service": "disabled"}
+    monkeypatch.setattr(service, "systemd_state", lambda unit: table[unit])
+    monkeypatch.setattr("ecs_harden.persist.samples.shutil.which", lambda name: None)  # no rpm here
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: calls.append(tuple(argv)))
+    c = ServiceComponent(Here, (4,))
+    insp = c.inspect()
+    assert insp.findings[0].status == "drift" and insp.plan == (("systemctl", "enable", "iptables.service"),)
+    with pytest.raises(RuntimeFailure, match=r"not enabled: at boot it would restore .*REJECT"):
+        c.execute(insp)
+    assert calls == []
+    rules.write_text(rules.read_text().replace("--dport 22", "--dport 2222"))  # the operator's now
+    insp = ServiceComponent(Here, (4,)).inspect()
+    assert insp.findings[0].status == "drift" and insp.changes == ()
+    assert "Remove the catch-all" in insp.findings[0].detail
+    rules.write_bytes((SAMPLES / "iptables").read_bytes())
+    table["iptables.service"] = "enabled"  # somebody enabled it over the sample
+    (f,) = ServiceComponent(Here, (4,)).inspect().findings
+    assert f.status == "warn" and "cuts containers off" in f.detail
