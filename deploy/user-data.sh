@@ -7,13 +7,16 @@
 # after cloud-final), it
 #   1. installs ecs-harden into a venv under /opt/ecs-harden (python3.8 from
 #      amazon-linux-extras on Amazon Linux 2, the system python3 elsewhere),
-#   2. installs the flavor's boot-restore package where it is missing
-#      (iptables-services with dnf/yum, iptables-persistent with apt),
-#   3. writes the policy below to /etc/ecs-harden/policy.yaml (validated first),
-#   4. runs `ecs-harden apply` (the block, the persisted rules, ecs.config),
-#   5. installs ecs-harden.service (with a drop-in making the policy's paths writable,
-#      and on amzn2 the systemd 219 drop-in), enables and starts it: READY comes only
-#      with the block in place.
+#   2. writes the policy below to /etc/ecs-harden/policy.yaml (validated first),
+#   3. runs `ecs-harden install`: the flavor's boot-restore package where it is
+#      missing (iptables-services with dnf/yum, iptables-persistent with apt),
+#      ecs-harden.service and its drop-ins, enabled (what goes where is the
+#      package's knowledge, not this script's),
+#   4. runs `ecs-harden apply` (the block, the persisted rules, ecs.config; on Amazon
+#      Linux it replaces iptables-services' sample, whose catch-all REJECT would cut
+#      every container off at boot),
+#   5. starts ecs-harden.service (`ecs-harden install --now`): READY comes only with
+#      the block in place.
 # It is idempotent (cloud-init may run it again) and logs to the console and to
 # /var/log/ecs-harden-user-data.log. Where it cannot make the host compliant it
 # stops the whole user-data with a line starting "ecs-harden: FAILED" and exit 1:
@@ -69,43 +72,27 @@ ecs_harden_user_data() (
     # shellcheck source=/dev/null
     like=$(. /etc/os-release && echo "${ID_LIKE:-}")
 
+    # Which Python is all this script needs to know of the distribution; which restore
+    # package, unit and drop-ins is `ecs-harden install`'s business.
     python=python3
-    restore_pkg=iptables-services
     case "$id:$version" in
-        amzn:2)    flavor=amzn2; python=python3.8 ;;
-        amzn:2023*) flavor=amzn2023 ;;
-        amzn:*)    fail "Amazon Linux $version: no Python >= 3.8 for ecs-harden (use AL2023 or AL2)" ;;
-        debian:*|ubuntu:*) flavor=debian; restore_pkg=iptables-persistent ;;
-        rhel:*|centos:*|rocky:*|almalinux:*|fedora:*|ol:*) flavor=rhel ;;
-        *)
-            case " $like " in
-                *" debian "*) flavor=debian; restore_pkg=iptables-persistent ;;
-                *" rhel "*|*" fedora "*) flavor=rhel ;;
-                *) fail "unsupported distribution '$id $version': no known boot restore for iptables" ;;
-            esac ;;
+        amzn:2)    python=python3.8 ;;
+        amzn:*)    case "$version" in 2023*) ;; *) fail "Amazon Linux $version: no Python >= 3.8 for ecs-harden (use AL2023 or AL2)" ;; esac ;;
     esac
-    say "flavor $flavor ($id $version)"
+    say "distribution $id $version${like:+ (like $like)}, $python"
 
-    pkg_installed() {
-        if command -v rpm >/dev/null; then rpm -q "$1" >/dev/null 2>&1
-        else dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; fi
-    }
     pkg_install() {
         say "installing $*"
         if command -v dnf >/dev/null; then dnf install -y -q "$@"
         elif command -v yum >/dev/null; then yum install -y -q "$@"
         elif command -v apt-get >/dev/null; then
-            # iptables-persistent asks whether to save the current rules: no (ecs-harden
-            # merges its rules into the files; a dump would freeze Docker's chains).
-            echo "iptables-persistent iptables-persistent/autosave_v4 boolean false" | debconf-set-selections
-            echo "iptables-persistent iptables-persistent/autosave_v6 boolean false" | debconf-set-selections
             apt-get update -qq || true
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
         else fail "no dnf, yum or apt-get to install $*"; fi
     }
 
     # 1. Python and the venv.
-    if [ "$flavor" = amzn2 ] && ! command -v python3.8 >/dev/null; then
+    if [ "$python" = python3.8 ] && ! command -v python3.8 >/dev/null; then
         say "installing python3.8 from amazon-linux-extras"
         amazon-linux-extras install -y python3.8
     fi
@@ -113,7 +100,7 @@ ecs_harden_user_data() (
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
         || fail "$($python -V 2>&1) is too old: ecs-harden needs Python >= 3.8"
     if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
-        [ "$flavor" = debian ] && pkg_install python3-venv
+        command -v apt-get >/dev/null && pkg_install python3-venv
     fi
     if ! "$prefix/bin/python" -c 'import sys' 2>/dev/null; then
         say "creating the venv $prefix with $($python -V 2>&1)"
@@ -134,23 +121,16 @@ ecs_harden_user_data() (
     if [ "$need_compiler" = 1 ] && ! "$prefix/bin/python" -c 'import iptc' 2>/dev/null \
             && ! command -v gcc >/dev/null; then
         # python-iptables is published as source only: pip builds its small C helper.
-        case "$flavor" in
-            amzn2) pkg_install gcc python38-devel ;;
-            debian) pkg_install gcc python3-dev ;;
-            *) pkg_install gcc python3-devel ;;
-        esac
+        if command -v apt-get >/dev/null; then pkg_install gcc python3-dev
+        elif [ "$python" = python3.8 ]; then pkg_install gcc python38-devel
+        else pkg_install gcc python3-devel; fi
     fi
     say "pip install ${args[*]}"
     "${pip[@]}" "${args[@]}"
     ln -sfn "$prefix/bin/ecs-harden" /usr/local/bin/ecs-harden
     say "installed $(/usr/local/bin/ecs-harden --version)"
 
-    # 2. The boot restore package.
-    if ! pkg_installed "$restore_pkg"; then
-        pkg_install "$restore_pkg"
-    fi
-
-    # 3. The policy: validated before it replaces anything.
+    # 2. The policy: validated before it replaces anything.
     install -d -m 0755 /etc/ecs-harden
     tmp=$(mktemp /etc/ecs-harden/.policy.yaml.XXXXXX)
     printf '%s\n' "$ECS_HARDEN_POLICY" > "$tmp"
@@ -167,28 +147,17 @@ ecs_harden_user_data() (
     if cmp -s "$tmp" /etc/ecs-harden/policy.yaml; then rm -f "$tmp"
     else mv -f "$tmp" /etc/ecs-harden/policy.yaml; say "wrote /etc/ecs-harden/policy.yaml"; fi
 
+    # 3. The boot restore package, the unit and its drop-ins (the policy's paths writable
+    # in its sandbox; on amzn2 the systemd 219 one), enabled for every boot.
+    /usr/local/bin/ecs-harden --log-level error install
+
     # 4. Converge now: the block, the persisted rules and their restore, ecs.config.
     rc=0
     /usr/local/bin/ecs-harden apply --format text || rc=$?
     [ "$rc" -eq 0 ] || fail "ecs-harden apply exited $rc: the host is NOT compliant (report above)"
 
-    # 5. The unit, enabled for every boot and started (READY only with the block).
-    units=$("$prefix/bin/python" -c 'import ecs_harden, os; print(os.path.join(os.path.dirname(ecs_harden.__file__), "systemd"))')
-    install -m 0644 "$units/ecs-harden.service" /etc/systemd/system/ecs-harden.service
-    install -d -m 0755 /etc/systemd/system/ecs-harden.service.d
-    if [ "$flavor" = amzn2 ]; then
-        install -m 0644 "$units/al2/ecs-harden.service.d-al2.conf" /etc/systemd/system/ecs-harden.service.d/al2.conf
-    fi
-    # The paths this policy writes (a textfile for node_exporter, ...), writable in the
-    # unit's ProtectSystem=strict sandbox.
-    /usr/local/bin/ecs-harden prepare --drop-in > /etc/systemd/system/ecs-harden.service.d/paths.conf
-    systemctl daemon-reload
-    systemctl enable ecs-harden.service
-    if systemctl is-active -q ecs-harden.service; then
-        systemctl restart ecs-harden.service  # a new version or unit
-    else
-        systemctl start ecs-harden.service
-    fi
+    # 5. Started (READY only with the block); restarted when it ran already (a new version).
+    /usr/local/bin/ecs-harden --log-level error install --now --restart --no-restore-package
     rc=0
     /usr/local/bin/ecs-harden check --format text || rc=$?
     [ "$rc" -eq 0 ] || fail "ecs-harden check exited $rc after the unit started: NOT compliant"

@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-in", action="store_true",
                    help="create nothing; print the unit drop-in that makes this policy's paths "
                         "writable (ReadWritePaths=; ReadWriteDirectories= on amzn2)")
+    p = command("install", "install the boot restore package, ecs-harden.service and its drop-ins; "
+                "enable the unit")
+    fmt(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    p.add_argument("--now", action="store_true",
+                   help="start the unit too (restart it when a unit file or the version changed)")
+    p.add_argument("--restart", action="store_true", help="with --now: restart the unit whenever it runs")
+    p.add_argument("--no-enable", dest="enable", action="store_false",
+                   help="install the files, do not enable the unit")
+    p.add_argument("--no-restore-package", dest="restore", action="store_false",
+                   help="do not install the boot restore package")
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -121,6 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _remove(args, policy)
     if args.command == "prepare":
         return _prepare(args, policy)
+    if args.command == "install":
+        return _install(args, policy)
     if args.command == "run":
         from ecs_harden.daemon.loop import Daemon
 
@@ -173,6 +186,19 @@ def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
         print(f"removed: {line}")
     if not removed:
         print("nothing to remove")
+    return EXIT_OK
+
+
+def _install(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+    from ecs_harden import install
+
+    result = install.install(policy, restore=args.restore, enable=args.enable, now=args.now,
+                             restart=args.restart, dry_run=args.dry_run)
+    if args.format == "json":
+        print(json.dumps({**result.to_json(), "dry_run": args.dry_run}, indent=2))
+    else:
+        for line in install.render(result):
+            print(line)
     return EXIT_OK
 
 

@@ -51,7 +51,7 @@ def installed(
         (dress / f"{tool}.service").write_text(IPTABLES_SERVICE.format(tool=tool, v=v))
         shutil.copy(SAMPLES / tool, dress / tool)
     shutil.copy(LAB_FILES / "iptables.init", dress / "iptables.init")
-    steps = ["install", *(["legacy"] if variant == "legacy" else []), *(["amzn2023"] if flavor == "amzn2023" else [])]
+    steps = [*(["legacy"] if variant == "legacy" else []), *(["amzn2023"] if flavor == "amzn2023" else []), "install"]
     script = "".join((SCRIPTS / step).read_text() for step in steps)
     with BootedHost(image.rootfs()) as host:
         host.variant, host.flavor = variant, flavor

@@ -1,0 +1,193 @@
+"""`ecs-harden install`: what goes where on a host, written once. The user-data and the
+Ansible role call it; neither says in bash or Jinja which restore package, unit or
+drop-in a flavor needs.
+
+1. The flavor's boot restore package (iptables-services with dnf or yum,
+   iptables-persistent with apt-get, told not to save the live rules: ecs-harden
+   merges its own), where its service is not installed yet.
+2. ecs-harden.service as the package ships it, the Amazon Linux 2 drop-in (systemd
+   219) on amzn2, and the drop-in that makes this policy's paths writable in the
+   unit's sandbox (unitpaths.drop_in), each written only when it differs.
+3. `systemctl daemon-reload` when a unit file changed, `systemctl enable`; with
+   --now the unit is started, or restarted when it runs and a unit file or the
+   installed version changed (--restart: whenever it runs).
+
+The restore service itself is never started here, nor by apply: starting
+iptables.service flushes the live tables and Docker's chains with them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ecs_harden import __version__, flavors, proc, unitpaths
+from ecs_harden.atomic import ensure_dir, read_bytes, write_atomic
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.flavors import Flavor
+from ecs_harden.persist.service import SYSTEMCTL_ENV, systemd_state, sysv_state
+from ecs_harden.policy import Policy
+
+UNIT = "ecs-harden.service"
+UNIT_DIR = "/etc/systemd/system"
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd")
+VERSION_FILE = "installed-version"  # in state_dir: the version the running unit was started with
+# iptables-persistent asks whether to save the current rules: no (a dump would freeze
+# Docker's chains into the boot file; ecs-harden merges its own lines instead).
+DEBCONF = "".join(
+    f"iptables-persistent iptables-persistent/autosave_v{v} boolean false\n" for v in (4, 6)
+)
+
+
+@dataclass
+class Result:
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"changed": self.changed, "unchanged": self.unchanged}
+
+
+def restore_installed(flavor: type[Flavor]) -> bool:
+    states = [sysv_state(s) if flavor.service_manager == "sysv" else systemd_state(s)
+              for s in flavor.restore_services]
+    return bool(states) and all(st != "not-found" for st in states)
+
+
+def package_argv(package: str) -> tuple[list[str], dict[str, str]]:
+    """How this host installs a package: its package manager, not its flavor's name."""
+    for tool in ("dnf", "yum"):
+        if shutil.which(tool):
+            return [tool, "install", "-y", "-q", package], {}
+    if shutil.which("apt-get"):
+        return ["apt-get", "install", "-y", "-q", package], {"DEBIAN_FRONTEND": "noninteractive"}
+    raise RuntimeFailure(f"cannot install {package}: no dnf, yum or apt-get on this host")
+
+
+def install_restore(flavor: type[Flavor], result: Result, *, dry_run: bool) -> None:
+    package = flavor.restore_package
+    if package is None or not flavor.restore_services:
+        raise RuntimeFailure(
+            f"flavor {flavor.name}: no known boot restore for iptables; set imds.persist: false "
+            "to run with the live block only, and persist it yourself"
+        )
+    if restore_installed(flavor):
+        result.unchanged.append(f"{package} (the boot restore) is installed")
+        return
+    result.changed.append(f"install {package} (the boot restore)")
+    if dry_run:
+        return
+    argv, env = package_argv(package)
+    if argv[0] == "apt-get":
+        proc.run(["debconf-set-selections"], input=DEBCONF, timeout=60)
+        proc.run(["apt-get", "update", "-q"], check=False, timeout=600, env=env)
+    done = proc.run(argv, check=False, timeout=1200, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeFailure(f"{' '.join(argv)} exited {done.returncode}: {' / '.join(tail)}")
+    if not restore_installed(flavor):
+        raise RuntimeFailure(f"{package} installed, but {', '.join(flavor.restore_services)} not found")
+
+
+def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
+    """Every file of the unit and what it must hold (None: must not exist)."""
+    with open(os.path.join(PACKAGED, UNIT), "rb") as f:
+        unit = f.read()
+    with open(os.path.join(PACKAGED, "al2", f"{UNIT}.d-al2.conf"), "rb") as f:
+        al2 = f.read()
+    drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
+    return {
+        os.path.join(UNIT_DIR, UNIT): unit,
+        os.path.join(drop_ins, "al2.conf"): al2 if flavor.name == "amzn2" else None,
+        os.path.join(drop_ins, "paths.conf"): unitpaths.drop_in(policy, flavor.name).encode(),
+    }
+
+
+def install_unit(policy: Policy, flavor: type[Flavor], result: Result, *, dry_run: bool) -> bool:
+    """Write what differs; True when something did."""
+    changed = False
+    for path, want in unit_files(policy, flavor).items():
+        have = read_bytes(path)
+        if have == want:
+            if want is not None:
+                result.unchanged.append(path)
+            continue
+        changed = True
+        result.changed.append(f"{'remove' if want is None else 'write'} {path}")
+        if dry_run:
+            continue
+        if want is None:
+            os.unlink(path)
+        else:
+            ensure_dir(os.path.dirname(path), mode=0o755)
+            write_atomic(path, want, mode=0o644)
+    return changed
+
+
+def systemd_running() -> bool:
+    """PID 1 is systemd (sd_booted): not in an image being prepared, a chroot, a container
+    without it. Enabling works either way (it writes symlinks); reload and start do not."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def _systemctl(*args: str, check: bool = True) -> proc.Completed:
+    return proc.run(["systemctl", *args], check=check, timeout=120, env=SYSTEMCTL_ENV)
+
+
+def _version_changed(policy: Policy) -> bool:
+    try:
+        data = read_bytes(os.path.join(policy.state_dir, VERSION_FILE))
+    except RuntimeFailure:
+        return True
+    return data is None or data.decode("utf-8", "replace").strip() != __version__
+
+
+def _remember_version(policy: Policy) -> None:
+    ensure_dir(policy.state_dir, mode=0o700)
+    write_atomic(os.path.join(policy.state_dir, VERSION_FILE), f"{__version__}\n".encode(), mode=0o600)
+
+
+def install(
+    policy: Policy, *, restore: bool = True, enable: bool = True, now: bool = False,
+    restart: bool = False, dry_run: bool = False, flavor: type[Flavor] | None = None,
+) -> Result:
+    flavor = flavor or flavors.detect()
+    result = Result()
+    if restore and policy.imds.persist:
+        install_restore(flavor, result, dry_run=dry_run)
+    files_changed = install_unit(policy, flavor, result, dry_run=dry_run)
+    new_version = _version_changed(policy)
+    booted = systemd_running()
+    if files_changed and not dry_run and booted:
+        _systemctl("daemon-reload")
+    if enable:
+        if _systemctl("is-enabled", UNIT, check=False).stdout.strip() != "enabled":
+            result.changed.append(f"enable {UNIT}")
+            if not dry_run:
+                _systemctl("enable", UNIT)
+        else:
+            result.unchanged.append(f"{UNIT} enabled")
+    if dry_run:
+        return result
+    if now and not booted:
+        raise RuntimeFailure(f"--now: systemd is not running here; {UNIT} is installed and enabled "
+                             "and starts at the next boot")
+    if now:
+        active = _systemctl("is-active", UNIT, check=False).stdout.strip() == "active"
+        if not active:
+            _systemctl("start", UNIT)
+            result.changed.append(f"start {UNIT}")
+        elif restart or files_changed or new_version:
+            _systemctl("restart", UNIT)
+            why = "asked to" if restart else "its unit changed" if files_changed else f"now {__version__}"
+            result.changed.append(f"restart {UNIT} ({why})")
+        else:
+            result.unchanged.append(f"{UNIT} running")
+        _remember_version(policy)
+    return result
+
+
+def render(result: Result) -> Sequence[str]:
+    return [*(f"changed: {c}" for c in result.changed), *(f"unchanged: {u}" for u in result.unchanged)]

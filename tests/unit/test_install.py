@@ -1,0 +1,156 @@
+"""`ecs-harden install` with its side effects recorded: what it writes where per flavor,
+what it runs, that a second run changes nothing, and how it picks the package manager."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ecs_harden import flavors, install, proc
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.policy import Policy
+
+
+class Host:
+    """systemctl and the package manager as seen by install: their answers, and what was run."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.active = False
+        self.restore = True
+        self.runs: list[list[str]] = []
+
+    def run(self, argv: list[str], **kw: object) -> proc.Completed:
+        self.runs.append(list(argv))
+        out, rc = "", 0
+        if argv[:2] == ["systemctl", "is-enabled"]:
+            out, rc = ("enabled\n", 0) if self.enabled else ("disabled\n", 1)
+        elif argv[:2] == ["systemctl", "is-active"]:
+            out, rc = ("active\n", 0) if self.active else ("inactive\n", 3)
+        elif argv[:2] == ["systemctl", "enable"]:
+            self.enabled = True
+        elif argv[:2] in (["systemctl", "start"], ["systemctl", "restart"]):
+            self.active = True
+        elif argv[0] in ("dnf", "yum", "apt-get") and "install" in argv:
+            self.restore = True
+        return proc.Completed(tuple(argv), rc, out, "")
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
+    h = Host()
+    monkeypatch.setattr(install, "UNIT_DIR", str(tmp_path / "systemd"))
+    monkeypatch.setattr(install, "systemd_running", lambda: True)
+    monkeypatch.setattr(install, "restore_installed", lambda flavor: h.restore)
+    monkeypatch.setattr(proc, "run", h.run)
+    return h
+
+
+def policy(tmp_path: Path) -> Policy:
+    return Policy(state_dir=str(tmp_path / "state"), source=str(tmp_path / "policy.yaml"))
+
+
+def systemctl(h: Host) -> list[str]:
+    return [" ".join(r[1:]) for r in h.runs if r[0] == "systemctl" and r[1] not in ("is-enabled", "is-active")]
+
+
+@pytest.mark.parametrize("flavor", ["amzn2023", "amzn2", "debian", "rhel"])
+def test_the_unit_and_its_drop_ins_per_flavor_then_nothing_to_do(
+    host: Host, tmp_path: Path, flavor: str
+) -> None:
+    fl = flavors.by_name(flavor)
+    first = install.install(policy(tmp_path), now=True, flavor=fl)
+    units = tmp_path / "systemd"
+    packaged = Path(install.PACKAGED)
+    assert (units / "ecs-harden.service").read_bytes() == (packaged / "ecs-harden.service").read_bytes()
+    al2 = units / "ecs-harden.service.d" / "al2.conf"
+    assert al2.exists() == (flavor == "amzn2")
+    paths = (units / "ecs-harden.service.d" / "paths.conf").read_text()
+    key = "ReadWriteDirectories=" if flavor == "amzn2" else "ReadWritePaths="
+    assert key in paths and "-/run/xtables.lock" in paths and f"-{os.path.dirname(fl.rules_v4 or '')}" in paths
+    assert oct((units / "ecs-harden.service").stat().st_mode & 0o777) == "0o644"
+    assert systemctl(host) == ["daemon-reload", "enable ecs-harden.service", "start ecs-harden.service"]
+    assert "start ecs-harden.service" in first.changed
+    host.runs.clear()
+    again = install.install(policy(tmp_path), now=True, flavor=fl)
+    assert again.changed == [] and systemctl(host) == []  # idempotent: no reload, no restart
+
+
+def test_a_changed_unit_file_is_rewritten_and_the_running_unit_restarted(host: Host, tmp_path: Path) -> None:
+    fl = flavors.by_name("amzn2023")
+    install.install(policy(tmp_path), now=True, flavor=fl)
+    unit = tmp_path / "systemd" / "ecs-harden.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")  # an old or hand-edited copy
+    host.runs.clear()
+    result = install.install(policy(tmp_path), now=True, flavor=fl)
+    assert unit.read_bytes() == (Path(install.PACKAGED) / "ecs-harden.service").read_bytes()
+    assert systemctl(host) == ["daemon-reload", "restart ecs-harden.service"]
+    assert result.changed == [f"write {unit}", "restart ecs-harden.service (its unit changed)"]
+
+
+def test_the_al2_drop_in_goes_when_the_host_is_no_longer_amzn2(host: Host, tmp_path: Path) -> None:
+    install.install(policy(tmp_path), flavor=flavors.by_name("amzn2"))
+    al2 = tmp_path / "systemd" / "ecs-harden.service.d" / "al2.conf"
+    assert al2.exists()
+    install.install(policy(tmp_path), flavor=flavors.by_name("amzn2023"))
+    assert not al2.exists()
+
+
+def test_dry_run_changes_nothing_and_says_what_it_would(host: Host, tmp_path: Path) -> None:
+    host.restore = False
+    result = install.install(policy(tmp_path), now=True, dry_run=True, flavor=flavors.by_name("amzn2023"))
+    assert not (tmp_path / "systemd").exists() and systemctl(host) == []
+    assert result.changed[0] == "install iptables-services (the boot restore)"
+    assert "enable ecs-harden.service" in result.changed
+    assert not any(r[0] in ("dnf", "yum", "apt-get") for r in host.runs)
+
+
+def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *tools: str) -> None:
+    bindir = tmp_path / ("bin-" + "-".join(tools))
+    bindir.mkdir()
+    for tool in tools:
+        (bindir / tool).write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(bindir / tool, 0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+
+
+def test_the_package_manager_is_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub(tmp_path, monkeypatch, "yum")
+    assert install.package_argv("iptables-services")[0][0] == "yum"  # AL2
+    stub(tmp_path, monkeypatch, "dnf", "yum")
+    assert install.package_argv("iptables-services")[0][:2] == ["dnf", "install"]  # AL2023, RHEL 8/9
+    stub(tmp_path, monkeypatch, "apt-get")
+    argv, env = install.package_argv("iptables-persistent")
+    assert argv[0] == "apt-get" and env == {"DEBIAN_FRONTEND": "noninteractive"}
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeFailure, match="no dnf, yum or apt-get"):
+        install.package_argv("iptables-services")
+
+
+def test_a_missing_restore_package_is_installed_debian_told_not_to_save(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub(tmp_path, monkeypatch, "apt-get")
+    host.restore = False
+    result = install.install(policy(tmp_path), flavor=flavors.by_name("debian"))
+    assert result.changed[0] == "install iptables-persistent (the boot restore)"
+    tools = [r[0] for r in host.runs]
+    assert tools.index("debconf-set-selections") < tools.index("apt-get")
+    assert ["apt-get", "install", "-y", "-q", "iptables-persistent"] in host.runs
+
+
+def test_a_flavor_without_a_boot_restore_says_so(host: Host, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeFailure, match=r"no known boot restore.*imds.persist: false"):
+        install.install(policy(tmp_path), flavor=flavors.Unknown)
+
+
+def test_without_systemd_running_it_installs_and_enables_but_cannot_start(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(install, "systemd_running", lambda: False)
+    install.install(policy(tmp_path), flavor=flavors.by_name("debian"))
+    assert systemctl(host) == ["enable ecs-harden.service"]  # no daemon-reload in an image
+    with pytest.raises(RuntimeFailure, match="systemd is not running"):
+        install.install(policy(tmp_path), now=True, flavor=flavors.by_name("debian"))
