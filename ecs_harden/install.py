@@ -76,10 +76,10 @@ def install_restore(flavor: type[Flavor], result: Result, *, dry_run: bool) -> N
     if restore_installed(flavor):
         result.unchanged.append(f"{package} (the boot restore) is installed")
         return
-    result.changed.append(f"install {package} (the boot restore)")
+    argv, env = package_argv(package)
+    result.changed.append(f"install {package} (the boot restore) with {argv[0]}")
     if dry_run:
         return
-    argv, env = package_argv(package)
     if argv[0] == "apt-get":
         proc.run(["debconf-set-selections"], input=DEBCONF, timeout=60)
         proc.run(["apt-get", "update", "-q"], check=False, timeout=600, env=env)

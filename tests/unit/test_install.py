@@ -98,11 +98,14 @@ def test_the_al2_drop_in_goes_when_the_host_is_no_longer_amzn2(host: Host, tmp_p
     assert not al2.exists()
 
 
-def test_dry_run_changes_nothing_and_says_what_it_would(host: Host, tmp_path: Path) -> None:
+def test_dry_run_changes_nothing_and_says_what_it_would(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host.restore = False
+    stub(tmp_path, monkeypatch, "dnf")
     result = install.install(policy(tmp_path), now=True, dry_run=True, flavor=flavors.by_name("amzn2023"))
     assert not (tmp_path / "systemd").exists() and systemctl(host) == []
-    assert result.changed[0] == "install iptables-services (the boot restore)"
+    assert result.changed[0] == "install iptables-services (the boot restore) with dnf"
     assert "enable ecs-harden.service" in result.changed
     assert not any(r[0] in ("dnf", "yum", "apt-get") for r in host.runs)
 
@@ -135,7 +138,7 @@ def test_a_missing_restore_package_is_installed_debian_told_not_to_save(
     stub(tmp_path, monkeypatch, "apt-get")
     host.restore = False
     result = install.install(policy(tmp_path), flavor=flavors.by_name("debian"))
-    assert result.changed[0] == "install iptables-persistent (the boot restore)"
+    assert result.changed[0] == "install iptables-persistent (the boot restore) with apt-get"
     tools = [r[0] for r in host.runs]
     assert tools.index("debconf-set-selections") < tools.index("apt-get")
     assert ["apt-get", "install", "-y", "-q", "iptables-persistent"] in host.runs

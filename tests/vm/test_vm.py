@@ -15,17 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.boot.image import PROJECT
+from tests.boot.userdata import launch_template, ours
 from tests.require import require
 from tests.vm.vagrantlab import VagrantLab, lab_with_box
 
 NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
           "debootstrap", "mkfs.ext4", "ssh", "nsenter", "unshare")
-USER_DATA = PROJECT / "deploy" / "user-data.sh"
-TEXTFILE = "/var/lib/node_exporter/textfile_collector/ecs_harden.prom"
-# What an operator's launch template has around ours: ECS lines before and after.
-BEFORE = "mkdir -p /etc/ecs\necho ECS_CLUSTER=vmtest >> /etc/ecs/ecs.config\n"
-AFTER = "echo ECS_ENABLE_CONTAINER_METADATA=true >> /etc/ecs/ecs.config\n"
 # TEST FIXTURE: what netfilter holds when docker.service starts ('%%': a unit file's '%').
 RECORD_DROP_IN = """# TEST FIXTURE (tests/vm): the ruleset at the moment docker.service starts
 [Service]
@@ -46,22 +41,6 @@ def require_vm() -> None:
     elif missing := [t for t in NEEDED if shutil.which(t) is None]:
         why = "needs " + ", ".join(missing) + " (scripts/bootstrap installs them)"
     require(why)
-
-
-def ours(url: str) -> str:
-    """deploy/user-data.sh as an operator sets it up: the wheelhouse URL in its variable,
-    a node_exporter textfile added to its policy."""
-    text = USER_DATA.read_text()
-    var = 'ECS_HARDEN_FROM="${ECS_HARDEN_FROM:-}"'
-    status = "report:\n  status_file: /run/ecs-harden/status.json\n"
-    assert text.count(var) == 1 and text.count(status) == 1
-    text = text.replace(var, f'ECS_HARDEN_FROM="${{ECS_HARDEN_FROM:-{url}}}"')
-    return text.replace(status, f"interval: 2\n{status}  textfile: {TEXTFILE}\n")
-
-
-def launch_template(url: str) -> str:
-    shebang, _, rest = ours(url).partition("\n")
-    return f"{shebang}\n{BEFORE}{rest}{AFTER}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,120 @@
+"""EMULATED Amazon Linux 2023 and 2 hosts from the Debian test image (no Amazon Linux
+image can be fetched here): what tests/boot/scripts/amazon-linux needs in its /dress
+directory. What each part emulates, and how, is said where it is made; the README
+("Tests", "Amazon Linux, emulated") sums it up.
+
+- AL2023: iptables-nft, python3 is 3.9, dnf; AL2: iptables-legacy, python3 is 3.7 and
+  3.8 comes from amazon-linux-extras, yum. The Pythons are pyenv's builds for this
+  Debian (the image's libc), under /usr/local/lib/amzn-python.
+- dnf, yum, rpm, amazon-linux-extras: tests/boot/amazon/pkgtool (a stand-in).
+- iptables-services: its units (the package's text), an init script reduced to what
+  they use (tests/lab/files/iptables.init) and its sample rules files, byte for byte.
+- systemd is the image's 252 on both: AL2's 219 cannot be had here (README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.boot.image import CACHE, PROJECT
+from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, LAB_FILES, OS_RELEASE, SAMPLES
+
+HERE = Path(__file__).resolve().parent / "amazon"
+PREFIX = "/usr/local/lib/amzn-python"  # where the dress puts the Pythons
+NOCLOUD = PROJECT / "vm" / "box" / "files" / "99-ecs-test-nocloud.cfg"
+# (python3, the Pythons on the host, the one the user-data's venv uses)
+PYTHONS = {"amzn2023": ("3.9", ("3.9",), "3.9"), "amzn2": ("3.7", ("3.7", "3.8"), "3.8")}
+NVR = {"amzn2023": "iptables-services-1.8.8-3.amzn2023.0.2.noarch",
+       "amzn2": "iptables-services-1.8.4-10.amzn2.1.2.x86_64"}
+# TEST FIXTURE: docker.service in its place in the boot order, recording the ruleset it
+# would start on instead of starting Docker (which nspawn cannot run here).
+DOCKER_RECORD = """# TEST FIXTURE (tests/boot/amazon.py): docker.service records the ruleset it starts on
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Restart=no
+ExecStart=
+ExecStart=/bin/sh -c '{ cat /proc/sys/kernel/random/boot_id; systemctl is-active ecs-harden iptables; \
+iptables -S; iptables -t raw -S; } > /var/log/ecs-test/before-docker.v4; \
+{ ip6tables -S; ip6tables -t raw -S; } > /var/log/ecs-test/before-docker.v6'
+"""
+
+
+def pyenv_version(minor: str) -> Path:
+    """pyenv's newest build of that minor version (pyenv is on every machine here)."""
+    root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip())
+    pattern = re.compile(rf"{re.escape(minor)}\.(\d+)")
+    found = sorted((p for p in (root / "versions").iterdir() if pattern.fullmatch(p.name)),
+                   key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    if not found:
+        raise FileNotFoundError(f"pyenv has no Python {minor}")
+    return found[-1]
+
+
+def wheelhouse(python: Path, dest: Path) -> Path:
+    """ecs-harden and its dependencies, built by and for that Python (as an operator builds
+    a wheelhouse per target Python)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    # pip's `wheel` of an sdist without pyproject.toml (python-iptables) needs the wheel
+    # package, which pyenv's bare interpreter lacks: a build venv of that Python has it.
+    venv = CACHE / f"wheel-build-{python.name}"
+    if not (venv / "bin" / "wheel").exists():
+        subprocess.run([str(python / "bin" / "python3"), "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "wheel"],
+                       check=True, timeout=600)
+    subprocess.run([str(venv / "bin" / "pip"), "wheel", "-q", "--disable-pip-version-check",
+                    "-w", str(dest), str(PROJECT)], check=True, timeout=1200)
+    return dest
+
+
+def package(dest: Path, flavor: str) -> None:
+    """iptables-services as the stand-in package manager installs it."""
+    files = dest / "files"
+    units = files / "usr" / "lib" / "systemd" / "system"
+    libexec = files / "usr" / "libexec" / "iptables"
+    sysconfig = files / "etc" / "sysconfig"
+    for d in (units, libexec, sysconfig):
+        d.mkdir(parents=True, exist_ok=True)
+    for tool, v in (("iptables", "IPv4"), ("ip6tables", "IPv6")):
+        (units / f"{tool}.service").write_text(IPTABLES_SERVICE.format(tool=tool, v=v))
+        os.chmod(units / f"{tool}.service", 0o644)
+        shutil.copy(LAB_FILES / "iptables.init", libexec / f"{tool}.init")
+        os.chmod(libexec / f"{tool}.init", 0o755)
+        shutil.copy(SAMPLES / tool, sysconfig / tool)
+        os.chmod(sysconfig / tool, 0o600)
+    (dest / "config").write_text("/etc/sysconfig/iptables\n/etc/sysconfig/ip6tables\n")
+    (dest / "nvr").write_text(NVR[flavor] + "\n")
+
+
+def dress(dest: Path, flavor: str, user_data: str) -> list[str]:
+    """Fill dest (the script's /dress) for flavor; return the extra nspawn binds."""
+    python3, pythons, venv = PYTHONS[flavor]
+    (dest / "flavor").write_text(flavor + "\n")
+    shutil.copy(FIXTURES / OS_RELEASE[flavor], dest / "os-release")
+    shutil.copy(HERE / "pkgtool", dest / "pkgtool")
+    package(dest / "packages" / "iptables-services", flavor)
+    binds = []
+    versions = []
+    for minor in pythons:
+        build = pyenv_version(minor)
+        (dest / f"python-{build.name}").mkdir()
+        binds.append(f"{build}:/dress/python-{build.name}")
+        versions.append(build.name)
+    (dest / "pythons").write_text("".join(f"{v}\n" for v in versions))
+    by_minor = {v.rsplit(".", 1)[0]: v for v in versions}
+    (dest / "python3").write_text(f"{PREFIX}/{by_minor[python3]}/bin/python{python3}\n")
+    if flavor == "amzn2":  # amazon-linux-extras' python3.8 topic: the interpreter on PATH
+        v38 = by_minor["3.8"]
+        (dest / "extras-python3.8").write_text(f"/usr/bin/python3.8 {PREFIX}/{v38}/bin/python3.8\n")
+    (dest / "docker-record.conf").write_text(DOCKER_RECORD)
+    shutil.copy(NOCLOUD, dest / "99-ecs-test-nocloud.cfg")
+    (dest / "meta-data").write_text(f"instance-id: i-ecs-test-{flavor}-{int(time.time())}\n"
+                                    f"local-hostname: ecs-test-{flavor}\n")
+    (dest / "user-data").write_text(user_data)
+    wheelhouse(pyenv_version(venv), dest / "wheelhouse")
+    return binds

@@ -1,0 +1,135 @@
+"""EMULATED Amazon Linux 2023 and Amazon Linux 2, booted (tests/boot/amazon.py says what
+is emulated): deploy/user-data.sh, unchanged and as a launch template carries it,
+through real cloud-init (NoCloud seed) from the first boot of a fresh host, where
+installing iptables-services lays down its catch-all REJECT sample; then two reboots.
+
+What this proves: the user-data's and `ecs-harden install`'s Amazon Linux paths (dnf;
+yum and amazon-linux-extras' python3.8; iptables-services' units and sample; rpm -V),
+the sample replaced on the first apply, the restore enabled for boot and never started
+under the running host, the block restored by iptables.service before docker.service
+starts at every boot, with systemd 252. What it does not: AL2's systemd 219, Amazon's
+real packages, and a real container (Docker does not run in nspawn here; the test VM
+proves that part on Debian).
+
+The tests of this module run in order on one host per flavor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.boot import amazon, image
+from tests.boot.conftest import require_boot
+from tests.boot.nspawn import BootedHost
+from tests.boot.userdata import launch_template, ours
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
+CASES = [("amzn2023", "nft"), ("amzn2", "legacy")]
+MARK = '-m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
+WHEELHOUSE = "/var/tmp/wheelhouse/"  # ECS_HARDEN_FROM: the dress copies it there
+SYSCONFIG = ("/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables")
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"emulated-{f}-{v}" for f, v in CASES])
+def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
+    require_boot()
+    flavor, variant = request.param
+    dress = tmp_path_factory.mktemp(f"dress-{flavor}")
+    binds = amazon.dress(dress, flavor, launch_template(WHEELHOUSE))
+    with BootedHost(image.rootfs()) as h:
+        h.flavor, h.variant = flavor, variant
+        h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
+        h.boot()
+        h.run(["cloud-init", "status", "--wait"], check=False, timeout=900)
+        yield h
+
+
+def log(host: BootedHost) -> str:
+    return host.run(["cat", "/var/log/ecs-harden-user-data.log"], check=False).stdout
+
+
+def recorded(host: BootedHost) -> tuple[list[str], list[str]]:
+    v4 = host.run(["cat", "/var/log/ecs-test/before-docker.v4"], check=False).stdout.splitlines()
+    v6 = host.run(["cat", "/var/log/ecs-test/before-docker.v6"], check=False).stdout.splitlines()
+    return v4, v6
+
+
+def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHost) -> None:
+    status = host.run(["cloud-init", "status", "--long"], check=False)
+    text = log(host)
+    unit = host.run(["journalctl", "-b", "--no-pager", "-o", "cat", "-u", "ecs-harden.service"], check=False)
+    assert "status: done" in status.stdout, status.stdout + text + unit.stdout[-6000:]
+    assert "FAILED" not in text and "ecs-harden: done: compliant, ecs-harden.service active" in text, text
+    # the package came from the flavor's own tool, its sample replaced (and said so)
+    tool = "dnf" if host.flavor == "amzn2023" else "yum"
+    assert host.run(["rpm", "-q", "iptables-services"]).stdout.startswith("iptables-services-")
+    assert f"changed: install iptables-services (the boot restore) with {tool}" in text
+    for path in SYSCONFIG:
+        assert f"changed: replace the iptables-services sample (catch-all REJECT) in {path}" in text, text
+        now = host.run(["cat", path]).stdout
+        assert "REJECT" not in now and "ecs-harden" in now
+    verify = host.run(["rpm", "-V", "iptables-services"], check=False).stdout
+    assert "5" in verify.split("/etc/sysconfig/iptables")[0].splitlines()[-1], verify  # no longer as shipped
+    # enabled for boot, never started under the running host
+    for unit in ("iptables.service", "ip6tables.service"):
+        assert host.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled"
+        assert host.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "inactive"
+    # the operator's ECS lines before and after ours, ours once each
+    config = host.run(["cat", "/etc/ecs/ecs.config"]).stdout.splitlines()
+    assert "ECS_CLUSTER=vmtest" in config and "ECS_ENABLE_CONTAINER_METADATA=true" in config, config
+    assert config.count("ECS_AWSVPC_BLOCK_IMDS=true") == 1 and config.count(
+        "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false") == 1, config
+    # the Python the release has: 3.9 on AL2023, 3.8 from amazon-linux-extras on AL2
+    venv = host.run(["/opt/ecs-harden/bin/python", "-c", "import sys; print(sys.version_info[:2])"]).stdout
+    assert venv.strip() == ("(3, 9)" if host.flavor == "amzn2023" else "(3, 8)")
+    if host.flavor == "amzn2":
+        assert host.run(["python3", "-c", "import sys; print(sys.version_info[:2])"]).stdout.strip() == "(3, 7)"
+        assert "installing python3.8 from amazon-linux-extras" in text
+    al2 = host.run(["test", "-f", "/etc/systemd/system/ecs-harden.service.d/al2.conf"], check=False)
+    assert (al2.returncode == 0) == (host.flavor == "amzn2")
+    # the sample is kept
+    backups = host.sh("cat /var/lib/ecs-harden/backups/iptables.*.bak").stdout
+    sample = (Path(__file__).resolve().parents[1] / "fixtures" / "iptables-services" / "iptables").read_text()
+    assert sample in backups
+    facts = json.loads(host.run(["ecs-harden", "facts", "--format", "json"]).stdout)
+    assert facts["flavor"] == host.flavor
+    assert facts["iptables"] == ("nf_tables" if host.variant == "nft" else "legacy")
+
+
+def test_user_data_again_changes_nothing(host: BootedHost) -> None:
+    files = ["/etc/ecs/ecs.config", *SYSCONFIG, "/etc/ecs-harden/policy.yaml",
+             "/etc/systemd/system/ecs-harden.service.d/paths.conf"]
+
+    def sums() -> str:
+        return "".join(hashlib.sha256(host.run(["cat", f]).stdout.encode()).hexdigest() for f in files)
+
+    before = sums()
+    # ours again (not the launch template: its own ECS lines append each time)
+    again = host.run(["bash", "-s"], input=ours(WHEELHOUSE), check=False, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert "unchanged: iptables-services (the boot restore) is installed" in again.stdout
+    assert "replace the iptables-services sample" not in again.stdout
+    assert sums() == before
+
+
+@pytest.mark.parametrize("boot", [1, 2])
+def test_after_a_reboot_the_restore_blocks_before_docker_starts(host: BootedHost, boot: int) -> None:
+    host.reboot()
+    host.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=600)
+    v4, v6 = recorded(host)
+    boot_id = host.run(["cat", "/proc/sys/kernel/random/boot_id"]).stdout.strip()
+    assert v4 and v4[0] == boot_id, "docker.service recorded nothing this boot"
+    for chain in ("DOCKER-USER", "FORWARD"):
+        assert sum(1 for ln in v4 if ln.startswith(f"-A {chain} ") and MARK in ln) == 1, v4
+        assert sum(1 for ln in v6 if ln.startswith(f"-A {chain} ") and MARK in ln) == 1, v6
+    assert sum(1 for ln in v4 if ln.startswith("-A PREROUTING ") and MARK in ln) == 1, v4
+    assert not any("REJECT" in ln for ln in v4 + v6), v4 + v6
+    for unit in ("iptables.service", "ip6tables.service", "ecs-harden.service"):
+        state = host.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+        assert state == "active", (unit, host.run(["journalctl", "-b", "-u", unit, "--no-pager"], check=False).stdout)
+    check = host.run(["ecs-harden", "check"], check=False)
+    assert check.returncode == 0, check.stdout
