@@ -75,9 +75,9 @@ def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHo
     verify = host.run(["rpm", "-V", "iptables-services"], check=False).stdout
     assert "5" in verify.split("/etc/sysconfig/iptables")[0].splitlines()[-1], verify  # no longer as shipped
     # enabled for boot, never started under the running host
-    for unit in ("iptables.service", "ip6tables.service"):
-        assert host.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled"
-        assert host.run(["systemctl", "is-active", unit], check=False).stdout.strip() == "inactive"
+    for name in ("iptables.service", "ip6tables.service"):
+        assert host.run(["systemctl", "is-enabled", name]).stdout.strip() == "enabled"
+        assert host.run(["systemctl", "is-active", name], check=False).stdout.strip() == "inactive"
     # the operator's ECS lines before and after ours, ours once each
     config = host.run(["cat", "/etc/ecs/ecs.config"]).stdout.splitlines()
     assert "ECS_CLUSTER=vmtest" in config and "ECS_ENABLE_CONTAINER_METADATA=true" in config, config
