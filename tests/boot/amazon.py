@@ -91,8 +91,10 @@ def package(dest: Path, flavor: str) -> None:
     (dest / "nvr").write_text(NVR[flavor] + "\n")
 
 
-def dress(dest: Path, flavor: str, user_data: str) -> list[str]:
-    """Fill dest (the script's /dress) for flavor; return the extra nspawn binds."""
+def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = False) -> list[str]:
+    """Fill dest (the script's /dress) for flavor; return the extra nspawn binds. Without
+    user_data, no cloud-init seed and no wheelhouse (a host Ansible installs); python38:
+    amazon-linux-extras' python3.8 installed beforehand (AL2)."""
     python3, pythons, venv = PYTHONS[flavor]
     (dest / "flavor").write_text(flavor + "\n")
     shutil.copy(FIXTURES / OS_RELEASE[flavor], dest / "os-release")
@@ -112,9 +114,18 @@ def dress(dest: Path, flavor: str, user_data: str) -> list[str]:
         v38 = by_minor["3.8"]
         (dest / "extras-python3.8").write_text(f"/usr/bin/python3.8 {PREFIX}/{v38}/bin/python3.8\n")
     (dest / "docker-record.conf").write_text(DOCKER_RECORD)
+    if python38:
+        (dest / "preinstall-python3.8").write_text("yes\n")
+    if user_data is None:
+        return binds
     shutil.copy(NOCLOUD, dest / "99-ecs-test-nocloud.cfg")
     (dest / "meta-data").write_text(f"instance-id: i-ecs-test-{flavor}-{int(time.time())}\n"
                                     f"local-hostname: ecs-test-{flavor}\n")
     (dest / "user-data").write_text(user_data)
     wheelhouse(pyenv_version(venv), dest / "wheelhouse")
     return binds
+
+
+def venv_python(flavor: str) -> Path:
+    """The pyenv build the flavor's venv runs on (what its wheelhouse is built with)."""
+    return pyenv_version(PYTHONS[flavor][2])

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.boot.nspawn import BootedHost, BootError, outer_sandbox
@@ -84,7 +84,12 @@ class FleetHost(BootedHost):
 
 
 class Fleet:
-    def __init__(self, image: Path, names: Sequence[str], workdir: Path | None = None):
+    """names: each host's name; prepare(host), when given, runs on each host's disk
+    before its first boot (to dress it as another flavor, say)."""
+
+    def __init__(self, image: Path, names: Sequence[str], workdir: Path | None = None,
+                 prepare: Callable[[FleetHost], None] | None = None):
+        self.prepare = prepare
         self.image = image
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="ecs-harden-fleet-"))
         self.key = self.dir / "id_ed25519"
@@ -110,6 +115,8 @@ class Fleet:
                     f"ip addr add {CONTROLLER}/24 dev {BRIDGE}; ip link set {BRIDGE} up"])
         for host in self.hosts.values():
             host.start()
+            if self.prepare is not None:
+                self.prepare(host)
         for host in self.hosts.values():
             host.boot()
         for host in self.hosts.values():
@@ -131,13 +138,18 @@ class Fleet:
         return self.outer(["ssh", *self.ssh_args(), f"root@{self.hosts[name].address}", command],
                           check=False, timeout=timeout)
 
-    def inventory(self, group: str = "ecs_instances") -> Path:
+    def inventory(self, host_vars: dict[str, dict[str, str]], group: str = "ecs_instances") -> Path:
+        """The operator's inventory; host_vars per host (its Python, where ecs-harden comes from)."""
         path = self.dir / "inventory.ini"
+
+        def line(n: str, h: FleetHost) -> str:
+            extra = "".join(f" {k}={v}" for k, v in host_vars.get(n, {}).items())
+            return f"{n} ansible_host={h.address}{extra}\n"
+
         path.write_text(
-            f"[{group}]\n" + "".join(f"{n} ansible_host={h.address}\n" for n, h in self.hosts.items())
+            f"[{group}]\n" + "".join(line(n, h) for n, h in self.hosts.items())
             + f"\n[{group}:vars]\nansible_user=root\n"
             f"ansible_ssh_common_args={' '.join(self.ssh_args())}\n"
-            "ansible_python_interpreter=/usr/bin/python3\n"
         )
         return path
 

@@ -1,6 +1,10 @@
 """A fleet of three hosts over SSH, as an operator has one (tests/vm/fleet.py: booted
 systemd-nspawn instances of the test image, each with its own systemd, network
-namespace and sshd): ansible/site.yml converges all; one host drifts by hand;
+namespace and sshd), of three flavors: ecs1 Debian (nf_tables), ecs2 an EMULATED
+Amazon Linux 2023 (nf_tables, Python 3.9, dnf) and ecs3 an EMULATED Amazon Linux 2
+(legacy, Python 3.8 from amazon-linux-extras, yum; tests/boot/amazon.py), each fresh
+with iptables-services not installed: ansible/site.yml converges all, a second run
+changes nothing; the fleet report shows each flavor and variant; one host drifts by hand;
 `--check --diff` shows it there and changes nothing; ansible/fleet-report.yml flags
 exactly that host and its two checks; a converge repairs it; a host that is down is
 reported unreachable, not left out."""
@@ -15,21 +19,32 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.boot import amazon
 from tests.boot.conftest import require_boot
 from tests.boot.image import CACHE, PROJECT, rootfs, wheelhouse
-from tests.vm.fleet import Fleet
+from tests.vm.fleet import Fleet, FleetHost
 
 HOSTS = ("ecs1", "ecs2", "ecs3")
+DRESS = PROJECT / "tests" / "boot" / "scripts" / "amazon-linux"
 ANSIBLE = PROJECT / "ansible"
 
 
+# flavor, the host's Python for Ansible and the venv, its wheelhouse
+FLAVORS = {"ecs1": "debian", "ecs2": "amzn2023", "ecs3": "amzn2"}
+INTERPRETER = {"debian": "/usr/bin/python3", "amzn2023": "/usr/bin/python3", "amzn2": "/usr/bin/python3.8"}
+
+
 class Controller:
-    """ansible-playbook in the fleet's sandbox, with the inventory an operator writes."""
+    """ansible-playbook in the fleet's sandbox, with the inventory an operator writes:
+    per host its Python and the wheelhouse built for it."""
 
     def __init__(self, fleet: Fleet, url: str):
         self.fleet = fleet
         self.url = url
-        self.inventory = fleet.inventory()
+        self.inventory = fleet.inventory({
+            name: {"ansible_python_interpreter": INTERPRETER[flavor],
+                   "ecs_harden_from": f"{url}wheelhouse-{flavor}/"}
+            for name, flavor in FLAVORS.items()})
         self.report_dir = fleet.dir / "fleet-report"
 
     def env(self) -> dict[str, str]:
@@ -48,8 +63,7 @@ class Controller:
     def playbook(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         return self.fleet.outer(
             [str(PROJECT / ".venv" / "bin" / "ansible-playbook"), "-i", str(self.inventory),
-             str(ANSIBLE / name), "-e", f"ecs_harden_from={self.url}",
-             "-e", f"fleet_report_dir={self.report_dir}", *args],
+             str(ANSIBLE / name), "-e", f"fleet_report_dir={self.report_dir}", *args],
             env=self.env(), timeout=1200, check=False,
         )
 
@@ -78,12 +92,24 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, Con
     image = rootfs()
     work = tmp_path_factory.mktemp("fleet")
     www = work / "www"
-    wheelhouse(www / "wheelhouse")
+    wheelhouse(www / "wheelhouse-debian")
+    for flavor in ("amzn2023", "amzn2"):
+        amazon.wheelhouse(amazon.venv_python(flavor), www / f"wheelhouse-{flavor}")
+
+    def dress(host: FleetHost) -> None:
+        flavor = FLAVORS[host.name]
+        if flavor == "debian":
+            return
+        d = work / f"dress-{host.name}"
+        d.mkdir()
+        binds = amazon.dress(d, flavor, None, python38=flavor == "amzn2")
+        host.offline(DRESS.read_text(), binds=[f"{d}:/dress", *binds], timeout=900)
+
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    with Fleet(image, HOSTS, work / "hosts") as f:
-        timings["3 hosts booted, sshd up"] = round(time.monotonic() - t0, 1)
-        yield f, Controller(f, f.serve(www) + "wheelhouse/"), timings
+    with Fleet(image, HOSTS, work / "hosts", prepare=dress) as f:
+        timings["3 hosts dressed and booted, sshd up"] = round(time.monotonic() - t0, 1)
+        yield f, Controller(f, f.serve(www)), timings
     CACHE.mkdir(exist_ok=True)
     path = CACHE / "fleet-timings.json"
     path.write_text(json.dumps(timings, indent=2) + "\n")
@@ -98,6 +124,16 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
     assert all(recap(cp.stdout)[h]["failed"] == 0 for h in HOSTS)
     for h in HOSTS:
         assert hosts.ssh(h, "systemctl is-active ecs-harden").stdout.strip() == "active"
+    # on the Amazon Linux hosts: iptables-services from dnf/yum, its sample replaced
+    for h in ("ecs2", "ecs3"):
+        assert hosts.ssh(h, "rpm -q iptables-services").returncode == 0
+        assert hosts.ssh(h, "systemctl is-enabled iptables.service").stdout.strip() == "enabled"
+        assert "REJECT" not in hosts.ssh(h, "cat /etc/sysconfig/iptables").stdout
+    t0 = time.monotonic()
+    again = ansible.playbook("site.yml")
+    timings["converge 3 hosts again"] = round(time.monotonic() - t0, 1)
+    assert again.returncode == 0, again.stdout[-6000:]
+    assert all(recap(again.stdout)[h]["changed"] == 0 for h in HOSTS), recap(again.stdout)
 
     # ecs2 drifts by hand, its daemon stopped (it would repair in milliseconds)
     drift = hosts.ssh("ecs2", """sh -ec '
@@ -125,13 +161,14 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
     assert data["summary"] == {"hosts": 3, "compliant": 2, "drifting": 1, "unreachable": 0}, data
     assert rows["ecs1"]["compliant"] is True and rows["ecs3"]["compliant"] is True
     assert rows["ecs2"]["compliant"] is False
+    assert {h: (rows[h]["flavor"], rows[h]["iptables"]) for h in HOSTS} == {
+        "ecs1": ("debian", "nf_tables"), "ecs2": ("amzn2023", "nf_tables"), "ecs3": ("amzn2", "legacy")}
     assert sorted(f["check"] for f in rows["ecs2"]["drift"]) == [  # type: ignore[attr-defined]
         "ecs_config.ECS_AWSVPC_BLOCK_IMDS", "imds.ipv4.live"]
     CACHE.mkdir(exist_ok=True)
     (CACHE / "fleet-report-sample.md").write_text(md)
 
-    # the converge that repairs it (on ecs2: the others were shown unchanged above,
-    # and molecule proves a second converge changes nothing)
+    # the converge that repairs it (on ecs2: the others were shown unchanged above)
     cp = ansible.playbook("site.yml", "--limit", "ecs2")
     assert cp.returncode == 0, cp.stdout[-6000:]
     assert recap(cp.stdout)["ecs2"]["changed"] > 0
