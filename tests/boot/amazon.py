@@ -47,7 +47,10 @@ iptables -S; iptables -t raw -S; } > /var/log/ecs-test/before-docker.v4; \
 
 def pyenv_version(minor: str) -> Path:
     """pyenv's newest build of that minor version (pyenv is on every machine here)."""
-    root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip())
+    try:
+        root = Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):  # not on PATH: where scripts/oldpython looks too
+        root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     pattern = re.compile(rf"{re.escape(minor)}\.(\d+)")
     found = sorted((p for p in (root / "versions").iterdir() if pattern.fullmatch(p.name)),
                    key=lambda p: int(p.name.rsplit(".", 1)[1]))
