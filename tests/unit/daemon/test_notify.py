@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from ecs_harden.daemon.notify import Notifier
@@ -41,3 +42,19 @@ def test_watchdog_interval_is_half_of_usec() -> None:
 def test_without_socket_nothing_is_sent() -> None:
     n = Notifier({})
     assert not n.enabled and n.send("READY=1") is False
+
+
+def test_a_receiver_that_stops_reading_never_stalls_the_daemon(tmp_path: Path) -> None:
+    """The queue fills (net.unix.max_dgram_qlen, 10 here by default): what does not fit
+    is dropped at once, and what was queued is intact. Before, each message waited 2 s."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        n = Notifier({"NOTIFY_SOCKET": str(path)})
+        t0 = time.monotonic()
+        sent = [n.send("WATCHDOG=1") for _ in range(300)]
+        elapsed = time.monotonic() - t0
+        assert sent.count(False) > 0 and sent[0] is True  # the queue filled, then dropped
+        assert elapsed < 30  # generous: 300 sends blocking 2 s each would take 10 minutes
+        s.settimeout(2)
+        assert s.recv(100) == b"WATCHDOG=1"
