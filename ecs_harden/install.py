@@ -163,7 +163,7 @@ def install(
     if files_changed and not dry_run and booted:
         _systemctl("daemon-reload")
     if enable:
-        if _systemctl("is-enabled", UNIT, check=False).stdout.strip() != "enabled":
+        if systemd_state(UNIT) != "enabled":
             result.changed.append(f"enable {UNIT}")
             if not dry_run:
                 _systemctl("enable", UNIT)
