@@ -126,6 +126,19 @@ def install_unit(policy: Policy, flavor: type[Flavor], result: Result, *, dry_ru
     return changed
 
 
+def create_writable(policy: Policy, flavor: type[Flavor], result: Result, *, dry_run: bool) -> None:
+    """What the daemon writes, created now, as root and outside any sandbox. The unit's
+    `ExecStartPre=+ecs-harden prepare` does it at every start too, but amzn2's systemd
+    219 has no '+': there prepare runs inside the sandbox, where /opt and /var are
+    read-only, and a directory missing then (node_exporter's textfile directory, say)
+    stays missing."""
+    missing = [p for p in unitpaths.writable_paths(policy, flavor.name) if not os.path.lexists(p.path)]
+    if dry_run:
+        result.changed.extend(f"create {p.path} ({p.why})" for p in missing)
+        return
+    result.changed.extend(f"create {path}" for path in unitpaths.prepare(policy, flavor.name))
+
+
 def systemd_running() -> bool:
     """PID 1 is systemd (sd_booted): not in an image being prepared, a chroot, a container
     without it. Enabling works either way (it writes symlinks); reload and start do not."""
@@ -158,6 +171,7 @@ def install(
     if restore and policy.imds.persist:
         install_restore(flavor, result, dry_run=dry_run)
     files_changed = install_unit(policy, flavor, result, dry_run=dry_run)
+    create_writable(policy, flavor, result, dry_run=dry_run)
     new_version = _version_changed(policy)
     booted = systemd_running()
     if files_changed and not dry_run and booted:

@@ -118,6 +118,19 @@ def _parsed(chain: str, r: Any) -> Rule:
         return unreadable(chain, f"-A {chain} (python-iptables cannot decode it: {exc})")
 
 
+def _interface_masks_as_ip6tables(r: Any) -> None:
+    """python-iptables 1.x gives an IPv6 rule's -i/-o a mask of 0x01 per byte (its IPv4
+    rule has 0xff): the kernel then compares one bit of each character, so `-i docker+`
+    also matches names that are not docker-anything, `ip6tables -S` prints the rule
+    unchanged and `ip6tables -D` of that line cannot find it (measured). Make the masks
+    ip6tables' own: 0xff over the bytes the name (without '+') or, exact, its NUL span."""
+    ipv6 = r.entry.ipv6
+    for mask in ("iniface_mask", "outiface_mask"):
+        span = len(bytes(getattr(ipv6, mask)).rstrip(b"\x00"))  # ctypes: up to the first NUL
+        if span:
+            setattr(ipv6, mask, b"\xff" * span)
+
+
 class Libiptc:
     name = "python-iptables"
 
@@ -173,6 +186,8 @@ class Libiptc:
             r.in_interface = ("!" if rule.in_iface.negated else "") + rule.in_iface.value
         if rule.out_iface:
             r.out_interface = ("!" if rule.out_iface.negated else "") + rule.out_iface.value
+        if self.family == 6:
+            _interface_masks_as_ip6tables(r)
         if rule.proto:
             r.protocol = ("!" if rule.proto.negated else "") + rule.proto.value
         for m in rule.matches:

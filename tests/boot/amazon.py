@@ -10,6 +10,8 @@ directory. What each part emulates, and how, is said where it is made; the READM
 - iptables-services: its units (the package's text), an init script reduced to what
   they use (tests/lab/files/iptables.init) and its sample rules files, byte for byte.
 - systemd is the image's 252 on both: AL2's 219 cannot be had here (README).
+- Docker is the image's docker.io, running for real (in a cgroup tree of the host's
+  own, tests/boot/cgroups.py), with the test box's fake IMDS and credentials endpoint.
 """
 
 from __future__ import annotations
@@ -26,20 +28,18 @@ from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, LAB_FILES, OS_RELEASE,
 
 HERE = Path(__file__).resolve().parent / "amazon"
 PREFIX = "/usr/local/lib/amzn-python"  # where the dress puts the Pythons
-NOCLOUD = PROJECT / "vm" / "box" / "files" / "99-ecs-test-nocloud.cfg"
+BOX_FILES = PROJECT / "vm" / "box" / "files"
+NOCLOUD = BOX_FILES / "99-ecs-test-nocloud.cfg"
 # (python3, the Pythons on the host, the one the user-data's venv uses)
 PYTHONS = {"amzn2023": ("3.9", ("3.9",), "3.9"), "amzn2": ("3.7", ("3.7", "3.8"), "3.8")}
 NVR = {"amzn2023": "iptables-services-1.8.8-3.amzn2023.0.2.noarch",
        "amzn2": "iptables-services-1.8.4-10.amzn2.1.2.x86_64"}
-# TEST FIXTURE: docker.service in its place in the boot order, recording the ruleset it
-# would start on instead of starting Docker (which nspawn cannot run here).
-DOCKER_RECORD = """# TEST FIXTURE (tests/boot/amazon.py): docker.service records the ruleset it starts on
+# TEST FIXTURE: what netfilter holds when docker.service starts (Docker itself runs:
+# the host boots with the cgroup hierarchy and the keyring calls it needs, see BootedHost).
+DOCKER_RECORD = """# TEST FIXTURE (tests/boot/amazon.py): the ruleset at the moment docker.service starts
 [Service]
-Type=oneshot
-RemainAfterExit=yes
-Restart=no
-ExecStart=
-ExecStart=/bin/sh -c '{ cat /proc/sys/kernel/random/boot_id; systemctl is-active ecs-harden iptables; \
+ExecStartPre=/bin/sh -c 'mkdir -p /var/log/ecs-test; \
+{ cat /proc/sys/kernel/random/boot_id; systemctl is-active ecs-harden iptables; \
 iptables -S; iptables -t raw -S; } > /var/log/ecs-test/before-docker.v4; \
 { ip6tables -S; ip6tables -t raw -S; } > /var/log/ecs-test/before-docker.v6'
 """
@@ -94,10 +94,14 @@ def package(dest: Path, flavor: str) -> None:
     (dest / "nvr").write_text(NVR[flavor] + "\n")
 
 
-def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = False) -> list[str]:
+def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = False,
+          docker: bool = False, login: Path | None = None) -> list[str]:
     """Fill dest (the script's /dress) for flavor; return the extra nspawn binds. Without
     user_data, no cloud-init seed and no wheelhouse (a host Ansible installs); python38:
-    amazon-linux-extras' python3.8 installed beforehand (AL2)."""
+    amazon-linux-extras' python3.8 installed beforehand (AL2); docker: Docker runs, with
+    the test box's fake IMDS and credentials endpoint and its busybox image (a host booted
+    with a Subtree, tests/boot/cgroups.py), else docker.service stays masked; login: a
+    public key root's ssh accepts."""
     python3, pythons, venv = PYTHONS[flavor]
     (dest / "flavor").write_text(flavor + "\n")
     shutil.copy(FIXTURES / OS_RELEASE[flavor], dest / "os-release")
@@ -117,6 +121,11 @@ def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = Fa
         v38 = by_minor["3.8"]
         (dest / "extras-python3.8").write_text(f"/usr/bin/python3.8 {PREFIX}/{v38}/bin/python3.8\n")
     (dest / "docker-record.conf").write_text(DOCKER_RECORD)
+    if docker:  # the test box's Docker layer: its daemon.json, fake IMDS, credentials, image
+        shutil.copytree(BOX_FILES, dest / "box")
+        (dest / "docker").write_text("yes\n")
+    if login is not None:
+        shutil.copy(login, dest / "authorized_keys")
     if python38:
         (dest / "preinstall-python3.8").write_text("yes\n")
     if user_data is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.boot.cgroups import Subtree
 from tests.lab.sandbox import _die_with_parent
 
 
@@ -60,6 +61,9 @@ class BootedHost:
         # Its network: none but loopback (a fresh, empty namespace at every boot), or a
         # veth on a bridge of the outer sandbox (tests/vm/fleet.py).
         self.network: list[str] = ["--private-network"]
+        self.options: list[str] = []  # more of nspawn's
+        # A cgroup tree of its own, writable (tests/boot/cgroups.py): for Docker inside.
+        self.subtree: Subtree | None = None
 
     # -- the outer sandbox and the disk ----------------------------------
     def start(self) -> BootedHost:
@@ -93,10 +97,12 @@ class BootedHost:
             raise BootError("already booted")
         self.boots += 1
         log = open(self.dir / f"console-{self.boots}.log", "wb")  # noqa: SIM115 - the child owns it
+        argv = ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-b", *self.network, *self.options,
+                "--console=pipe", "-D", str(self.root)]
+        if self.subtree is not None:
+            argv = self._in_subtree(self.subtree, argv)
         self.nspawn = subprocess.Popen(
-            ["nsenter", "-t", str(self.ns_pid), "-n", "-m", "-p", "--",
-             "systemd-nspawn", "-q", "--register=no", "--keep-unit", "-b", *self.network,
-             "--console=pipe", "-D", str(self.root)],
+            ["nsenter", "-t", str(self.ns_pid), "-n", "-m", "-p", "--", *argv],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -119,6 +125,21 @@ class BootedHost:
             if self.nspawn.poll() is not None or time.monotonic() > deadline:
                 raise BootError(f"boot did not finish ({state}): " + self.console()[-3000:])
             time.sleep(0.2)
+
+    def _in_subtree(self, subtree: Subtree, argv: list[str]) -> list[str]:
+        """argv run in the subtree's cgroups, its own cgroup and mount namespaces, with
+        the subtree's hierarchies as the container's /sys/fs/cgroup."""
+        subtree.create()
+        # Over /sys/fs/cgroup in its mount namespace: nspawn reaches its cgroups there,
+        # so the paths its cgroup namespace gives must resolve in that view.
+        target = "/sys/fs/cgroup"
+        inner = self.dir / "boot-inner.sh"
+        inner.write_text("set -e\n" + subtree.mount(target) + 'exec "$@"\n')
+        outer = self.dir / "boot-outer.sh"
+        outer.write_text("set -e\n" + subtree.enter()
+                         + f'exec unshare --cgroup --mount --propagation private sh {inner} "$@"\n')
+        return ["sh", str(outer), *argv[:-2], f"--bind={target}:/sys/fs/cgroup",
+                "--system-call-filter=@keyring", *argv[-2:]]
 
     def console(self) -> str:
         path = self.dir / f"console-{self.boots}.log"
@@ -166,6 +187,8 @@ class BootedHost:
 
     def stop(self) -> None:
         self.halt()
+        if self.subtree is not None:
+            self.subtree.remove()
         if self.holder is not None and self.holder.poll() is None:
             if self.ns_pid:
                 with contextlib.suppress(ProcessLookupError):

@@ -7,9 +7,10 @@ What this proves: the user-data's and `ecs-harden install`'s Amazon Linux paths 
 yum and amazon-linux-extras' python3.8; iptables-services' units and sample; rpm -V),
 the sample replaced on the first apply, the restore enabled for boot and never started
 under the running host, the block restored by iptables.service before docker.service
-starts at every boot, with systemd 252. What it does not: AL2's systemd 219, Amazon's
-real packages, and a real container (Docker does not run in nspawn here; the test VM
-proves that part on Debian).
+starts at every boot, with systemd 252, and a real container on docker0 that cannot
+reach the (fake) IMDS: tests/infra, over ssh, after the first boot (with the unit's
+life cycle) and after the last reboot. What it does not: AL2's systemd 219, Amazon's
+real packages and kernel.
 
 The tests of this module run in order on one host per flavor."""
 
@@ -17,13 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.boot import amazon, image
+from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
+from tests.boot.image import PROJECT
 from tests.boot.nspawn import BootedHost
 from tests.boot.userdata import launch_template, ours
 
@@ -32,6 +37,7 @@ CASES = [("amzn2023", "nft"), ("amzn2", "legacy")]
 MARK = '-m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
 WHEELHOUSE = "/var/tmp/wheelhouse/"  # ECS_HARDEN_FROM: the dress copies it there
 SYSCONFIG = ("/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables")
+KEY = "id_ed25519"  # root's login, in the host's work directory
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"emulated-{f}-{v}" for f, v in CASES])
@@ -39,9 +45,12 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     require_boot()
     flavor, variant = request.param
     dress = tmp_path_factory.mktemp(f"dress-{flavor}")
-    binds = amazon.dress(dress, flavor, launch_template(WHEELHOUSE))
     with BootedHost(image.rootfs()) as h:
         h.flavor, h.variant = flavor, variant
+        h.subtree = Subtree(f"ecs-test-{os.getpid()}-{flavor}")
+        key = h.dir / KEY
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        binds = amazon.dress(dress, flavor, launch_template(WHEELHOUSE), docker=True, login=key.with_suffix(".pub"))
         h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
         h.boot()
         h.run(["cloud-init", "status", "--wait"], check=False, timeout=900)
@@ -56,6 +65,31 @@ def recorded(host: BootedHost) -> tuple[list[str], list[str]]:
     v4 = host.run(["cat", "/var/log/ecs-test/before-docker.v4"], check=False).stdout.splitlines()
     v6 = host.run(["cat", "/var/log/ecs-test/before-docker.v6"], check=False).stdout.splitlines()
     return v4, v6
+
+
+def infra(host: BootedHost, *args: str) -> None:
+    """tests/infra against the host as an operator runs it (`--hosts=ssh://root@...`,
+    the host's own sshd), from this machine with only the host's network namespace
+    entered (the host has no network but its loopback), one multiplexed connection."""
+    config = host.dir / f"ssh-config.{host.boots}"
+    config.write_text(
+        f"Host emulated\n  HostName 127.0.0.1\n  User root\n  IdentityFile {host.dir / KEY}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        f"  ControlMaster auto\n  ControlPath {host.dir}/mux-{host.boots}-%C\n  ControlPersist 30\n"
+    )
+    python = os.environ.get("ECS_HARDEN_PYTHON") or str(PROJECT / ".venv" / "bin" / "python")
+    try:
+        cp = subprocess.run(
+            ["nsenter", "-t", str(host.init_pid), "-n", "--",
+             python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(PROJECT),
+             "--hosts=ssh://emulated", f"--ssh-config={config}", str(PROJECT / "tests" / "infra"), *args],
+            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        )
+    finally:  # the master, before the host reboots
+        subprocess.run(["nsenter", "-t", str(host.init_pid), "-n", "--", "ssh", "-F", str(config),
+                        "-O", "exit", "emulated"], capture_output=True, check=False, timeout=30)
+    assert cp.returncode == 0, cp.stdout[-6000:] + cp.stderr[-2000:]
+    assert " passed" in cp.stdout and " failed" not in cp.stdout, cp.stdout[-3000:]
 
 
 def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHost) -> None:
@@ -100,6 +134,14 @@ def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHo
     assert facts["iptables"] == ("nf_tables" if host.variant == "nft" else "legacy")
 
 
+def test_the_testinfra_suite_passes_with_the_units_life_cycle(host: BootedHost) -> None:
+    """A real container on docker0 cannot reach IMDS (v4 and v6) and reaches the
+    credentials endpoint; the unit's stop, kill -9 and reload under systemd."""
+    assert "imds-ok" in host.sh("python3.11 -c \"import urllib.request as u; "
+                                "print(u.urlopen('http://169.254.169.254/', timeout=5).read().decode())\"").stdout
+    infra(host, "--disruptive")
+
+
 def test_user_data_again_changes_nothing(host: BootedHost) -> None:
     files = ["/etc/ecs/ecs.config", *SYSCONFIG, "/etc/ecs-harden/policy.yaml",
              "/etc/systemd/system/ecs-harden.service.d/paths.conf"]
@@ -133,3 +175,5 @@ def test_after_a_reboot_the_restore_blocks_before_docker_starts(host: BootedHost
         assert state == "active", (unit, host.run(["journalctl", "-b", "-u", unit, "--no-pager"], check=False).stdout)
     check = host.run(["ecs-harden", "check"], check=False)
     assert check.returncode == 0, check.stdout
+    if boot == 2:
+        infra(host)

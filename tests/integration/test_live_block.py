@@ -168,3 +168,18 @@ def test_remove_requires_yes(clean: EcsHost) -> None:
     clean.report("apply")
     assert clean.harden("remove").returncode == 2
     assert len(block_rules(clean, "DOCKER-USER")) == 1
+
+
+def test_each_copy_is_the_rule_the_cli_makes_of_its_listing(clean: EcsHost) -> None:
+    """`iptables -D` of the line `-S` prints finds every copy apply made (the CLI compares
+    the whole entry, interface masks included): on legacy IPv6, python-iptables' own
+    masks (0x01 per byte: `-i docker+` matching names that are not docker-anything)
+    would fail this."""
+    assert clean.report("apply")[0] == 0
+    for fam in (4, 6):
+        for table, chain in (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING")):
+            ours = [r for r in clean.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]
+            assert len(ours) == 1, (fam, chain, ours)
+            clean.sandbox.run(["sh", "-c", f"{'iptables' if fam == 4 else 'ip6tables'} -w -t {table} -D {chain} "
+                               + ours[0].split(" ", 2)[2]])
+            assert not [r for r in clean.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ecs_harden import flavors, install, proc
+from ecs_harden import flavors, install, proc, unitpaths
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.policy import Policy
+from ecs_harden.policy import Policy, ReportPolicy
 
 
 class Host:
@@ -21,6 +21,7 @@ class Host:
         self.active = False
         self.restore = True
         self.runs: list[list[str]] = []
+        self.prepared: list[str] = []
 
     def run(self, argv: list[str], **kw: object) -> proc.Completed:
         self.runs.append(list(argv))
@@ -45,6 +46,12 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     monkeypatch.setattr(install, "systemd_running", lambda: True)
     monkeypatch.setattr(install, "restore_installed", lambda flavor: h.restore)
     monkeypatch.setattr(proc, "run", h.run)
+    # what prepare would create on this machine (/etc/ecs, /run/ecs-harden): recorded only
+    def prepare(pol: Policy, flavor: str) -> list[str]:
+        h.prepared.append(flavor)
+        return []
+
+    monkeypatch.setattr(unitpaths, "prepare", prepare)
     return h
 
 
@@ -76,6 +83,7 @@ def test_the_unit_and_its_drop_ins_per_flavor_then_nothing_to_do(
     host.runs.clear()
     again = install.install(policy(tmp_path), now=True, flavor=fl)
     assert again.changed == [] and systemctl(host) == []  # idempotent: no reload, no restart
+    assert host.prepared == [flavor, flavor]  # what the daemon writes, created at every install
 
 
 def test_a_changed_unit_file_is_rewritten_and_the_running_unit_restarted(host: Host, tmp_path: Path) -> None:
@@ -157,3 +165,24 @@ def test_without_systemd_running_it_installs_and_enables_but_cannot_start(
     assert systemctl(host) == ["enable ecs-harden.service"]  # no daemon-reload in an image
     with pytest.raises(RuntimeFailure, match="systemd is not running"):
         install.install(policy(tmp_path), now=True, flavor=flavors.by_name("debian"))
+
+
+def test_install_creates_what_the_sandboxed_daemon_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On amzn2 (no '+' for ExecStartPre on systemd 219) prepare runs inside the sandbox,
+    where /var is read-only: a textfile directory must exist before the first start."""
+    textfile = tmp_path / "var" / "lib" / "node_exporter" / "textfile_collector" / "ecs_harden.prom"
+    pol = Policy(state_dir=str(tmp_path / "state"), source="test",
+                 report=ReportPolicy(status_file=str(tmp_path / "run" / "status.json"), textfile=str(textfile)))
+    real = unitpaths.writable_paths
+    monkeypatch.setattr(unitpaths, "writable_paths",
+                        lambda p, f: [w for w in real(p, f) if w.path.startswith(str(tmp_path))])
+    fl = flavors.by_name("amzn2")
+    dry = install.Result()
+    install.create_writable(pol, fl, dry, dry_run=True)
+    assert f"create {textfile.parent} (report.textfile)" in dry.changed and not textfile.parent.exists()
+    done = install.Result()
+    install.create_writable(pol, fl, done, dry_run=False)
+    assert textfile.parent.is_dir() and f"create {textfile.parent}" in done.changed
+    again = install.Result()
+    install.create_writable(pol, fl, again, dry_run=False)
+    assert again.changed == []
