@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-TIERS = {"unit": "quick", "cli": "quick", "integration": "lab", "boot": "lab",
+TIERS = {"unit": "quick", "cli": "quick", "integration": "lab", "boot": "lab", "release": "lab",
          "tools": "vm", "vm": "vm", "infra": "infra"}
 
 

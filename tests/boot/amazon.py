@@ -45,6 +45,25 @@ iptables -S; iptables -t raw -S; } > /var/log/ecs-test/before-docker.v4; \
 """
 
 
+# TEST FIXTURE: the ECS agent's unit where ECS AMIs have it (ordering and restart as
+# there; RestartSec 2 s instead of 10 s to keep the test short), running nothing.
+ECS_SERVICE = """# TEST FIXTURE (tests/boot/amazon.py): ecs.service as ECS AMIs order and restart it
+[Unit]
+Description=TEST FIXTURE: Amazon ECS container agent (a stand-in)
+Requires=docker.service
+After=docker.service
+After=cloud-final.service
+[Service]
+Type=simple
+Restart=on-failure
+RestartSec=2s
+EnvironmentFile=-/etc/ecs/ecs.config
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def pyenv_version(minor: str) -> Path:
     """pyenv's newest build of that minor version (pyenv is on every machine here)."""
     try:
@@ -95,14 +114,14 @@ def package(dest: Path, flavor: str) -> None:
 
 
 def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = False,
-          docker: bool = False, login: Path | None = None) -> list[str]:
+          docker: bool = False, login: Path | None = None, release: Path | None = None) -> list[str]:
     """Fill dest (the script's /dress) for flavor; return the extra nspawn binds. Without
     user_data, no cloud-init seed and no wheelhouse (a host Ansible installs); python38:
     amazon-linux-extras' python3.8 installed beforehand (AL2); docker: Docker runs, with
     the test box's fake IMDS and credentials endpoint and its busybox image (a host booted
     with a Subtree, tests/boot/cgroups.py), else docker.service stays masked; login: a
     public key root's ssh accepts."""
-    python3, pythons, venv = PYTHONS[flavor]
+    python3, pythons, _ = PYTHONS[flavor]
     (dest / "flavor").write_text(flavor + "\n")
     shutil.copy(FIXTURES / OS_RELEASE[flavor], dest / "os-release")
     shutil.copy(HERE / "pkgtool", dest / "pkgtool")
@@ -124,6 +143,10 @@ def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = Fa
     if docker:  # the test box's Docker layer: its daemon.json, fake IMDS, credentials, image
         shutil.copytree(BOX_FILES, dest / "box")
         (dest / "docker").write_text("yes\n")
+        (dest / "ecs.service").write_text(ECS_SERVICE)
+    if release is not None:
+        (dest / "dist").mkdir()
+        shutil.copy(release, dest / "dist" / release.name)
     if login is not None:
         shutil.copy(login, dest / "authorized_keys")
     if python38:
@@ -134,7 +157,6 @@ def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = Fa
     (dest / "meta-data").write_text(f"instance-id: i-ecs-test-{flavor}-{int(time.time())}\n"
                                     f"local-hostname: ecs-test-{flavor}\n")
     (dest / "user-data").write_text(user_data)
-    wheelhouse(pyenv_version(venv), dest / "wheelhouse")
     return binds
 
 

@@ -18,11 +18,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
 from tests.boot.cgroups import Subtree
 from tests.lab.sandbox import _die_with_parent
+
+H = TypeVar("H", bound="BootedHost")
 
 
 class BootError(RuntimeError):
@@ -198,8 +201,9 @@ class BootedHost:
         self.holder = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> BootedHost:
-        return self.start()
+    def __enter__(self: H) -> H:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

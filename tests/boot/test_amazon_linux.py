@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import release
 from tests.boot import amazon, image
 from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
@@ -35,22 +36,29 @@ from tests.boot.userdata import launch_template, ours
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
 CASES = [("amzn2023", "nft"), ("amzn2", "legacy")]
 MARK = '-m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
-WHEELHOUSE = "/var/tmp/wheelhouse/"  # ECS_HARDEN_FROM: the dress copies it there
+DIST = "/opt/ecs-harden-dist"  # where the dress lays the release tarball down (a baked AMI)
 SYSCONFIG = ("/etc/sysconfig/iptables", "/etc/sysconfig/ip6tables")
 KEY = "id_ed25519"  # root's login, in the host's work directory
 
 
+class EmulatedHost(BootedHost):
+    source: tuple[str, str] = ("", "")  # ECS_HARDEN_FROM and ECS_HARDEN_SHA256 of its user-data
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[f"emulated-{f}-{v}" for f, v in CASES])
-def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
+def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedHost]:
     require_boot()
     flavor, variant = request.param
     dress = tmp_path_factory.mktemp(f"dress-{flavor}")
-    with BootedHost(image.rootfs()) as h:
+    with EmulatedHost(image.rootfs()) as h:
         h.flavor, h.variant = flavor, variant
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-{flavor}")
         key = h.dir / KEY
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        binds = amazon.dress(dress, flavor, launch_template(WHEELHOUSE), docker=True, login=key.with_suffix(".pub"))
+        tarball, sha256 = release.artifact(amazon.PYTHONS[flavor][2])
+        h.source = (f"{DIST}/{tarball.name}", sha256)
+        binds = amazon.dress(dress, flavor, launch_template(*h.source), docker=True,
+                             login=key.with_suffix(".pub"), release=tarball)
         h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
         h.boot()
         h.run(["cloud-init", "status", "--wait"], check=False, timeout=900)
@@ -142,7 +150,7 @@ def test_the_testinfra_suite_passes_with_the_units_life_cycle(host: BootedHost) 
     infra(host, "--disruptive")
 
 
-def test_user_data_again_changes_nothing(host: BootedHost) -> None:
+def test_user_data_again_changes_nothing(host: EmulatedHost) -> None:
     files = ["/etc/ecs/ecs.config", *SYSCONFIG, "/etc/ecs-harden/policy.yaml",
              "/etc/systemd/system/ecs-harden.service.d/paths.conf"]
 
@@ -151,7 +159,7 @@ def test_user_data_again_changes_nothing(host: BootedHost) -> None:
 
     before = sums()
     # ours again (not the launch template: its own ECS lines append each time)
-    again = host.run(["bash", "-s"], input=ours(WHEELHOUSE), check=False, timeout=900)
+    again = host.run(["bash", "-s"], input=ours(*host.source), check=False, timeout=900)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
     assert "unchanged: iptables-services (the boot restore) is installed" in again.stdout
     assert "replace the iptables-services sample" not in again.stdout

@@ -13,17 +13,21 @@ BEFORE = "mkdir -p /etc/ecs\necho ECS_CLUSTER=vmtest >> /etc/ecs/ecs.config\n"
 AFTER = "echo ECS_ENABLE_CONTAINER_METADATA=true >> /etc/ecs/ecs.config\n"
 
 
-def ours(url: str) -> str:
-    """The script with the wheelhouse URL in its variable, a node_exporter textfile added
-    to its policy, and a 2 s interval."""
+def ours(source: str, sha256: str, **more: str) -> str:
+    """The script with the release tarball and its sha256 in its variables (and any other
+    ECS_HARDEN_* of its, by name), a node_exporter textfile added to its policy, and a
+    2 s interval: the two lines an operator edits, and a policy of theirs."""
     text = USER_DATA.read_text()
-    var = 'ECS_HARDEN_FROM="${ECS_HARDEN_FROM:-}"'
     status = "report:\n  status_file: /run/ecs-harden/status.json\n"
-    assert text.count(var) == 1 and text.count(status) == 1
-    text = text.replace(var, f'ECS_HARDEN_FROM="${{ECS_HARDEN_FROM:-{url}}}"')
+    assert text.count(status) == 1
+    for name, value in {"ECS_HARDEN_FROM": source, "ECS_HARDEN_SHA256": sha256, **more}.items():
+        var = f'{name}="${{{name}:-}}"' if name != "ECS_HARDEN_GATE_AGENT" else f'{name}="${{{name}:-true}}"'
+        assert text.count(var) == 1, var
+        text = text.replace(var, f'{name}="${{{name}:-{value}}}"')
     return text.replace(status, f"interval: 2\n{status}  textfile: {TEXTFILE}\n")
 
 
-def launch_template(url: str) -> str:
-    shebang, _, rest = ours(url).partition("\n")
-    return f"{shebang}\n{BEFORE}{rest}{AFTER}"
+def launch_template(source: str, sha256: str, before: str = "", **more: str) -> str:
+    """As a launch template carries it: the usual ECS lines before and after ours."""
+    shebang, _, rest = ours(source, sha256, **more).partition("\n")
+    return f"{shebang}\n{before}{BEFORE}{rest}{AFTER}"

@@ -48,7 +48,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
     require_vm()
     t_all = time.monotonic()
     with lab_with_box(tmp_path_factory, "vm") as lab:
-        lab.seed_iso(launch_template(lab.wheelhouse_url), f"ecs-test-{int(time.time())}")
+        lab.seed_iso(launch_template(*lab.release), f"ecs-test-{int(time.time())}")
         lab.timed("vagrant up (boot to ssh)", lab.up)
         lab.ssh_config()
         lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
@@ -86,7 +86,7 @@ def test_the_unit_under_real_systemd(vm: VagrantLab) -> None:
 def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
     files = "/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 /etc/ecs-harden/policy.yaml"
     before = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
-    again = vm.ssh("sudo bash -s", input=ours(vm.wheelhouse_url), check=False, timeout=900)
+    again = vm.ssh("sudo bash -s", input=ours(*vm.release), check=False, timeout=900)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
     assert "ecs-harden: done: compliant" in again.stdout
     after = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import release
 from tests.boot.image import CACHE, PROJECT, wheelhouse
 from tests.lab.sandbox import Sandbox, SandboxError
 from tests.vm.box import box
@@ -44,6 +45,7 @@ class VagrantLab:
         self.images = workdir / "images"
         self.seed: Path | None = None
         self.wheelhouse_url = ""
+        self.release: tuple[str, str] = ("", "")  # the release tarball's URL and sha256
         self.runs = 0
         self.timings: dict[str, float] = {}
 
@@ -258,14 +260,19 @@ def record_timings(timings: dict[str, float]) -> None:
 
 @contextlib.contextmanager
 def lab_with_box(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int = 1) -> Iterator[VagrantLab]:
-    """A started VagrantLab with the test box added and a wheelhouse of this checkout
-    served (lab.wheelhouse_url); its timings recorded when it ends."""
+    """A started VagrantLab with the test box added, a wheelhouse of this checkout
+    (lab.wheelhouse_url, for the role) and its release tarball for the box's Python 3.11
+    (lab.release, for the user-data) served; its timings recorded when it ends."""
     boxdir, built = box()
     work = tmp_path_factory.mktemp(name)
     wheelhouse(work / "www" / "wheelhouse")
+    tarball, sha256 = release.artifact("3.11")
+    shutil.copy(tarball, work / "www" / tarball.name)
     with VagrantLab(work / "lab", boxdir, hosts=hosts) as lab:
         lab.timings["box build"] = round(built, 1)
-        lab.wheelhouse_url = lab.serve(work / "www", work / "http.log") + "wheelhouse/"
+        url = lab.serve(work / "www", work / "http.log")
+        lab.wheelhouse_url = url + "wheelhouse/"
+        lab.release = (url + tarball.name, sha256)
         lab.add_box()
         try:
             yield lab

@@ -1,0 +1,155 @@
+"""Where the user-data gets ecs-harden from, on an EMULATED Amazon Linux 2023 host
+(tests/boot/amazon.py): a release tarball from S3 (a local S3-compatible server, moto's,
+reachable from the host's network namespace only, fetched with the host's AWS CLI as an
+ECS AMI's instance role would), pinned by its sha256; and what happens when it cannot
+be had: no source, a wrong checksum, an unreachable URL. Each failure installs nothing,
+lets the rest of the user-data run (the operator's ECS lines after ours), ends the
+user-data with exit 1, and keeps the ECS agent (a stand-in ecs.service with the AMI's
+ordering and restart) from starting until the host is hardened.
+
+The tests run in order on one host, which has no user-data of its own: the script is
+run by hand as cloud-init runs it (bash, as root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import release
+from tests.boot import amazon, image
+from tests.boot.cgroups import Subtree
+from tests.boot.conftest import require_boot
+from tests.boot.nspawn import BootedHost
+from tests.boot.userdata import launch_template
+
+S3 = "http://127.0.0.1:5000"  # moto's server, in the host's network namespace
+BUCKET = "fleet-artifacts"
+CREDENTIALS = ("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 "
+               "AWS_EC2_METADATA_DISABLED=true\n")
+GATE = "/etc/systemd/system/ecs.service.d/ecs-harden-gate.conf"
+
+
+class SourcesHost(BootedHost):
+    tarball: Path = Path()
+    sha256: str = ""
+    moto: subprocess.Popen[bytes] | None = None
+
+    def in_netns(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        """argv on this machine, in the host's network namespace only."""
+        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-n", "--", *argv],  # type: ignore[call-overload]
+                              capture_output=True, text=True, **kw)
+
+    def user_data(self, source: str, sha256: str, **more: str) -> subprocess.CompletedProcess[str]:
+        script = launch_template(source, sha256, before=CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3, **more)
+        return self.run(["bash", "-s"], input=script, check=False, timeout=900)
+
+    def untouched(self) -> str:
+        """What a failed run must leave as it was."""
+        return self.sh("ls -d /opt/ecs-harden /etc/ecs-harden /usr/local/bin/ecs-harden 2>&1 || true; "
+                       "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; "
+                       "cat /etc/sysconfig/iptables 2>&1 || true").stdout
+
+    def agent(self) -> str:
+        return self.run(["systemctl", "is-active", "ecs.service"], check=False).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcesHost]:
+    require_boot()
+    pytest.importorskip("moto")
+    dress = tmp_path_factory.mktemp("dress-sources")
+    with SourcesHost(image.rootfs()) as h:
+        h.subtree = Subtree(f"ecs-test-{os.getpid()}-sources")
+        h.tarball, h.sha256 = release.artifact(amazon.PYTHONS["amzn2023"][2])
+        binds = amazon.dress(dress, "amzn2023", None, docker=True)
+        h.offline((Path(__file__).resolve().parent / "scripts" / "amazon-linux").read_text(),
+                  binds=[f"{dress}:/dress", *binds], timeout=900)
+        h.boot()
+        log = open(h.dir / "moto.log", "wb")  # noqa: SIM115 - the child owns it
+        h.moto = subprocess.Popen(["nsenter", "-t", str(h.init_pid), "-n", "--", sys.executable, "-m",
+                                   "moto.server", "-H", "127.0.0.1", "-p", "5000"], stdout=log, stderr=log)
+        log.close()
+        try:
+            deadline = time.monotonic() + 60
+            upload = (f"import boto3; s3 = boto3.client('s3', endpoint_url='{S3}', region_name='us-east-1', "
+                      "aws_access_key_id='testing', aws_secret_access_key='testing'); "
+                      f"s3.create_bucket(Bucket='{BUCKET}'); "
+                      f"s3.upload_file('{h.tarball}', '{BUCKET}', 'ecs-harden/{h.tarball.name}')")
+            while (cp := h.in_netns([sys.executable, "-c", upload], timeout=60)).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise AssertionError("moto's server did not take the upload: " + cp.stderr[-2000:])
+                time.sleep(0.5)
+            yield h
+        finally:
+            h.moto.kill()
+            h.moto.wait(10)
+
+
+def s3_url(host: SourcesHost) -> str:
+    return f"s3://{BUCKET}/ecs-harden/{host.tarball.name}"
+
+
+def failed_cleanly(host: SourcesHost, cp: subprocess.CompletedProcess[str], before: str, why: str) -> None:
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 1, out[-3000:]
+    assert f"ecs-harden: FAILED: {why}" in out, out[-3000:]
+    assert host.untouched() == before, "a failed install changed the host"
+    # the rest of the user-data ran (the operator's line after ours) ...
+    config = host.run(["cat", "/etc/ecs/ecs.config"]).stdout.splitlines()
+    assert config[-1] == "ECS_ENABLE_CONTAINER_METADATA=true", config
+    assert "ECS_AWSVPC_BLOCK_IMDS=true" not in config
+    # ... and the agent does not start on the unhardened host
+    assert host.run(["test", "-f", GATE], check=False).returncode == 0
+    host.run(["systemctl", "restart", "ecs.service"], check=False)
+    time.sleep(1)
+    assert host.agent() != "active"
+    journal = host.run(["journalctl", "-u", "ecs.service", "--no-pager", "-o", "cat"], check=False).stdout
+    assert "ecs-harden" in journal, journal[-2000:]
+
+
+def test_no_source_is_a_clear_error_and_changes_nothing(host: SourcesHost) -> None:
+    before = host.untouched()
+    cp = host.user_data("", "")
+    failed_cleanly(host, cp, before, "ECS_HARDEN_FROM is empty")
+    assert "pip" not in cp.stdout.lower()  # never the public package index
+
+
+def test_a_wrong_checksum_refuses_the_tarball_and_changes_nothing(host: SourcesHost) -> None:
+    before = host.untouched()
+    wrong = "0" * 64
+    cp = host.user_data(s3_url(host), wrong)
+    failed_cleanly(host, cp, before, f"{host.tarball.name}: sha256 is {host.sha256}, not the pinned {wrong}")
+
+
+def test_an_unreachable_url_changes_nothing(host: SourcesHost) -> None:
+    before = host.untouched()
+    url = f"https://127.0.0.1:9/releases/{host.tarball.name}"
+    cp = host.user_data(url, host.sha256)
+    failed_cleanly(host, cp, before, f"cannot fetch {url}")
+
+
+def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: SourcesHost) -> None:
+    cp = host.user_data(s3_url(host), host.sha256)
+    assert cp.returncode == 0, (cp.stdout + cp.stderr)[-4000:]
+    assert f"ecs-harden: fetching {s3_url(host)}" in cp.stdout
+    assert f"ecs-harden: verified {host.tarball.name} (sha256 {host.sha256})" in cp.stdout
+    assert "ecs-harden: done: compliant, ecs-harden.service active" in cp.stdout
+    deadline = time.monotonic() + 60  # the stand-in agent retries every 2 s
+    while host.agent() != "active":
+        assert time.monotonic() < deadline, host.run(["journalctl", "-u", "ecs.service", "--no-pager"]).stdout
+        time.sleep(1)
+    # again: nothing to install, the same version
+    again = host.user_data(s3_url(host), host.sha256)
+    assert again.returncode == 0 and "unchanged: ecs-harden" in again.stdout, again.stdout[-3000:]
+
+
+def test_with_the_gate_off_the_agent_is_not_held(host: SourcesHost) -> None:
+    cp = host.user_data(s3_url(host), host.sha256, ECS_HARDEN_GATE_AGENT="false")
+    assert cp.returncode == 0, cp.stdout[-3000:]
+    assert host.run(["test", "-f", GATE], check=False).returncode == 1

@@ -1,0 +1,46 @@
+"""Release tarballs of this checkout (scripts/release), built once per source state and
+target Python and shared by every test that installs ecs-harden the way an operator
+does: the booted hosts, the emulated Amazon Linux hosts, the test VM."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.boot.image import CACHE, PROJECT
+
+SCRIPT = PROJECT / "scripts" / "release"
+
+
+def source_hash() -> str:
+    """The tracked files as they are now (what scripts/release builds from)."""
+    names = subprocess.run(["git", "-C", str(PROJECT), "ls-files", "-z"], capture_output=True, check=True)
+    h = hashlib.sha256()
+    for rel in sorted(filter(None, names.stdout.decode().split("\0"))):
+        path = PROJECT / rel
+        if path.is_file():
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def artifact(minor: str) -> tuple[Path, str]:
+    """The tarball for Python minor (built now if this source state has none) and its
+    sha256 as SHA256SUMS says."""
+    out = CACHE / f"release-{source_hash()}"
+    sums = out / "SHA256SUMS"
+    found = [p for p in out.glob(f"ecs-harden-*-py{minor}-*.tar.gz")] if out.exists() else []
+    if not found:
+        for old in CACHE.glob("release-*"):
+            if old != out:
+                subprocess.run(["rm", "-rf", str(old)], check=False)
+        subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--target", minor], check=True,
+                       timeout=1800)
+        found = list(out.glob(f"ecs-harden-*-py{minor}-*.tar.gz"))
+    (tarball,) = found
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if name == tarball.name:
+            return tarball, digest
+    raise AssertionError(f"{tarball.name} is not in {sums}")

@@ -1,0 +1,112 @@
+"""scripts/release: a wheelhouse tarball per target Python that installs offline, with
+nothing compiled on the host, and runs; SHA256SUMS; reproducible; a compiled file
+newer than the target's glibc refused."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.boot.image import PROJECT
+
+SCRIPT = PROJECT / "scripts" / "release"
+TARGETS = ("3.8", "3.9", "3.11")
+
+
+def script() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("release_script", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("release_script", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    cp = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
+                        timeout=1800)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    return out
+
+
+def test_one_tarball_per_target_and_their_sums(built: Path) -> None:
+    version = script().version()
+    names = sorted(p.name for p in built.glob("*.tar.gz"))
+    assert names == sorted(f"ecs-harden-{version}-py{t}-x86_64.tar.gz" for t in TARGETS)
+    sums = dict(reversed(line.split("  ")) for line in (built / "SHA256SUMS").read_text().splitlines())
+    assert sorted(sums) == names
+    for name, digest in sums.items():
+        assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest
+    # sha256sum itself agrees (an operator's check)
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=built, capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("minor", TARGETS)
+def test_each_installs_offline_into_a_fresh_venv_of_its_python_and_runs(
+        built: Path, minor: str, tmp_path: Path) -> None:
+    (tarball,) = built.glob(f"*-py{minor}-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        members = tar.getmembers()
+        assert all(m.uid == 0 and m.uname == "root" for m in members)
+        tar.extractall(tmp_path)  # noqa: S202 - our own artifact
+    (top,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    wheels = sorted(p.name for p in (top / "wheels").iterdir())
+    assert all(w.endswith(".whl") for w in wheels), wheels  # no sdist: nothing to compile on the host
+    tag = "cp" + minor.replace(".", "")
+    assert [w for w in wheels if w.startswith("python_iptables-")][0].split("-")[2] == tag
+    python = script().pyenv_python(minor)
+    venv = tmp_path / "venv"
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+    # offline, no compiler: no index, and a PATH without gcc
+    cp = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links",
+                         str(top / "wheels"), "ecs-harden"], capture_output=True, text=True,
+                        env={"PATH": str(venv / "bin") + ":/usr/bin:/bin", "CC": "/nonexistent"})
+    assert cp.returncode == 0, cp.stderr
+    said = subprocess.run([str(venv / "bin" / "ecs-harden"), "--version"], capture_output=True, text=True)
+    assert said.stdout.strip() == f"ecs-harden {script().version()}"
+    facts = subprocess.run([str(venv / "bin" / "ecs-harden"), "facts", "--format", "json"],
+                           capture_output=True, text=True)
+    assert facts.returncode == 0, facts.stderr
+    assert json.loads(facts.stdout)["flavor"]
+    info = (top / "BUILD-INFO").read_text()
+    assert f"for Python {minor} on x86_64" in info and "compiled: python_iptables" in info
+
+
+def test_the_same_source_builds_the_same_bytes(built: Path, tmp_path: Path) -> None:
+    cp = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--target", "3.9"],
+                        capture_output=True, text=True, timeout=1800)
+    assert cp.returncode == 0, cp.stderr
+    (again,) = tmp_path.glob("*.tar.gz")
+    assert again.read_bytes() == (built / again.name).read_bytes()
+
+
+def test_a_compiled_file_newer_than_the_targets_glibc_is_refused(
+        built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = script()
+    (tarball,) = built.glob("*-py3.8-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        tar.extractall(tmp_path)  # noqa: S202 - our own artifact
+    (top,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert any("needs glibc" in s for s in mod.check_compiled(top / "wheels", "3.8"))
+    monkeypatch.setitem(mod.GLIBC_FLOOR, "3.8", (2, 1))  # a host older than anything in there
+    with pytest.raises(mod.ReleaseError, match=r"needs glibc 2\.\d+, but the hosts of Python 3\.8 may have 2\.1"):
+        mod.check_compiled(top / "wheels", "3.8")
+
+
+def test_a_missing_interpreter_is_a_clear_error(tmp_path: Path) -> None:
+    cp = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--target", "3.9",
+                         "--python", "3.9=/nonexistent/python3.9"], capture_output=True, text=True)
+    assert cp.returncode == 1
+    assert "scripts/release: running /nonexistent/python3.9" in cp.stderr
+    assert not list(tmp_path.glob("*.tar.gz"))
