@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import release
+from tests import artifacts
 from tests.boot import amazon, image
 from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
@@ -55,7 +55,7 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-{flavor}")
         key = h.dir / KEY
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        tarball, sha256 = release.artifact(amazon.PYTHONS[flavor][2])
+        tarball, sha256 = artifacts.artifact(amazon.PYTHONS[flavor][2])
         h.source = (f"{DIST}/{tarball.name}", sha256)
         binds = amazon.dress(dress, flavor, launch_template(*h.source), docker=True,
                              login=key.with_suffix(".pub"), release=tarball)
@@ -137,6 +137,9 @@ def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHo
     backups = host.sh("cat /var/lib/ecs-harden/backups/iptables.*.bak").stdout
     sample = (Path(__file__).resolve().parents[1] / "fixtures" / "iptables-services" / "iptables").read_text()
     assert sample in backups
+    # the agent (a stand-in ecs.service) passed the gate: it starts on a hardened host
+    host.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=300)
+    assert host.run(["systemctl", "is-active", "ecs.service"], check=False).stdout.strip() == "active"
     facts = json.loads(host.run(["ecs-harden", "facts", "--format", "json"]).stdout)
     assert facts["flavor"] == host.flavor
     assert facts["iptables"] == ("nf_tables" if host.variant == "nft" else "legacy")

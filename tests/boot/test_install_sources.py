@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import release
+from tests import artifacts
 from tests.boot import amazon, image
 from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
@@ -52,7 +52,7 @@ class SourcesHost(BootedHost):
     def untouched(self) -> str:
         """What a failed run must leave as it was."""
         return self.sh("ls -d /opt/ecs-harden /etc/ecs-harden /usr/local/bin/ecs-harden 2>&1 || true; "
-                       "iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; "
+                       "iptables-save | sed '/^#/d'; ip6tables-save | sed '/^#/d'; "
                        "cat /etc/sysconfig/iptables 2>&1 || true").stdout
 
     def agent(self) -> str:
@@ -66,7 +66,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcesHost]:
     dress = tmp_path_factory.mktemp("dress-sources")
     with SourcesHost(image.rootfs()) as h:
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-sources")
-        h.tarball, h.sha256 = release.artifact(amazon.PYTHONS["amzn2023"][2])
+        h.tarball, h.sha256 = artifacts.artifact(amazon.PYTHONS["amzn2023"][2])
         binds = amazon.dress(dress, "amzn2023", None, docker=True)
         h.offline((Path(__file__).resolve().parent / "scripts" / "amazon-linux").read_text(),
                   binds=[f"{dress}:/dress", *binds], timeout=900)

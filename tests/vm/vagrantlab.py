@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import release
+from tests import artifacts
 from tests.boot.image import CACHE, PROJECT, wheelhouse
 from tests.lab.sandbox import Sandbox, SandboxError
 from tests.vm.box import box
@@ -266,7 +266,7 @@ def lab_with_box(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int
     boxdir, built = box()
     work = tmp_path_factory.mktemp(name)
     wheelhouse(work / "www" / "wheelhouse")
-    tarball, sha256 = release.artifact("3.11")
+    tarball, sha256 = artifacts.artifact("3.11")
     shutil.copy(tarball, work / "www" / tarball.name)
     with VagrantLab(work / "lab", boxdir, hosts=hosts) as lab:
         lab.timings["box build"] = round(built, 1)
