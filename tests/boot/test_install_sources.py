@@ -40,10 +40,10 @@ class SourcesHost(BootedHost):
     sha256: str = ""
     moto: subprocess.Popen[bytes] | None = None
 
-    def in_netns(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    def in_netns(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """argv on this machine, in the host's network namespace only."""
-        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-n", "--", *argv],  # type: ignore[call-overload]
-                              capture_output=True, text=True, **kw)
+        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-n", "--", *argv],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def user_data(self, source: str, sha256: str, **more: str) -> subprocess.CompletedProcess[str]:
         script = launch_template(source, sha256, before=CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3, **more)

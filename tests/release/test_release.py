@@ -44,7 +44,8 @@ def test_one_tarball_per_target_and_their_sums(built: Path) -> None:
     version = script().version()
     names = sorted(p.name for p in built.glob("*.tar.gz"))
     assert names == sorted(f"ecs-harden-{version}-py{t}-x86_64.tar.gz" for t in TARGETS)
-    sums = dict(reversed(line.split("  ")) for line in (built / "SHA256SUMS").read_text().splitlines())
+    sums = {name: digest for digest, name in
+            (line.split("  ", 1) for line in (built / "SHA256SUMS").read_text().splitlines())}
     assert sorted(sums) == names
     for name, digest in sums.items():
         assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests import artifacts
 from tests.boot import amazon
 from tests.boot.conftest import require_boot
-from tests.boot.image import CACHE, PROJECT, rootfs, wheelhouse
+from tests.boot.image import CACHE, PROJECT, rootfs
 from tests.vm.fleet import Fleet, FleetHost
 
 HOSTS = ("ecs1", "ecs2", "ecs3")
@@ -29,21 +31,22 @@ DRESS = PROJECT / "tests" / "boot" / "scripts" / "amazon-linux"
 ANSIBLE = PROJECT / "ansible"
 
 
-# flavor, the host's Python for Ansible and the venv, its wheelhouse
+# flavor, the host's Python for Ansible and the venv, its release tarball
 FLAVORS = {"ecs1": "debian", "ecs2": "amzn2023", "ecs3": "amzn2"}
+VENV_PYTHON = {"debian": "3.11", "amzn2023": "3.9", "amzn2": "3.8"}
 INTERPRETER = {"debian": "/usr/bin/python3", "amzn2023": "/usr/bin/python3", "amzn2": "/usr/bin/python3.8"}
 
 
 class Controller:
     """ansible-playbook in the fleet's sandbox, with the inventory an operator writes:
-    per host its Python and the wheelhouse built for it."""
+    per host its Python and the release tarball for it, pinned by its sha256."""
 
-    def __init__(self, fleet: Fleet, url: str):
+    def __init__(self, fleet: Fleet, url: str, releases: dict[str, tuple[str, str]]):
         self.fleet = fleet
         self.url = url
         self.inventory = fleet.inventory({
             name: {"ansible_python_interpreter": INTERPRETER[flavor],
-                   "ecs_harden_from": f"{url}wheelhouse-{flavor}/"}
+                   "ecs_harden_from": f"{url}{releases[flavor][0]}", "ecs_harden_sha256": releases[flavor][1]}
             for name, flavor in FLAVORS.items()})
         self.report_dir = fleet.dir / "fleet-report"
 
@@ -92,9 +95,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, Con
     image = rootfs()
     work = tmp_path_factory.mktemp("fleet")
     www = work / "www"
-    wheelhouse(www / "wheelhouse-debian")
-    for flavor in ("amzn2023", "amzn2"):
-        amazon.wheelhouse(amazon.venv_python(flavor), www / f"wheelhouse-{flavor}")
+    www.mkdir()
+    releases = {}
+    for flavor, minor in VENV_PYTHON.items():
+        tarball, sha256 = artifacts.artifact(minor)
+        shutil.copy(tarball, www / tarball.name)
+        releases[flavor] = (tarball.name, sha256)
 
     def dress(host: FleetHost) -> None:
         flavor = FLAVORS[host.name]
@@ -109,10 +115,23 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, Con
     t0 = time.monotonic()
     with Fleet(image, HOSTS, work / "hosts", prepare=dress) as f:
         timings["3 hosts dressed and booted, sshd up"] = round(time.monotonic() - t0, 1)
-        yield f, Controller(f, f.serve(www)), timings
+        yield f, Controller(f, f.serve(www), releases), timings
     CACHE.mkdir(exist_ok=True)
     path = CACHE / "fleet-timings.json"
     path.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+def test_a_wrong_checksum_or_no_source_installs_nothing(fleet: tuple[Fleet, Controller, dict[str, float]]) -> None:
+    hosts, ansible, _ = fleet
+    wrong = ansible.playbook("site.yml", "--limit", "ecs2", "-e", "ecs_harden_sha256=" + "0" * 64)
+    assert wrong.returncode != 0 and recap(wrong.stdout)["ecs2"]["failed"] == 1, wrong.stdout[-4000:]
+    assert "sha256 is " in wrong.stdout and f"not the pinned {'0' * 64}" in wrong.stdout, wrong.stdout[-4000:]
+    none = ansible.playbook("site.yml", "--limit", "ecs1", "-e", "ecs_harden_from=")
+    assert none.returncode != 0 and "ecs_harden_from must be a release tarball" in none.stdout, none.stdout[-4000:]
+    for h in ("ecs1", "ecs2"):
+        left = hosts.ssh(h, "ls -d /opt/ecs-harden /usr/local/bin/ecs-harden /etc/ecs-harden /var/tmp/ecs-harden-dist.* "
+                            "2>/dev/null; systemctl cat ecs-harden.service >/dev/null 2>&1 && echo unit")
+        assert left.stdout.strip() == "", (h, left.stdout)
 
 
 def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> None:

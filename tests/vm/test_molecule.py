@@ -23,7 +23,7 @@ def test_molecule_test_passes(tmp_path_factory: pytest.TempPathFactory) -> None:
     with lab_with_box(tmp_path_factory, "molecule") as lab:
         t0 = time.monotonic()
         cp = lab.sandbox.run(
-            ["sh", "-c", f"cd {ROLE} && molecule test"], env=lab.molecule_env(lab.wheelhouse_url),
+            ["sh", "-c", f"cd {ROLE} && molecule test"], env=lab.molecule_env(*lab.release),
             timeout=3600, check=False,
         )
         lab.timings["molecule test"] = round(time.monotonic() - t0, 1)

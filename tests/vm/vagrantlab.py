@@ -117,7 +117,7 @@ class VagrantLab:
             env["ECS_HARDEN_SEED"] = str(self.seed)
         return env
 
-    def molecule_env(self, wheelhouse_url: str) -> dict[str, str]:
+    def molecule_env(self, source: str, sha256: str) -> dict[str, str]:
         """For `molecule test` of the role: its own Vagrantfile and dot directory (in its
         ephemeral directory), this lab's box, libvirt and key."""
         import molecule_plugins.vagrant  # the driver's own `vagrant` module lives beside it
@@ -125,7 +125,8 @@ class VagrantLab:
         env = {k: v for k, v in self.env().items() if k not in ("VAGRANT_CWD", "VAGRANT_DOTFILE_PATH")}
         venv_bin = str(PROJECT / ".venv" / "bin")
         env.update({
-            "ECS_HARDEN_FROM": wheelhouse_url,
+            "ECS_HARDEN_FROM": source,
+            "ECS_HARDEN_SHA256": sha256,
             "ECS_HARDEN_PROJECT": str(PROJECT),
             "ECS_HARDEN_VAGRANT_MODULES": str(Path(molecule_plugins.vagrant.__file__).parent / "modules"),
             "MOLECULE_EPHEMERAL_DIRECTORY": str(self.dir / "molecule"),
