@@ -21,13 +21,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Optional
 
+from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
-from ecs_harden import logs
 from ecs_harden import policy as policy_mod
 from ecs_harden.component import ECS, FILES, FIREWALL, Component
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.publisher import Counters, PolicyState, StatusPublisher
+from ecs_harden.daemon.publisher import PolicyState, StatusPublisher
 from ecs_harden.daemon.sources import WakeSource, open_sources
+from ecs_harden.daemon.status import Counters
 from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import Facts
@@ -138,6 +139,7 @@ class Daemon:
         self.counters.last_duration = time.monotonic() - t0
         self.counters.last_reconcile = time.time()
         self.counters.last_error = errors[-1] if errors else None
+        self.counters.errors += 1 if errors else 0
         for source in self.sources:
             source.after(groups, not errors, self.clock())
         self.log.debug("reconcile.done", why=why, groups=list(groups),
@@ -149,7 +151,10 @@ class Daemon:
         # A crash of the component is an error finding already (Reconciler.run_component).
         found, _, errs = self.reconciler.run_component(component, repair=True)
         self.findings[i] = found
-        self.counters.repairs += sum(1 for f in found if f.changed)
+        for f in found:
+            if f.changed:
+                self.counters.repairs += 1
+                self.counters.repairs_by_check[f.check] = self.counters.repairs_by_check.get(f.check, 0) + 1
         return errs
 
     def report(self) -> Report:
@@ -202,7 +207,7 @@ class Daemon:
         self.notifier.send("READY=1")
 
     def run(self, *, once: bool = False) -> int:
-        self.log.info("daemon.started", pid=os.getpid(), mode=self.policy.mode,
+        self.log.info("daemon.started", version=__version__, pid=os.getpid(), mode=self.policy.mode,
                       iptables=self.facts.iptables, flavor=self.facts.flavor,
                       interval=self.policy.interval, resync=self.policy.resync)
         if once:
@@ -255,6 +260,8 @@ class Daemon:
             self._wsock.close()
             self._close_sources()
         self.notifier.stopping()
+        if self.publisher.published:  # the textfile says nobody is watching any more
+            self.publisher.stopped(self.policy, self.counters)
         self.log.info("daemon.stopped", reconciles=self.counters.reconciles,
                       repairs=self.counters.repairs, rules="left in place")
         return 0

@@ -10,21 +10,11 @@ from typing import Any
 
 from ecs_harden import logs
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.status import metrics_text, report_text, write_metrics, write_status
+from ecs_harden.daemon.status import Counters, metrics_text, report_text, write_metrics, write_status
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import iso
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, Report
-
-
-@dataclass
-class Counters:
-    started: float = field(default_factory=time.time)
-    reconciles: int = 0
-    repairs: int = 0
-    last_error: str | None = None
-    last_reconcile: float = 0.0
-    last_duration: float = 0.0
 
 
 @dataclass
@@ -75,9 +65,9 @@ class StatusPublisher:
         return line
 
     def publish(self, report: Report | None, policy: Policy, counters: Counters, state: PolicyState) -> None:
-        """After a reconcile (report given): status file, metrics and STATUS=. A heartbeat
-        (report None) only rewrites the status file, from the report already built."""
-        heartbeat = report is None
+        """After a reconcile (report given), or at a heartbeat (None: from the report
+        already built): the status file, the metrics (their heartbeat timestamp is what
+        a staleness alert watches) and STATUS=."""
         if report is not None:
             self._report = report
             self._text = report_text(report)
@@ -86,14 +76,21 @@ class StatusPublisher:
             raise ValueError("a heartbeat before any report was published")
         try:
             write_status(policy.report.status_file, self._text, self.fields(policy, counters, state))
-            if policy.report.textfile and not heartbeat:
-                write_metrics(policy.report.textfile, metrics_text(
-                    current, repairs=counters.repairs, duration=counters.last_duration,
-                    last=counters.last_reconcile,
-                ))
+            if policy.report.textfile:
+                write_metrics(policy.report.textfile, metrics_text(current, counters, up=True))
         except HardenError as exc:
             self.log.error("status.write_failed", error=str(exc))
         summary = self.summary(current, policy, counters, state)
         if summary != self._summary:
             self._summary = summary
             self.notifier.status(summary)
+
+    def stopped(self, policy: Policy, counters: Counters) -> None:
+        """At a clean stop: the textfile says the daemon is not running (ecs_harden_up 0);
+        the rules stay, but nothing keeps them any more."""
+        if self._report is None or not policy.report.textfile:
+            return
+        try:
+            write_metrics(policy.report.textfile, metrics_text(self._report, counters, up=False))
+        except HardenError as exc:
+            self.log.error("status.write_failed", error=str(exc))

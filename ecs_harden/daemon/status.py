@@ -5,11 +5,28 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+from ecs_harden import __version__
 from ecs_harden.atomic import ensure_dir
 from ecs_harden.report import STATUSES, Report
 from ecs_harden.trust import write_replacing
+
+
+@dataclass
+class Counters:
+    """What the daemon counts since it started (the status file and the metrics show it)."""
+
+    started: float = field(default_factory=time.time)
+    reconciles: int = 0
+    repairs: int = 0
+    repairs_by_check: dict[str, int] = field(default_factory=dict)
+    errors: int = 0  # reconciles that ended with an error
+    last_error: str | None = None
+    last_reconcile: float = 0.0
+    last_duration: float = 0.0
+
 
 
 def report_text(report: Report) -> str:
@@ -43,8 +60,22 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(report: Report, *, repairs: int, duration: float, last: float) -> str:
+def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | None = None) -> str:
+    """The node_exporter textfile. Written at every reconcile and every heartbeat: an
+    alert on `time() - ecs_harden_heartbeat_timestamp_seconds` catches a daemon that died
+    (kill -9, OOM) with an old `ecs_harden_compliant 1` left in the file; a clean stop
+    writes `ecs_harden_up 0`."""
+    c = counters
     lines = [
+        "# HELP ecs_harden_build_info The running ecs-harden's version.",
+        "# TYPE ecs_harden_build_info gauge",
+        f'ecs_harden_build_info{{version="{_label(__version__)}"}} 1',
+        "# HELP ecs_harden_up 1 while the daemon runs; 0 after a clean stop (the rules stay, unwatched).",
+        "# TYPE ecs_harden_up gauge",
+        f"ecs_harden_up {1 if up else 0}",
+        "# HELP ecs_harden_heartbeat_timestamp_seconds When the daemon last wrote this file.",
+        "# TYPE ecs_harden_heartbeat_timestamp_seconds gauge",
+        f"ecs_harden_heartbeat_timestamp_seconds {time.time() if now is None else now:.3f}",
         "# HELP ecs_harden_compliant 1 when every check holds (no drift, no error).",
         "# TYPE ecs_harden_compliant gauge",
         f"ecs_harden_compliant {1 if report.compliant else 0}",
@@ -58,13 +89,20 @@ def metrics_text(report: Report, *, repairs: int, duration: float, last: float) 
     lines += [
         "# HELP ecs_harden_repairs_total Repairs made since the daemon started.",
         "# TYPE ecs_harden_repairs_total counter",
-        f"ecs_harden_repairs_total {repairs}",
+        f"ecs_harden_repairs_total {c.repairs}",
+        "# HELP ecs_harden_check_repairs_total Repairs made since the daemon started, by check.",
+        "# TYPE ecs_harden_check_repairs_total counter",
+        *(f'ecs_harden_check_repairs_total{{check="{_label(k)}"}} {v}'
+          for k, v in sorted(c.repairs_by_check.items())),
+        "# HELP ecs_harden_reconcile_errors_total Reconciles that ended with an error (lock, commit, crash).",
+        "# TYPE ecs_harden_reconcile_errors_total counter",
+        f"ecs_harden_reconcile_errors_total {c.errors}",
         "# HELP ecs_harden_reconcile_duration_seconds How long the last reconcile took.",
         "# TYPE ecs_harden_reconcile_duration_seconds gauge",
-        f"ecs_harden_reconcile_duration_seconds {duration:.6f}",
+        f"ecs_harden_reconcile_duration_seconds {c.last_duration:.6f}",
         "# HELP ecs_harden_last_reconcile_timestamp_seconds When the last reconcile finished.",
         "# TYPE ecs_harden_last_reconcile_timestamp_seconds gauge",
-        f"ecs_harden_last_reconcile_timestamp_seconds {last:.3f}",
+        f"ecs_harden_last_reconcile_timestamp_seconds {c.last_reconcile:.3f}",
     ]
     return "\n".join(lines) + "\n"
 

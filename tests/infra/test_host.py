@@ -130,10 +130,13 @@ def test_metrics_textfile_fresh(host: Any, policy: dict[str, Any]) -> None:
     if not path:
         pytest.skip("no report.textfile in the policy")
     text = host.file(path).content_string
-    assert "ecs_harden_compliant 1" in text, text
+    assert "ecs_harden_compliant 1" in text and "ecs_harden_up 1" in text, text
+    version = host.check_output("/usr/local/bin/ecs-harden --version").split()[-1]
+    assert f'ecs_harden_build_info{{version="{version}"}} 1' in text, text
     now = float(host.check_output("date +%s.%N"))
-    # written after every reconcile; the daemon reconciles the files every resync
-    assert now - host.file(path).mtime.timestamp() < 2 * float(policy["resync"]) + 30
+    # written at every heartbeat (one interval), not only after a reconcile
+    beat = [ln for ln in text.splitlines() if ln.startswith("ecs_harden_heartbeat_timestamp_seconds ")]
+    assert beat and now - float(beat[0].split()[1]) < 3 * float(policy["interval"]) + 10, (beat, now)
 
 
 @pytest.mark.daemon
