@@ -107,16 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logs.get("ecs_harden.cli")
     try:
         return _dispatch(args)
-    except HardenError as exc:
-        log.error("command.failed", command=args.command, error=str(exc), exit_code=exc.exit_code)
-        print(f"ecs-harden: {exc}", file=sys.stderr)
+    except HardenError as exc:  # one line: JSON for a JSON log, else the text
+        if args.log_format == "json":
+            log.error("command.failed", command=args.command, error=str(exc), exit_code=exc.exit_code)
+        else:
+            print(f"ecs-harden: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:  # never a traceback for an operator: say what failed, exit 1
-        log.error("command.crashed", command=args.command, error=f"{type(exc).__name__}: {exc}")
+        if args.log_format == "json":
+            log.error("command.crashed", command=args.command, error=f"{type(exc).__name__}: {exc}")
+        else:
+            print(f"ecs-harden: internal error in {args.command}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
         log.debug("command.traceback", exc_info=True)
-        print(f"ecs-harden: internal error in {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -160,7 +165,7 @@ def _facts(args: argparse.Namespace) -> int:
 
 def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     found = facts_mod.gather()
-    reconciler = Reconciler(policy, found.platform(), build_components(policy, found))
+    reconciler = Reconciler(policy, found.platform(), build_components(policy, found), announce=False)
     repair = args.command == "apply"
     dry_run = bool(getattr(args, "dry_run", False))
     if repair and not dry_run:

@@ -102,12 +102,17 @@ class Reconciler:
         platform: dict[str, Any],
         components: Sequence[Component],
         finding_log: FindingLog | None = None,
+        *,
+        announce: bool = True,
     ):
         self.policy = policy
         self.platform = platform
         self.components = components
         self.log = logs.get("ecs_harden.reconcile")
         self.finding_log = finding_log or FindingLog()
+        # The daemon says what drifts in its log; a one-shot command (check, apply)
+        # reports it, and does not also warn about every finding.
+        self.announce = announce
 
     def _failed(self, event: str, component: Component, error: str) -> None:
         why = self.finding_log.should_log(f"{event}:{component.name}", error)
@@ -115,13 +120,16 @@ class Reconciler:
             self.log.error(event, component=component.name, error=error, logged=why)
 
     def _detected(self, findings: Sequence[Finding]) -> None:
+        if not self.announce:
+            return
         for f in findings:
             if f.status not in (DRIFT, ERROR):
                 continue
             why = self.finding_log.should_log(f.check, f"{f.status}\0{f.detail}")
             if why:
+                again = {} if why == "new" else {"logged": why}  # a reminder, or a changed drift
                 self.log.warning(
-                    "drift.detected", check=f.check, status=f.status, logged=why,
+                    "drift.detected", check=f.check, status=f.status, **again,
                     expected=f.expected, actual=f.actual, detail=f.detail,
                 )
 

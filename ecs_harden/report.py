@@ -75,10 +75,14 @@ def render_text(report: Report, *, dry_run: bool = False) -> str:
     ]
     plat = report.platform
     summary = "compliant" if report.compliant else "NOT compliant"
-    changes = sum(1 for f in report.findings if f.changed)
+    if dry_run:
+        would = sum(1 for f in report.findings if f.status == DRIFT)
+        changes = f"dry run: {would} change(s) would be made"
+    else:
+        changes = f"{sum(1 for f in report.findings if f.changed)} change(s)"
     lines.append("")
     lines.append(
         f"{report.host}: {summary} (mode {report.mode}, flavor {plat.get('flavor')}, "
-        f"iptables {plat.get('iptables')}; {changes} change(s))"
+        f"iptables {plat.get('iptables')}; {changes})"
     )
     return "\n".join(line.rstrip() for line in lines)

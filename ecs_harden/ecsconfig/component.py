@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -14,6 +15,13 @@ from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, OK, Finding
 
 ECS_INIT_DEFAULTS = {"ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST": "true"}
+# What a flag does not do, said in every finding of it (FACTS: the agent's source).
+LIMITS = {
+    "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST": (
+        "it only stops ECS placing host-network tasks that have a task role; it does not keep "
+        "host-network containers from IMDS (they use the host's network, which the block leaves open)"
+    ),
+}
 
 
 def _show(value: bytes) -> str:
@@ -26,7 +34,16 @@ def _lines(lines: list[Line]) -> str:
 
 
 def judge(envfile: EnvFile | None, key: str, want: str | None) -> Finding:
-    """The finding for one managed key, as ecs-init would hand it to the agent."""
+    """The finding for one managed key, as ecs-init would hand it to the agent, with
+    what the flag does not do where that is easy to overlook."""
+    found = _judge(envfile, key, want)
+    limit = LIMITS.get(key)
+    if limit is None:
+        return found
+    return dataclasses.replace(found, detail=f"{found.detail} (note: {limit})")
+
+
+def _judge(envfile: EnvFile | None, key: str, want: str | None) -> Finding:
     check = f"ecs_config.{key}"
     expected = "absent" if want is None else f"{key}={want}"
     lines = envfile.lines_of(key) if envfile is not None else []

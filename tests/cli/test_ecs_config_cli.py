@@ -198,7 +198,8 @@ def test_logs_are_json_lines_on_stderr_with_drift_events(harden: Harden) -> None
     harden.config.write_bytes(b"ECS_AWSVPC_BLOCK_IMDS=false\n")
     r = harden("apply", "--format", "json")
     events = r.log_events()
-    assert any(e["event"] == "drift.detected" and e["check"] == BLOCK for e in events)
+    # a one-shot command reports the drift; it does not also warn about it (the daemon does)
+    assert not any(e["event"] == "drift.detected" for e in events)
     repaired = [e for e in events if e["event"] == "drift.repaired" and e["check"] == BLOCK]
     assert repaired and repaired[0]["actual"] == "ECS_AWSVPC_BLOCK_IMDS=false"
 
@@ -206,3 +207,14 @@ def test_logs_are_json_lines_on_stderr_with_drift_events(harden: Harden) -> None
 def test_usage_errors_exit_2(harden: Harden) -> None:
     assert harden("frobnicate").code == 2
     assert harden("check", "--format", "yaml").code == 2
+
+
+def test_an_error_is_one_line_and_a_dry_run_says_what_it_would_change(harden: Harden) -> None:
+    harden.policy.write_text("mode: sometimes\n")
+    r = harden("check")
+    assert r.code == 2 and len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+    harden.policy.write_text("")
+    harden.config.write_bytes(b"ECS_AWSVPC_BLOCK_IMDS=false\n")
+    dry = harden("apply", "--dry-run")
+    assert "dry run: " in dry.stdout and "0 change(s)" not in dry.stdout, dry.stdout
+    assert "drift.detected" not in dry.stderr
