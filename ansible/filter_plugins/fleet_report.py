@@ -18,6 +18,9 @@ def _parsed(result: Any) -> dict[str, Any] | None:
     return out if isinstance(out, dict) else None
 
 
+NOT_YET_EFFECTIVE = ("ecs_agent.restart",)
+
+
 def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
     if not check or check.get("unreachable") or "rc" not in check:
         msg = (check or {}).get("msg") or "unreachable"
@@ -27,6 +30,9 @@ def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
         return {"host": host, "reachable": True, "compliant": None, "exit": check.get("rc"),
                 "error": str(check.get("stderr") or check.get("msg") or "no report").strip()}
     platform = report.get("platform") or {}
+    # flags written but the running agent still has the old ones (restart_agent: never)
+    pending = [{"check": f.get("check"), "detail": f.get("detail")} for f in report.get("findings") or []
+               if f.get("check") in NOT_YET_EFFECTIVE and f.get("status") == "warn"]
     daemon_report = _parsed(status) if status and status.get("rc") in (0, 3) else None
     daemon = (daemon_report or {}).get("daemon") or {}
     return {
@@ -36,6 +42,8 @@ def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
         "flavor": platform.get("flavor"),
         "iptables": platform.get("iptables"),
         "compliant": bool(report.get("compliant")),
+        "effective": bool(report.get("compliant")) and not pending,
+        "pending": pending,
         "drift": [
             {"check": f.get("check"), "status": f.get("status"), "expected": f.get("expected"),
              "actual": f.get("actual"), "detail": f.get("detail")}
@@ -59,7 +67,8 @@ def fleet_report(hostvars: Any, hosts: list[str], check_var: str = "fleet_report
         rows.append(_row(host, hv.get(check_var), hv.get(status_var)))
     summary = {
         "hosts": len(rows),
-        "compliant": sum(1 for r in rows if r["compliant"] is True),
+        "compliant": sum(1 for r in rows if r["compliant"] is True and r.get("effective")),
+        "not_yet_effective": sum(1 for r in rows if r["compliant"] is True and not r.get("effective")),
         "drifting": sum(1 for r in rows if r["reachable"] and r["compliant"] is not True),
         "unreachable": sum(1 for r in rows if not r["reachable"]),
     }
@@ -72,8 +81,8 @@ def _cell(text: Any) -> str:
 
 def summary_line(report: dict[str, Any]) -> str:
     s = report["summary"]
-    return (f"{s['hosts']} hosts, {s['compliant']} compliant, {s['drifting']} drifting, "
-            f"{s['unreachable']} unreachable")
+    return (f"{s['hosts']} hosts, {s['compliant']} compliant, {s['not_yet_effective']} not yet effective "
+            f"(the ECS agent runs the old flags), {s['drifting']} drifting, {s['unreachable']} unreachable")
 
 
 def fleet_markdown(report: dict[str, Any]) -> str:
@@ -91,12 +100,13 @@ def fleet_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {_cell(r['host'])} | | | **error** | ecs-harden check exited {r['exit']}: "
                          f"{_cell(r['error'])[:200]} | |")
             continue
-        drift = "<br>".join(f"`{_cell(f['check'])}`: {_cell(f['detail'])}" for f in r["drift"])
+        drift = "<br>".join(f"`{_cell(f['check'])}`: {_cell(f['detail'])}" for f in r["drift"] + r["pending"])
+        state = ("yes" if r["effective"] else "yes, **not yet effective**") if r["compliant"] else "**NO**"
         d = r["daemon"]
         daemon = (f"running (pid {d['pid']}), {d['repairs']} repairs, last reconcile {d['last_reconcile']}"
                   if d["running"] else "**not running**")
         lines.append(f"| {_cell(r['host'])} | {_cell(r['flavor'])} | {_cell(r['iptables'])} | "
-                     f"{'yes' if r['compliant'] else '**NO**'} | {drift} | {_cell(daemon)} |")
+                     f"{state} | {drift} | {_cell(daemon)} |")
     lines += ["", summary_line(report), ""]
     return "\n".join(lines)
 

@@ -45,7 +45,7 @@ def test_rows_summary_and_table() -> None:
         "e": {"fleet_report_check": {"rc": 2, "stdout": "", "stderr": "policy.yaml:3: bad key"}},
     }
     out = fr.fleet_report(hostvars, ["a", "b", "c", "d", "e"])
-    assert out["summary"] == {"hosts": 5, "compliant": 1, "drifting": 2, "unreachable": 2}
+    assert out["summary"] == {"hosts": 5, "compliant": 1, "not_yet_effective": 0, "drifting": 2, "unreachable": 2}
     a, b, c, d, e = out["hosts"]
     assert a["compliant"] is True and a["drift"] == [] and a["daemon"]["running"] and a["daemon"]["pid"] == 7
     assert b["compliant"] is False and [f["check"] for f in b["drift"]] == [
@@ -59,5 +59,24 @@ def test_rows_summary_and_table() -> None:
     assert "**NO**" in rows[1] and "`ecs_config.ECS_AWSVPC_BLOCK_IMDS`" in rows[1]
     assert "\\|" in rows[1] and rows[1].count(" | ") == 5  # a '|' in a detail does not split the row
     assert "**unreachable**" in rows[2] and "**unreachable**" in rows[3] and "**error**" in rows[4]
-    assert md.rstrip().endswith("5 hosts, 1 compliant, 2 drifting, 2 unreachable")
+    assert md.rstrip().endswith("5 hosts, 1 compliant, 0 not yet effective (the ECS agent runs the old flags), "
+                                "2 drifting, 2 unreachable")
     json.dumps(out)  # what the playbook writes
+
+
+def test_flags_the_running_agent_has_not_read_are_not_yet_effective() -> None:
+    """ecs_agent.restart warn (restart_agent: never): compliant as ecs-harden counts it,
+    but the agent still runs the old flags; the report must not call it plain compliant."""
+    fr = plugin()
+    restart = {"check": "ecs_agent.restart", "status": "warn",
+               "detail": "ecs.config changed after the agent started; restart_agent is never"}
+    hostvars = {"a": {"fleet_report_check": {"rc": 0, "stdout": report(True, [OK, restart])},
+                      "fleet_report_status": STATUS},
+                "b": {"fleet_report_check": {"rc": 0, "stdout": report(True, [OK])}, "fleet_report_status": STATUS}}
+    out = fr.fleet_report(hostvars, ["a", "b"])
+    assert out["summary"]["compliant"] == 1 and out["summary"]["not_yet_effective"] == 1
+    a, b = out["hosts"]
+    assert a["compliant"] is True and a["effective"] is False and a["pending"][0]["check"] == "ecs_agent.restart"
+    assert b["effective"] is True
+    rows = [ln for ln in fr.fleet_markdown(out).splitlines() if ln.startswith("| a ")]
+    assert "yes, **not yet effective**" in rows[0] and "`ecs_agent.restart`" in rows[0]

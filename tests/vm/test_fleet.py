@@ -177,7 +177,7 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
 
     data, md = ansible.report()
     rows = by_host(data)
-    assert data["summary"] == {"hosts": 3, "compliant": 2, "drifting": 1, "unreachable": 0}, data
+    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 1, "unreachable": 0}, data
     assert rows["ecs1"]["compliant"] is True and rows["ecs3"]["compliant"] is True
     assert rows["ecs2"]["compliant"] is False
     assert {h: (rows[h]["flavor"], rows[h]["iptables"]) for h in HOSTS} == {
@@ -196,7 +196,7 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
 
     hosts.hosts["ecs3"].shutdown()
     data, md = ansible.report()
-    assert data["summary"] == {"hosts": 3, "compliant": 2, "drifting": 0, "unreachable": 1}, data
+    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 0, "unreachable": 1}, data
     assert by_host(data)["ecs3"]["reachable"] is False
     assert "**unreachable**" in md
     (CACHE / "fleet-report-unreachable-sample.md").write_text(md)
