@@ -32,6 +32,8 @@ from ecs_harden.policy import Policy
 
 UNIT = "ecs-harden.service"
 UNIT_DIR = "/etc/systemd/system"
+# The README, where the unit's Documentation= points: the operator's reference on the host.
+DOC_DIR = "/usr/local/share/doc/ecs-harden"
 PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd")
 VERSION_FILE = "installed-version"  # in state_dir: the version the running unit was started with
 # iptables-persistent asks whether to save the current rules: no (a dump would freeze
@@ -98,11 +100,26 @@ def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
     with open(os.path.join(PACKAGED, "al2", f"{UNIT}.d-al2.conf"), "rb") as f:
         al2 = f.read()
     drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
+    files: dict[str, bytes | None] = {}
+    readme = _readme()
+    if readme is not None:
+        files[os.path.join(DOC_DIR, "README.md")] = readme
     return {
+        **files,
         os.path.join(UNIT_DIR, UNIT): unit,
         os.path.join(drop_ins, "al2.conf"): al2 if flavor.name == "amzn2" else None,
         os.path.join(drop_ins, "paths.conf"): unitpaths.drop_in(policy, flavor.name).encode(),
     }
+
+
+def _readme() -> bytes | None:
+    """The README as the installed package carries it (its metadata's description)."""
+    try:
+        from importlib.metadata import PackageNotFoundError, metadata
+        body = metadata("ecs-harden").get_payload()
+    except (ImportError, PackageNotFoundError):
+        return None
+    return body.encode() if isinstance(body, str) and body.strip() else None
 
 
 def install_unit(policy: Policy, flavor: type[Flavor], result: Result, *, dry_run: bool) -> bool:

@@ -43,6 +43,7 @@ class Host:
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     h = Host()
     monkeypatch.setattr(install, "UNIT_DIR", str(tmp_path / "systemd"))
+    monkeypatch.setattr(install, "DOC_DIR", str(tmp_path / "doc"))
     monkeypatch.setattr(install, "systemd_running", lambda: True)
     monkeypatch.setattr(install, "restore_installed", lambda flavor: h.restore)
     monkeypatch.setattr(proc, "run", h.run)
@@ -78,6 +79,10 @@ def test_the_unit_and_its_drop_ins_per_flavor_then_nothing_to_do(
     key = "ReadWriteDirectories=" if flavor == "amzn2" else "ReadWritePaths="
     assert key in paths and "-/run/xtables.lock" in paths and f"-{os.path.dirname(fl.rules_v4 or '')}" in paths
     assert oct((units / "ecs-harden.service").stat().st_mode & 0o777) == "0o644"
+    # the unit's Documentation= is on the host: the README the package carries
+    unit_text = (units / "ecs-harden.service").read_text()
+    assert "Documentation=file:///usr/local/share/doc/ecs-harden/README.md" in unit_text
+    assert (tmp_path / "doc" / "README.md").read_text().startswith("# ecs-harden")
     assert systemctl(host) == ["daemon-reload", "enable ecs-harden.service", "start ecs-harden.service"]
     assert "start ecs-harden.service" in first.changed
     host.runs.clear()
