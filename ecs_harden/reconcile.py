@@ -95,6 +95,10 @@ class Outcome:
         return self.report.to_json({"changes": list(self.changes), **(extra or {})})
 
 
+# Failures another try usually clears (reconcile.failed: the transaction, the lock).
+TRANSIENT = frozenset({"repair.failed", "reconcile.failed"})
+
+
 class Reconciler:
     def __init__(
         self,
@@ -113,11 +117,24 @@ class Reconciler:
         # The daemon says what drifts in its log; a one-shot command (check, apply)
         # reports it, and does not also warn about every finding.
         self.announce = announce
+        self._in_a_row: dict[str, int] = {}  # failures of an event and component, consecutive
 
     def _failed(self, event: str, component: Component, error: str) -> None:
-        why = self.finding_log.should_log(f"{event}:{component.name}", error)
-        if why:
-            self.log.error(event, component=component.name, error=error, logged=why)
+        """A failed repair or transaction (a commit that lost a race, the xtables lock
+        busy) is retried at once and usually holds then: the first of a row is a
+        warning; it is an error from the second in a row on, what stays broken."""
+        key = f"{event}:{component.name}"
+        self._in_a_row[key] = n = self._in_a_row.get(key, 0) + 1
+        if event in TRANSIENT and n == 1:
+            self.log.warning(event, component=component.name, error=error, retrying=True)
+            return
+        why = self.finding_log.should_log(key, error)
+        if why or (event in TRANSIENT and n == 2):
+            self.log.error(event, component=component.name, error=error, failures_in_a_row=n)
+
+    def _succeeded(self, event: str, component: Component) -> None:
+        self._in_a_row.pop(f"{event}:{component.name}", None)
+        self.finding_log.clear(f"{event}:{component.name}")
 
     def _detected(self, findings: Sequence[Finding]) -> None:
         if not self.announce:
@@ -168,7 +185,9 @@ class Reconciler:
         # transaction, so its commit needs no second read of the table.
         try:
             with component.transaction() if repair else contextlib.nullcontext():
-                return self._run_component(component, repair=repair, dry_run=dry_run)
+                result = self._run_component(component, repair=repair, dry_run=dry_run)
+            self._in_a_row.pop(f"reconcile.failed:{component.name}", None)
+            return result
         except HardenError as exc:  # the transaction itself (the xtables lock)
             self._failed("reconcile.failed", component, str(exc))
             return [Finding(component.name, ERROR, detail=str(exc))], [], [str(exc)]
@@ -186,7 +205,7 @@ class Reconciler:
         except HardenError as exc:
             self._failed("inspect.failed", component, str(exc))
             return [Finding(f"{component.name}", ERROR, detail=str(exc))], [], [str(exc)]
-        self.finding_log.clear(f"inspect.failed:{component.name}")
+        self._succeeded("inspect.failed", component)
         self._detected(first.findings)
         if dry_run:
             return list(first.findings), list(first.changes), []
@@ -196,7 +215,7 @@ class Reconciler:
         error: str | None = None
         try:
             component.execute(first)
-            self.finding_log.clear(f"repair.failed:{component.name}")
+            self._succeeded("repair.failed", component)
         except HardenError as exc:
             error = str(exc)
             self._failed("repair.failed", component, error)

@@ -75,3 +75,47 @@ def test_a_crash_is_an_error_finding_never_a_traceback() -> None:
     (f,) = outcome.report.findings
     assert f.status == "error" and "internal error in fake: RecursionError" in f.detail
     assert outcome.errors
+
+
+class Flaky(Fake):
+    """Its repair fails `fails` times, then holds (a commit that lost a race)."""
+
+    def __init__(self, fails: int):
+        super().__init__()
+        self.fails = fails
+
+    def execute(self, inspection: Inspection) -> None:
+        self.executed += 1
+        if self.executed <= self.fails:
+            raise RuntimeFailure("the ruleset changed under the commit (generation 41, now 42)")
+        self.fixed = True
+
+
+def events(caplog_lines: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in caplog_lines if e.get("event") == name]
+
+
+def test_a_failure_that_the_retry_clears_is_a_warning_one_that_stays_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, object]] = []
+
+    class Log:
+        def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
+            return lambda event, **kw: seen.append({"level": level, "event": event, **kw})
+
+    once = Flaky(1)
+    r = reconciler("enforce", once)
+    monkeypatch.setattr(r, "log", Log())
+    r.run_component(once, repair=True)  # fails: the daemon retries
+    found, _, errors = r.run_component(once, repair=True)  # holds
+    assert found[0].status == OK and errors == []
+    assert [e["level"] for e in events(seen, "repair.failed")] == ["warning"]
+
+    seen.clear()
+    stuck = Flaky(5)
+    r = reconciler("enforce", stuck)
+    monkeypatch.setattr(r, "log", Log())
+    for _ in range(4):
+        r.run_component(stuck, repair=True)
+    levels = [e["level"] for e in events(seen, "repair.failed")]
+    assert levels == ["warning", "error"], levels  # then quiet until the reminder or a new error
