@@ -44,3 +44,25 @@ def artifact(minor: str) -> tuple[Path, str]:
         if name == tarball.name:
             return tarball, digest
     raise AssertionError(f"{tarball.name} is not in {sums}")
+
+
+# A local S3-compatible store (moto's server) for the user-data's s3:// source.
+BUCKET = "fleet-artifacts"
+# What the launch template exports before our lines, as an instance role would provide:
+# the AWS CLI then signs with these and never asks IMDS.
+S3_CREDENTIALS = ("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 "
+                  "AWS_EC2_METADATA_DISABLED=true\n")
+
+
+def moto_argv(address: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "moto.server", "-H", address, "-p", str(port)]
+
+
+def s3_upload(endpoint: str, tarball: Path) -> tuple[list[str], str]:
+    """argv that puts tarball into the bucket at endpoint (to run where the endpoint is
+    reachable), and its s3:// URL."""
+    key = f"ecs-harden/{tarball.name}"
+    code = (f"import boto3; s3 = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', "
+            "aws_access_key_id='testing', aws_secret_access_key='testing'); "
+            f"s3.create_bucket(Bucket='{BUCKET}'); s3.upload_file('{tarball}', '{BUCKET}', '{key}')")
+    return [sys.executable, "-c", code], f"s3://{BUCKET}/{key}"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +28,13 @@ from tests.boot.nspawn import BootedHost
 from tests.boot.userdata import launch_template
 
 S3 = "http://127.0.0.1:5000"  # moto's server, in the host's network namespace
-BUCKET = "fleet-artifacts"
-CREDENTIALS = ("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 "
-               "AWS_EC2_METADATA_DISABLED=true\n")
 GATE = "/etc/systemd/system/ecs.service.d/ecs-harden-gate.conf"
 
 
 class SourcesHost(BootedHost):
     tarball: Path = Path()
     sha256: str = ""
+    s3_url: str = ""
     moto: subprocess.Popen[bytes] | None = None
 
     def in_netns(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -46,7 +43,7 @@ class SourcesHost(BootedHost):
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def user_data(self, source: str, sha256: str, **more: str) -> subprocess.CompletedProcess[str]:
-        script = launch_template(source, sha256, before=CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3, **more)
+        script = launch_template(source, sha256, before=artifacts.S3_CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3, **more)
         return self.run(["bash", "-s"], input=script, check=False, timeout=900)
 
     def untouched(self) -> str:
@@ -72,16 +69,13 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcesHost]:
                   binds=[f"{dress}:/dress", *binds], timeout=900)
         h.boot()
         log = open(h.dir / "moto.log", "wb")  # noqa: SIM115 - the child owns it
-        h.moto = subprocess.Popen(["nsenter", "-t", str(h.init_pid), "-n", "--", sys.executable, "-m",
-                                   "moto.server", "-H", "127.0.0.1", "-p", "5000"], stdout=log, stderr=log)
+        h.moto = subprocess.Popen(["nsenter", "-t", str(h.init_pid), "-n", "--", *artifacts.moto_argv("127.0.0.1", 5000)],
+                                  stdout=log, stderr=log)
         log.close()
         try:
             deadline = time.monotonic() + 60
-            upload = (f"import boto3; s3 = boto3.client('s3', endpoint_url='{S3}', region_name='us-east-1', "
-                      "aws_access_key_id='testing', aws_secret_access_key='testing'); "
-                      f"s3.create_bucket(Bucket='{BUCKET}'); "
-                      f"s3.upload_file('{h.tarball}', '{BUCKET}', 'ecs-harden/{h.tarball.name}')")
-            while (cp := h.in_netns([sys.executable, "-c", upload], timeout=60)).returncode != 0:
+            upload, h.s3_url = artifacts.s3_upload(S3, h.tarball)
+            while (cp := h.in_netns(upload, timeout=60)).returncode != 0:
                 if time.monotonic() > deadline:
                     raise AssertionError("moto's server did not take the upload: " + cp.stderr[-2000:])
                 time.sleep(0.5)
@@ -89,10 +83,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcesHost]:
         finally:
             h.moto.kill()
             h.moto.wait(10)
-
-
-def s3_url(host: SourcesHost) -> str:
-    return f"s3://{BUCKET}/ecs-harden/{host.tarball.name}"
 
 
 def failed_cleanly(host: SourcesHost, cp: subprocess.CompletedProcess[str], before: str, why: str) -> None:
@@ -123,7 +113,7 @@ def test_no_source_is_a_clear_error_and_changes_nothing(host: SourcesHost) -> No
 def test_a_wrong_checksum_refuses_the_tarball_and_changes_nothing(host: SourcesHost) -> None:
     before = host.untouched()
     wrong = "0" * 64
-    cp = host.user_data(s3_url(host), wrong)
+    cp = host.user_data(host.s3_url, wrong)
     failed_cleanly(host, cp, before, f"{host.tarball.name}: sha256 is {host.sha256}, not the pinned {wrong}")
 
 
@@ -135,9 +125,9 @@ def test_an_unreachable_url_changes_nothing(host: SourcesHost) -> None:
 
 
 def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: SourcesHost) -> None:
-    cp = host.user_data(s3_url(host), host.sha256)
+    cp = host.user_data(host.s3_url, host.sha256)
     assert cp.returncode == 0, (cp.stdout + cp.stderr)[-4000:]
-    assert f"ecs-harden: fetching {s3_url(host)}" in cp.stdout
+    assert f"ecs-harden: fetching {host.s3_url}" in cp.stdout
     assert f"ecs-harden: verified {host.tarball.name} (sha256 {host.sha256})" in cp.stdout
     assert "ecs-harden: done: compliant, ecs-harden.service active" in cp.stdout
     deadline = time.monotonic() + 60  # the stand-in agent retries every 2 s
@@ -145,11 +135,11 @@ def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: Sources
         assert time.monotonic() < deadline, host.run(["journalctl", "-u", "ecs.service", "--no-pager"]).stdout
         time.sleep(1)
     # again: nothing to install, the same version
-    again = host.user_data(s3_url(host), host.sha256)
+    again = host.user_data(host.s3_url, host.sha256)
     assert again.returncode == 0 and "unchanged: ecs-harden" in again.stdout, again.stdout[-3000:]
 
 
 def test_with_the_gate_off_the_agent_is_not_held(host: SourcesHost) -> None:
-    cp = host.user_data(s3_url(host), host.sha256, ECS_HARDEN_GATE_AGENT="false")
+    cp = host.user_data(host.s3_url, host.sha256, ECS_HARDEN_GATE_AGENT="false")
     assert cp.returncode == 0, cp.stdout[-3000:]
     assert host.run(["test", "-f", GATE], check=False).returncode == 1

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import artifacts
 from tests.boot.userdata import launch_template, ours
 from tests.require import require
-from tests.vm.vagrantlab import VagrantLab, lab_with_box
+from tests.vm.vagrantlab import HOST_ADDR, VagrantLab, lab_with_box
 
 NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
           "debootstrap", "mkfs.ext4", "ssh", "nsenter", "unshare")
@@ -43,12 +44,32 @@ def require_vm() -> None:
     require(why)
 
 
+MOTO_PORT = 5000
+S3_ENDPOINT = f"http://{HOST_ADDR}:{MOTO_PORT}"  # moto's server, on the lab's bridge only
+
+
+def s3_source(lab: VagrantLab) -> str:
+    """The release tarball put into moto's S3 server (started in the lab's sandbox: the
+    guest's network is the only one that reaches it); its s3:// URL."""
+    pytest.importorskip("moto")
+    lab.sandbox.spawn(artifacts.moto_argv("0.0.0.0", MOTO_PORT), lab.dir / "moto.log")
+    upload, url = artifacts.s3_upload(f"http://127.0.0.1:{MOTO_PORT}", lab.release_file)
+    deadline = time.monotonic() + 60
+    while lab.sandbox.run(upload, check=False, timeout=60).returncode != 0:
+        assert time.monotonic() < deadline, "moto's server did not take the upload"
+        time.sleep(0.5)
+    return url
+
+
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
     require_vm()
     t_all = time.monotonic()
     with lab_with_box(tmp_path_factory, "vm") as lab:
-        lab.seed_iso(launch_template(*lab.release), f"ecs-test-{int(time.time())}")
+        # First boot from S3, as a fleet's launch template would have it.
+        lab.s3 = s3_source(lab)
+        lab.seed_iso(launch_template(lab.s3, lab.release[1], before=artifacts.S3_CREDENTIALS,
+                                     ECS_HARDEN_S3_ENDPOINT=S3_ENDPOINT), f"ecs-test-{int(time.time())}")
         lab.timed("vagrant up (boot to ssh)", lab.up)
         lab.ssh_config()
         lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
@@ -66,6 +87,7 @@ def test_user_data_hardens_the_host_on_first_boot(vm: VagrantLab) -> None:
     log = vm.ssh("sudo cat /var/log/ecs-harden-user-data.log").stdout
     assert st.returncode == 0 and "status: done" in st.stdout, st.stdout + log
     assert "ecs-harden: done: compliant, ecs-harden.service active" in log, log
+    assert f"ecs-harden: fetching {vm.s3}" in log and "ecs-harden: verified " in log, log
     assert "FAILED" not in log
     config = vm.ssh("cat /etc/ecs/ecs.config").stdout.splitlines()
     # the operator's lines before and after ours, ours once each
@@ -91,6 +113,22 @@ def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
     assert "ecs-harden: done: compliant" in again.stdout
     after = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
     assert after == before
+
+
+def test_a_wrong_checksum_or_an_unreachable_source_changes_nothing(vm: VagrantLab) -> None:
+    files = ("/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 /etc/ecs-harden/policy.yaml "
+             "/etc/systemd/system/ecs-harden.service")
+    state = f"sudo sha256sum {files}; /usr/local/bin/ecs-harden --version; systemctl is-active ecs-harden"
+    before = vm.ssh(state).stdout
+    url, sha256 = vm.release
+    wrong = "0" * 64
+    cases = [(ours(url, wrong), f"sha256 is {sha256}, not the pinned {wrong}"),
+             (ours(f"https://{HOST_ADDR}:9/{url.rsplit('/', 1)[1]}", sha256), "cannot fetch https://")]
+    for script, why in cases:
+        cp = vm.ssh("sudo bash -s", input=script, check=False, timeout=900)
+        assert cp.returncode == 1, cp.stdout[-3000:] + cp.stderr[-2000:]
+        assert "ecs-harden: FAILED: " in cp.stdout and why in cp.stdout, cp.stdout[-3000:]
+        assert vm.ssh(state).stdout == before
 
 
 def _recorded(vm: VagrantLab) -> tuple[list[str], list[str]]:

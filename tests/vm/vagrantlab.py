@@ -46,6 +46,8 @@ class VagrantLab:
         self.seed: Path | None = None
         self.wheelhouse_url = ""
         self.release: tuple[str, str] = ("", "")  # the release tarball's URL and sha256
+        self.release_file = Path()  # the tarball itself, on this machine
+        self.s3 = ""  # its s3:// URL, where a test put it into moto's server
         self.runs = 0
         self.timings: dict[str, float] = {}
 
@@ -274,6 +276,7 @@ def lab_with_box(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int
         url = lab.serve(work / "www", work / "http.log")
         lab.wheelhouse_url = url + "wheelhouse/"
         lab.release = (url + tarball.name, sha256)
+        lab.release_file = work / "www" / tarball.name
         lab.add_box()
         try:
             yield lab
