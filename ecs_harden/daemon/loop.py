@@ -243,7 +243,8 @@ class Daemon:
                 self._due(sched, wake, now)
                 if wake:
                     ok = self.reconcile(wake.groups, why=", ".join(wake.why), families=wake.families)
-                    backoff = sched.reconciled(ok, self.clock())
+                    complete = wake.groups >= ALL and wake.families >= BOTH
+                    backoff = sched.reconciled(ok, self.clock(), complete=complete)
                     if backoff is not None:
                         self.log.warning("reconcile.retry_scheduled", seconds=backoff)
                 heartbeat, watchdog = sched.beats(self.clock())

@@ -122,11 +122,16 @@ class Schedule:
             self.watchdog = now + self.watchdog_every
         return heartbeat, watchdog
 
-    def reconciled(self, ok: bool, now: float) -> float | None:
-        """After a reconcile: the backoff before the next try, or None when it went well."""
+    def reconciled(self, ok: bool, now: float, *, complete: bool = True) -> float | None:
+        """After a reconcile: the backoff before the next try, or None when it went well.
+        complete: it looked at every group and family. A successful partial one (one
+        family the legacy probe saw change) leaves a pending retry of a failed full one
+        in place: what failed has not been looked at again (found: after a held lock the
+        block of the other family stayed deleted for good)."""
         self.heartbeat = now + self.interval
         if ok:
-            self.backoff, self.retry = 0.0, None
+            if complete or self.retry is None:
+                self.backoff, self.retry = 0.0, None
             return None
         self.backoff = min(BACKOFF_MAX, max(1.0, self.backoff * 2))
         self.retry = now + self.backoff

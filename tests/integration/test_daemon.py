@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
+from ecs_harden import __version__
 from tests.lab.host import IMDS_V4, PROJECT, EcsHost
 
 INTERVAL = 1.0
@@ -257,6 +258,29 @@ def test_sighup_with_broken_policy_keeps_the_old_one(daemon: tuple[EcsHost, Runn
     shown = host.harden("status", policy=policy)
     assert shown.returncode in (0, 3), shown.stderr
     assert "last reload failed" in shown.stdout and "INVALID" in shown.stdout
+
+
+def metric(host: EcsHost, name: str) -> float:
+    for line in (host.dir / "metrics" / "ecs_harden.prom").read_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+def test_metrics_are_rewritten_at_every_heartbeat_with_the_version(daemon: tuple[EcsHost, Running]) -> None:
+    """Between reconciles (resync 60 s) the heartbeat timestamp still moves: the README's
+    staleness alert relies on it."""
+    host, run = daemon
+    run.wait_for("READY=1")
+    first = metric(host, "ecs_harden_heartbeat_timestamp_seconds")
+    until(lambda: metric(host, "ecs_harden_heartbeat_timestamp_seconds") > first + 2.5 * INTERVAL, 10 * INTERVAL)
+    assert metric(host, "ecs_harden_heartbeat_timestamp_seconds") > metric(
+        host, "ecs_harden_last_reconcile_timestamp_seconds")
+    assert metric(host, "ecs_harden_up") == 1
+    text = (host.dir / "metrics" / "ecs_harden.prom").read_text()
+    assert f'ecs_harden_build_info{{version="{__version__}"}} 1' in text
+    started = [json.loads(ln) for ln in run.log.read_text().splitlines() if '"daemon.started"' in ln]
+    assert started and started[0]["version"] == __version__
 
 
 def test_sigterm_exits_0_and_leaves_the_block(daemon: tuple[EcsHost, Running]) -> None:

@@ -143,6 +143,19 @@ def test_resync_and_backoff() -> None:
     assert s.reconciled(True, 63.0) is None and s.retry is None
 
 
+def test_a_partial_success_keeps_the_retry_of_a_failed_reconcile() -> None:
+    """A held lock fails the full reconcile; the legacy probe then wakes one family and
+    that one goes well: the other family (and the files) have not been looked at again,
+    so the retry stays, and it wakes everything."""
+    s = schedule(now=0.0)
+    assert s.reconciled(False, 10.0) == 1.0 and s.retry == 11.0
+    assert s.reconciled(True, 10.5, complete=False) is None and s.retry == 11.0
+    w = Wake()
+    s.due(w, 11.0)
+    assert w.groups == set(ALL) and "retry" in w.why
+    assert s.reconciled(True, 11.1, complete=True) is None and s.retry is None
+
+
 def test_heartbeat_and_watchdog() -> None:
     s = Schedule(0.0, interval=5, resync=60, watchdog=2)
     assert s.beats(0.0) == (False, True)  # the first ping at once
