@@ -186,7 +186,7 @@ class Reconciler:
         try:
             with component.transaction() if repair else contextlib.nullcontext():
                 result = self._run_component(component, repair=repair, dry_run=dry_run)
-            self._in_a_row.pop(f"reconcile.failed:{component.name}", None)
+            self._succeeded("reconcile.failed", component)
             return result
         except HardenError as exc:  # the transaction itself (the xtables lock)
             self._failed("reconcile.failed", component, str(exc))

@@ -5,6 +5,7 @@ does: the booted hosts, the emulated Amazon Linux hosts, the test VM."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def artifact(minor: str) -> tuple[Path, str]:
     if not found:
         for old in CACHE.glob("release-*"):
             if old != out:
-                subprocess.run(["rm", "-rf", str(old)], check=False)
+                shutil.rmtree(old, ignore_errors=True)
         subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--target", minor], check=True,
                        timeout=1800)
         found = list(out.glob(f"ecs-harden-*-py{minor}-*.tar.gz"))

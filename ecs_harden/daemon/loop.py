@@ -261,8 +261,7 @@ class Daemon:
             self._wsock.close()
             self._close_sources()
         self.notifier.stopping()
-        if self.publisher.published:  # the textfile says nobody is watching any more
-            self.publisher.stopped(self.policy, self.counters)
+        self.publisher.stopped(self.policy, self.counters)  # the textfile: nobody watches any more
         self.log.info("daemon.stopped", reconciles=self.counters.reconciles,
                       repairs=self.counters.repairs, rules="left in place")
         return 0

@@ -76,10 +76,9 @@ class StatusPublisher:
             raise ValueError("a heartbeat before any report was published")
         try:
             write_status(policy.report.status_file, self._text, self.fields(policy, counters, state))
-            if policy.report.textfile:
-                write_metrics(policy.report.textfile, metrics_text(current, counters, up=True))
         except HardenError as exc:
             self.log.error("status.write_failed", error=str(exc))
+        self._write_metrics(policy, counters, up=True)
         summary = self.summary(current, policy, counters, state)
         if summary != self._summary:
             self._summary = summary
@@ -88,9 +87,12 @@ class StatusPublisher:
     def stopped(self, policy: Policy, counters: Counters) -> None:
         """At a clean stop: the textfile says the daemon is not running (ecs_harden_up 0);
         the rules stay, but nothing keeps them any more."""
+        self._write_metrics(policy, counters, up=False)
+
+    def _write_metrics(self, policy: Policy, counters: Counters, *, up: bool) -> None:
         if self._report is None or not policy.report.textfile:
             return
         try:
-            write_metrics(policy.report.textfile, metrics_text(self._report, counters, up=False))
+            write_metrics(policy.report.textfile, metrics_text(self._report, counters, up=up))
         except HardenError as exc:
             self.log.error("status.write_failed", error=str(exc))
