@@ -15,8 +15,10 @@ from typing import Optional, Protocol
 
 from ecs_harden.report import Finding
 
-# What makes the daemon look at a component again.
-FIREWALL, FILES, ECS = "firewall", "files", "ecs"
+# What makes the daemon look at a component again. PATHS: what no event announces (an
+# interface, a container's namespace, the probe, IMDS itself): the daemon's resync and
+# the reconcile after a firewall repair.
+FIREWALL, FILES, ECS, PATHS = "firewall", "files", "ecs", "paths"
 
 
 @dataclass(frozen=True)

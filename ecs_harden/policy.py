@@ -28,6 +28,8 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IFACE_RE = re.compile(r"^[^\s/!:+]{1,15}\+?$|^\+$")
 
 
+HOST_NETWORK_MODES = ("block", "report", "allow")
+
 IMDS_V4 = ipaddress.IPv4Network("169.254.169.254/32")
 IMDS_V6 = ipaddress.IPv6Network("fd00:ec2::254/128")
 
@@ -45,6 +47,12 @@ class ImdsPolicy:
     ipv4: ipaddress.IPv4Network = field(default=IMDS_V4, metadata=_parsed_by("network", 4))
     ipv6: ipaddress.IPv6Network | None = field(default=IMDS_V6, metadata=_parsed_by("network", 6, True))
     persist: bool = field(default=True, metadata=_parsed_by("boolean"))
+    # Paths (SPEC "Paths"): the raw PREROUTING guard of forwarded traffic from any
+    # interface, the exceptions to it, host-network task containers, the active probe.
+    guard_all_interfaces: bool = field(default=True, metadata=_parsed_by("boolean"))
+    allow_interfaces: tuple[str, ...] = field(default=(), metadata=_parsed_by("exceptions"))
+    host_network: str = field(default="report", metadata=_parsed_by("choice", HOST_NETWORK_MODES))
+    probe: bool = field(default=True, metadata=_parsed_by("boolean"))
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,7 @@ class _Reader:
         self.source = source
         self.loader = loader
         self.errors: list[PolicyError] = []
+        self.lines: dict[str, int] = {}  # key path -> line, for checks made after reading
 
     def each(
         self, keys: Mapping[str, yaml.Node], handlers: Mapping[str, Callable[[yaml.Node], Any]]
@@ -309,7 +318,9 @@ class _Reader:
         return value
 
     def policy(self, node: yaml.Node) -> Policy:
-        return self.section(node, "", Policy, base=Policy(source=self.source))
+        policy = self.section(node, "", Policy, base=Policy(source=self.source))
+        self.overlaps(policy)
+        return policy
 
     def section(self, node: yaml.Node, key: str, cls: type[_T], base: _T | None = None) -> _T:
         """A mapping read into cls by the parsers its fields declare."""
@@ -341,6 +352,33 @@ class _Reader:
             self.errors.extend(errors[:-1])
             raise errors[-1]
         return tuple(out)
+
+    def exceptions(self, node: yaml.Node, key: str) -> tuple[str, ...]:
+        """imds.allow_interfaces: like interfaces, but may be empty; checked against
+        imds.interfaces once both are read (overlaps())."""
+        if _is_null(node) or (isinstance(node, yaml.SequenceNode) and not node.value):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, key, "must be a list of interface names or patterns")
+        self.lines[key] = node.start_mark.line + 1
+        out = self.interfaces(node, key)
+        if "lo" in out:
+            raise self.fail(node, key, "'lo' needs no exception: the guard never drops loopback "
+                            "traffic (only the host itself sends on lo); remove it")
+        return out
+
+    def overlaps(self, policy: Policy) -> None:
+        """An exception may not cover an interface the block is for: the policy would say
+        both 'blocked' and 'let through' of the same traffic."""
+        for allowed in policy.imds.allow_interfaces:
+            for blocked in policy.imds.interfaces:
+                if patterns_overlap(allowed, blocked):
+                    line = self.lines.get("imds.allow_interfaces")
+                    where = f" line {line}:" if line else ""
+                    self.errors.append(PolicyError(
+                        f"{self.source}:{where} imds.allow_interfaces: {allowed!r} overlaps "
+                        f"imds.interfaces {blocked!r}: an interface cannot be both blocked and "
+                        "a declared exception; remove one of them"))
 
     def interface(self, item: yaml.Node, key: str, before: list[str]) -> str:
         value = self.string(item, key)
@@ -401,6 +439,17 @@ class _Reader:
             raise self.fail(node, key, f"{value!r} does not end in .prom: node_exporter's "
                             "textfile collector reads only *.prom files, so no metric would be seen")
         return value
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some interface name matches both iptables patterns (`+` at the end: prefix)."""
+    if a.endswith("+") and b.endswith("+"):
+        return a[:-1].startswith(b[:-1]) or b[:-1].startswith(a[:-1])
+    if a.endswith("+"):
+        return b.startswith(a[:-1])
+    if b.endswith("+"):
+        return a.startswith(b[:-1])
+    return a == b
 
 
 def _is_null(node: yaml.Node) -> bool:

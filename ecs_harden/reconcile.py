@@ -16,9 +16,11 @@ from ecs_harden.errors import HardenError
 from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.firewall.detect import backend_for
+from ecs_harden.firewall.rule import Network
 from ecs_harden.imds.block import Block
-from ecs_harden.imds.bridges import BridgesComponent
+from ecs_harden.imds.guard import GuardRule, members
 from ecs_harden.imds.live import LiveBlockComponent
+from ecs_harden.imds.paths import PathsComponent
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
@@ -26,13 +28,18 @@ from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, OK, Finding, Report
 
 
+def guard_of(policy: Policy, address: Network) -> tuple[GuardRule, ...]:
+    imds = policy.imds
+    return members(address, imds.allow_interfaces, guard=imds.guard_all_interfaces)
+
+
 def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
     imds = policy.imds
-    out = [LiveBlockComponent(4, lambda: backend_for(facts.iptables, 4), imds.interfaces, imds.ipv4)]
+    out = [LiveBlockComponent(4, lambda: backend_for(facts.iptables, 4), imds.interfaces, imds.ipv4,
+                              guard_of(policy, imds.ipv4))]
     if imds.ipv6 is not None:
-        out.append(
-            LiveBlockComponent(6, lambda: backend_for(facts.iptables, 6), imds.interfaces, imds.ipv6)
-        )
+        out.append(LiveBlockComponent(6, lambda: backend_for(facts.iptables, 6), imds.interfaces,
+                                      imds.ipv6, guard_of(policy, imds.ipv6)))
     return out
 
 
@@ -53,6 +60,7 @@ def persisted_files(policy: Policy, facts: Facts) -> list[PersistedFileComponent
         out.append(PersistedFileComponent(
             family, flavor.rules_file(family), flavor.name, blocks, policy.imds.interfaces, journal,
             sample_package=flavor.restore_package if flavor.ships_sample else None,
+            guard=guard_of(policy, address),
         ))
     return out
 
@@ -71,7 +79,9 @@ def build_components(policy: Policy, facts: Facts) -> list[Component]:
         persistence.append(service)
     return [
         *live_blocks(policy, facts),
-        BridgesComponent(policy.imds.interfaces),
+        PathsComponent(policy.imds.interfaces, policy.imds.allow_interfaces,
+                       policy.imds.guard_all_interfaces, policy.state_dir,
+                       str(policy.imds.ipv4.network_address)),
         *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),

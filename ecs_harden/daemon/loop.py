@@ -24,7 +24,7 @@ from typing import Optional
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
-from ecs_harden.component import ECS, FILES, FIREWALL, Component
+from ecs_harden.component import ECS, FILES, FIREWALL, PATHS, Component
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import PolicyState, StatusPublisher
 from ecs_harden.daemon.sources import WakeSource, open_sources
@@ -123,10 +123,16 @@ class Daemon:
             source.before(groups, families)
         chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
                   and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
+        repairs = self.counters.repairs
         try:
             with self.parts.lock():
                 for i, component in chosen:
                     errors += self._reconcile_one(i, component)
+                if PATHS not in groups and self.counters.repairs > repairs:
+                    # after a repair the paths and the probe are looked at again at once
+                    for i, component in enumerate(self.components):
+                        if component.wakes_on == PATHS:
+                            errors += self._reconcile_one(i, component)
         except HardenError as exc:  # the lock: held too long, or refused
             self.log.error("reconcile.lock_failed", error=str(exc))
             errors.append(str(exc))

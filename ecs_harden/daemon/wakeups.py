@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ecs_harden.component import ECS, FILES, FIREWALL
+from ecs_harden.component import ECS, FILES, FIREWALL, PATHS
 
-ALL = frozenset({FIREWALL, FILES, ECS})
+ALL = frozenset({FIREWALL, FILES, ECS, PATHS})
 BOTH = frozenset({4, 6})
 QUIET = 0.1
 COALESCE = 0.02

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ecs_harden.firewall.rule import Network, Rule, network, parse_args
 
@@ -55,10 +56,20 @@ class Block:
         return self.is_copy(rule) and rule.has_comment(COMMENT)
 
 
-def leading_copies(rules: Sequence[Rule], blocks: Sequence[Block]) -> int:
-    """How many rules open the chain that are copies of some block, before any other rule."""
+class Placed(Protocol):
+    """A rule ecs-harden keeps at the top of a chain: a Block, or the guard's (imds.guard)."""
+
+    def is_copy(self, rule: Rule) -> bool: ...
+
+
+def leading_copies(
+    rules: Sequence[Rule], blocks: Sequence[Placed], also: Callable[[Rule], bool] | None = None
+) -> int:
+    """How many rules open the chain that are copies of some block (or, with also, a rule
+    `also(rule)` says is ours), before any other rule."""
     n = 0
-    while n < len(rules) and any(b.is_copy(rules[n]) for b in blocks):
+    while n < len(rules) and (any(b.is_copy(rules[n]) for b in blocks)
+                              or (also is not None and also(rules[n]))):
         n += 1
     return n
 

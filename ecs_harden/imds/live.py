@@ -18,6 +18,7 @@ from ecs_harden.component import FIREWALL, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
+from ecs_harden.imds import guard as guards_
 from ecs_harden.imds.block import (
     COMMENT,
     DOCKER_USER,
@@ -65,8 +66,11 @@ class LiveBlockComponent(Base):
         backend: Callable[[], Backend],
         interfaces: Sequence[str],
         address: Network,
+        guard: Sequence[guards_.GuardRule] = (),
     ):
         self.family = family
+        # imds.guard: the exceptions and the guard of every interface, in raw PREROUTING
+        self.guard = tuple(guard)
         self.name = f"imds.ipv{family}.live"
         self._backend_factory = backend
         self._backend: Backend | None = None
@@ -88,8 +92,13 @@ class LiveBlockComponent(Base):
 
     def expected(self) -> str:
         pats = ", ".join(self.interfaces)
+        every = ""
+        if self.guard:
+            allowed = [g.interface for g in self.guard if g.interface]
+            every = (f"; raw {GUARD_CHAIN} drops forwarded traffic to {self.address} from every interface"
+                     + (f" but {', '.join(allowed)} (declared)" if allowed else ""))
         return (f"DROP -i {pats} -d {self.address} once in {' and '.join(MANAGED_CHAINS)} and raw "
-                f"{GUARD_CHAIN}, effective")
+                f"{GUARD_CHAIN}, effective{every}")
 
     def observe(self) -> tuple[dict[str, Chain | None], list[BlockState], Places]:
         reader = self.backend.snapshot()
@@ -99,7 +108,7 @@ class LiveBlockComponent(Base):
         places: Places = {("filter", name): chain.rules if chain else () for name, chain in chains.items()}
         places[(GUARD_TABLE, GUARD_CHAIN)] = raw.rules if raw else ()
         # The copies (of any block) that open each place, before any other rule.
-        openers = {place: rules[:leading_copies(rules, self.blocks)] for place, rules in places.items()}
+        openers = {place: rules[:self.run(place, rules)] for place, rules in places.items()}
         guard = (GUARD_TABLE, GUARD_CHAIN)
         states = []
         for block in self.blocks:
@@ -110,6 +119,16 @@ class LiveBlockComponent(Base):
             probe = Probe(block.interface, self.address, self.interfaces)
             states.append(BlockState(block, copies, evaluator.outcomes(probe), guards, guard_on_top, on_top))
         return chains, states, places
+
+    def run(self, place: tuple[str, str], rules: Sequence[Rule]) -> int:
+        """How many rules of ours open the place (in raw PREROUTING the guard's count too)."""
+        if place == (GUARD_TABLE, GUARD_CHAIN):
+            return leading_copies(rules, (*self.blocks, *self.guard), guards_.is_ours)
+        return leading_copies(rules, self.blocks)
+
+    def guard_kept(self, places: Places) -> dict[guards_.GuardRule, int] | None:
+        rules = places[(GUARD_TABLE, GUARD_CHAIN)]
+        return guards_.kept(rules, self.run((GUARD_TABLE, GUARD_CHAIN), rules), self.guard)
 
     def read_places(self) -> Places:
         """The rules of every place the block goes, as they are now, without evaluating anything."""
@@ -129,8 +148,10 @@ class LiveBlockComponent(Base):
             ),))
         chains, states, places = self.observe()
         effective = frozenset(st.block for st in states if st.effective)
-        ops = plan(chains, states) + tidy(places, self.blocks, effective)
-        finding = self.judge(chains, states)
+        keep = self.guard_kept(places)
+        ops = plan(chains, states, self.guard if keep is None else ())
+        ops += tidy(places, self.blocks, effective, self.run, self.guard)
+        finding = self.judge(chains, states, places, keep)
         if not ops:
             return Inspection((finding,))
         return Inspection(
@@ -143,9 +164,12 @@ class LiveBlockComponent(Base):
     def _binary(self) -> str:
         return f"ip{'' if self.family == 4 else '6'}tables"
 
-    def judge(self, chains: dict[str, Chain | None], states: list[BlockState]) -> Finding:
+    def judge(self, chains: dict[str, Chain | None], states: list[BlockState],
+              places: Places | None = None, keep: dict[guards_.GuardRule, int] | None = None) -> Finding:
         problems: list[str] = []
         counts: list[str] = []
+        if places is not None:
+            self._judge_guard(places[(GUARD_TABLE, GUARD_CHAIN)], keep, problems, counts)
         for name, chain in chains.items():
             if chain is None:
                 problems.append(f"chain {name} does not exist")
@@ -180,6 +204,27 @@ class LiveBlockComponent(Base):
             f"every new connection from {', '.join(self.interfaces)} to {self.address} is dropped",
         )
 
+    def _judge_guard(self, raw: Sequence[Rule], keep: dict[guards_.GuardRule, int] | None,
+                     problems: list[str], counts: list[str]) -> None:
+        for member in self.guard:
+            n = sum(1 for r in raw if member.is_copy(r))
+            which = "every interface" if member.is_guard else member.interface
+            counts.append(f"raw {GUARD_CHAIN} {which}: {n}")
+            if n == 0:
+                why = ": traffic from any other interface reaches IMDS" if member.is_guard else ""
+                problems.append(f"{member.label} is missing from raw {GUARD_CHAIN}{why}")
+            elif n > 1:
+                problems.append(f"{n} copies of {member.label} in raw {GUARD_CHAIN}")
+        if self.guard and keep is None and all(any(m.is_copy(r) for r in raw) for m in self.guard):
+            problems.append(f"{self.guard[-1].label} is not in force: it must open raw {GUARD_CHAIN}, "
+                            "after the declared exceptions")
+        wanted = self.guard
+        for rule in raw:
+            if guards_.is_ours(rule) and not any(m.is_copy(rule) for m in wanted):
+                what = ("a withdrawn exception" if rule.target == "RETURN"
+                        else "the guard of every interface (imds.guard_all_interfaces is false)")
+                problems.append(f"{what} is still in raw {GUARD_CHAIN}: `{rule.text()}`")
+
     def execute(self, inspection: Inspection) -> None:
         """First the inserts that make the block effective, in a commit of their own that
         depends on nothing else on the host; then, from a fresh read, the tidying (copies
@@ -191,7 +236,7 @@ class LiveBlockComponent(Base):
         inserts = [op for op in planned.ops if not isinstance(op, DeleteAt)]
         if inserts:
             self.backend.commit(inserts)
-        deletes = tidy(self.read_places(), self.blocks, planned.effective)
+        deletes = tidy(self.read_places(), self.blocks, planned.effective, self.run, self.guard)
         if deletes:
             self.backend.commit(deletes)
 
@@ -203,7 +248,7 @@ class LiveBlockComponent(Base):
             DeleteAt(name, i + 1, rule, table)
             for (table, name), rules in self.read_places().items()
             for i, rule in enumerate(rules)
-            if rule.target == "DROP" and rule.has_comment(COMMENT)
+            if (rule.target == "DROP" and rule.has_comment(COMMENT)) or guards_.is_ours(rule)
         ]
 
     def remove(self) -> list[str]:
@@ -218,13 +263,24 @@ class _Plan:
     effective: frozenset[Block]  # blocks that were effective where they stood
 
 
-def tidy(places: Places, blocks: Sequence[Block], effective: frozenset[Block]) -> list[Op]:
+def tidy(
+    places: Places,
+    blocks: Sequence[Block],
+    effective: frozenset[Block],
+    run: Callable[[tuple[str, str], Sequence[Rule]], int] | None = None,
+    guard: Sequence[guards_.GuardRule] = (),
+) -> list[Op]:
     """Delete every copy of a block but one: the first of those opening its chain, else (an
     effective block that Docker's jump or rules now precede) its first copy. Nothing in a
-    chain where some block has no copy to keep yet (the insert comes first)."""
+    chain where some block has no copy to keep yet (the insert comes first). In raw
+    PREROUTING likewise the guard's copies but the one in force, and guard rules of ours
+    the policy no longer wants (imds.guard.unwanted)."""
     ops: list[Op] = []
     for (table, name), rules in places.items():
-        top = leading_copies(rules, blocks)
+        top = run((table, name), rules) if run is not None else leading_copies(rules, blocks)
+        doomed: set[int] = set()
+        if (table, name) == (GUARD_TABLE, GUARD_CHAIN):
+            doomed.update(guards_.unwanted(rules, guard, guards_.kept(rules, top, guard)))
         keep: dict[Block, int] = {}
         for block in blocks:
             at = [i for i, r in enumerate(rules) if block.is_copy(r)]
@@ -233,16 +289,18 @@ def tidy(places: Places, blocks: Sequence[Block], effective: frozenset[Block]) -
                 keep[block] = on_top[0]
             elif at and block in effective and table == "filter":
                 keep[block] = at[0]
-        if len(keep) < len(blocks):
-            continue
-        for i, rule in enumerate(rules):
-            copy_of = next((b for b in blocks if b.is_copy(rule)), None)
-            if copy_of is not None and keep[copy_of] != i:
-                ops.append(DeleteAt(name, i + 1, rule, table))
+        if len(keep) == len(blocks):
+            for i, rule in enumerate(rules):
+                copy_of = next((b for b in blocks if b.is_copy(rule)), None)
+                if copy_of is not None and keep[copy_of] != i:
+                    doomed.add(i)
+        ops.extend(DeleteAt(name, i + 1, rules[i], table) for i in sorted(doomed))
     return ops
 
 
-def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
+def plan(
+    chains: dict[str, Chain | None], states: list[BlockState], guard: Sequence[guards_.GuardRule] = ()
+) -> list[Op]:
     """The inserts that make each block effective: a copy at the top of each managed chain
     and of raw PREROUTING wherever none opens it. A copy opening FORWARD drops the traffic
     before any other rule can accept it, so this needs no evaluation and no delete; the
@@ -258,4 +316,8 @@ def plan(chains: dict[str, Chain | None], states: list[BlockState]) -> list[Op]:
                 ops.append(Insert(name, 1, st.block.args()))
         if not st.guard_on_top:
             ops.append(Insert(GUARD_CHAIN, 1, st.block.args(), GUARD_TABLE))
+    # The guard not in force: all of it afresh at the top (the exceptions before it);
+    # what was there is tidied afterwards.
+    for member in reversed(guard):
+        ops.append(Insert(GUARD_CHAIN, 1, member.args(), GUARD_TABLE))
     return ops

@@ -19,6 +19,7 @@ from ecs_harden.imds.block import (
     Block,
     count_problem,
 )
+from ecs_harden.imds.guard import GuardRule
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist import samples
 from ecs_harden.persist.rulesfile import RulesFile
@@ -61,7 +62,9 @@ class PersistedFileComponent(Base):
         interfaces: tuple[str, ...],
         journal: ChangeJournal,
         sample_package: str | None = None,
+        guard: Sequence[GuardRule] = (),
     ):
+        self.guard = tuple(guard)  # imds.guard: the exceptions, then the guard of every interface
         self.family = family
         self.sample_package = sample_package  # whose sample file is replaced (persist.samples)
         self.replaced: str | None = None  # after replacing the sample: what to say
@@ -81,8 +84,9 @@ class PersistedFileComponent(Base):
 
     def expected(self) -> str:
         where = self.path or "a boot rules file"
+        every = " and the guard of every interface" if self.guard else ""
         return (f"{where} restores the DROP once at the top of {' and '.join(MANAGED_CHAINS)}, "
-                f"and the guard at the top of raw {GUARD_CHAIN}")
+                f"and the guard{every} at the top of raw {GUARD_CHAIN}")
 
     def _corrupt(self, data: bytes) -> str | None:
         """Validate the existing file, remembering the answer until the file changes."""
@@ -127,7 +131,7 @@ class PersistedFileComponent(Base):
             if sample:
                 return self._replace_sample(old, how)
         finding = self.judge(rules, exists=old is not None)
-        new = rules.merged(self.blocks)
+        new = rules.merged(self.blocks, self.guard)
         if old is not None and new == old:
             return Inspection((finding,))
         verb = "create" if old is None else "merge the block into"
@@ -140,7 +144,7 @@ class PersistedFileComponent(Base):
             f"{self.path} is {samples.WHAT}, untouched ({how}): restored at boot it would cut every "
             "container off and block nothing; it is replaced by a file holding the block (backup kept)",
         )
-        new = RulesFile(b"").merged(self.blocks)
+        new = RulesFile(b"").merged(self.blocks, self.guard)
         return Inspection((finding,), (f"replace {samples.WHAT} in {self.path} with the block",),
                           frozenset({self.name}), _Plan(old, new, sample=True))
 
@@ -166,7 +170,15 @@ class PersistedFileComponent(Base):
                     problems.append(problem)
                 elif copies[0][0] not in top and chain == DOCKER_USER:
                     problems.append(f"the DROP for {b.interface} is not the first rule of {chain}")
-        top = rules.leading(GUARD_CHAIN, self.blocks, GUARD_TABLE)
+        top = rules.leading(GUARD_CHAIN, self.blocks, GUARD_TABLE, self.guard)
+        if rules.section(GUARD_TABLE) is not None or self.guard:
+            clean, ours = rules.guard_state(self.blocks, self.guard)
+            counts.append(f"raw {GUARD_CHAIN} guard rules: {len(ours)}")
+            if not clean and self.guard:
+                problems.append(f"the guard of every interface (after its {len(self.guard) - 1} "
+                                f"declared exception(s)) is not once at the top of raw {GUARD_CHAIN}")
+            elif not clean:
+                problems.append(f"raw {GUARD_CHAIN} holds guard rules the policy no longer wants")
         for b in self.blocks:
             guards = rules.copies(b, GUARD_CHAIN, GUARD_TABLE)
             counts.append(f"raw {GUARD_CHAIN} {b.interface}: {len(guards)}")
@@ -240,12 +252,12 @@ class PersistedFileComponent(Base):
         new = rules.without_ours()
         removed = [f"{self.path}: {rules.lines[i].strip()}" for i in lines]
         sample = self._replaced_sample()
-        if sample is not None and RulesFile.created_by_us(new, self.blocks):
+        if sample is not None and RulesFile.created_by_us(new, self.blocks, self.guard):
             self.journal.replace_file(self.path, old, sample, kind=f"rules.v{self.family}",
                                       summary=[f"put back {samples.WHAT} in {self.path}"],
                                       extra={"put_back": True})
             return [*removed, f"{self.path} (the iptables-services sample it replaced is back)"]
-        if RulesFile.created_by_us(new, self.blocks):  # nothing of anyone else's is left
+        if RulesFile.created_by_us(new, self.blocks, self.guard):  # nothing of anyone else's is left
             self.journal.delete_file(self.path, old, kind=f"rules.v{self.family}",
                                      summary=[f"delete {self.path}, which ecs-harden created"])
             return [*removed, f"{self.path} (created by ecs-harden, now empty)"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ecs_harden.firewall.evaluate import ChainReader, Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Rule, parse_line
+from ecs_harden.imds import guard as guards_
 from ecs_harden.imds.block import (
     COMMENT,
     DOCKER_USER,
@@ -23,6 +24,7 @@ from ecs_harden.imds.block import (
     Block,
     leading_copies,
 )
+from ecs_harden.imds.guard import GuardRule
 
 BUILTIN = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -133,11 +135,29 @@ class RulesFile:
     def copies(self, block: Block, chain: str, table: str = "filter") -> list[tuple[int, Rule]]:
         return [(i, r) for i, r in self.rules(table) if r.chain == chain and block.is_copy(r)]
 
-    def leading(self, chain: str, blocks: Sequence[Block], table: str = "filter") -> set[int]:
-        """Line indexes of the copies that open the chain, before any other rule."""
+    def leading(self, chain: str, blocks: Sequence[Block], table: str = "filter",
+                guard: Sequence[GuardRule] = ()) -> set[int]:
+        """Line indexes of the copies that open the chain, before any other rule (in raw
+        PREROUTING the guard's rules and any of ours too)."""
         own = [(i, r) for i, r in self.rules(table) if r.chain == chain]
-        n = leading_copies([r for _, r in own], blocks)
+        if (table, chain) == (GUARD_TABLE, GUARD_CHAIN):
+            n = leading_copies([r for _, r in own], (*blocks, *guard), guards_.is_ours)
+        else:
+            n = leading_copies([r for _, r in own], blocks)
         return {i for i, _ in own[:n]}
+
+    def guard_state(self, blocks: Sequence[Block], guard: Sequence[GuardRule]) -> tuple[bool, set[int]]:
+        """Whether raw PREROUTING holds the guard once each, in force, and nothing of ours
+        besides; and the line indexes of every guard rule of ours (to drop when it is not)."""
+        own = [(i, r) for i, r in self.rules(GUARD_TABLE) if r.chain == GUARD_CHAIN]
+        rules = [r for _, r in own]
+        run = len(self.leading(GUARD_CHAIN, blocks, GUARD_TABLE, guard))
+        keep = guards_.kept(rules, run, guard)
+        ours = {own[k][0] for k, r in enumerate(rules)
+                if guards_.is_ours(r) or any(m.is_copy(r) for m in guard)}
+        once = all(sum(1 for r in rules if m.is_copy(r)) == 1 for m in guard)
+        clean = keep is not None and once and not guards_.unwanted(rules, guard, keep)
+        return clean, ours
 
     def catch_all_rejects(self) -> list[str]:
         """FORWARD/INPUT rules that would drop every container connection (or the
@@ -157,12 +177,14 @@ class RulesFile:
             i
             for table, chains in PLACES.items()
             for i, r in self.rules(table)
-            if r.chain in chains and r.target == "DROP" and r.has_comment(COMMENT)
+            if r.chain in chains and ((r.target == "DROP" and r.has_comment(COMMENT))
+                                      or (table == GUARD_TABLE and guards_.is_ours(r)))
         ]
 
     # -- edits ------------------------------------------------------------
-    def merged(self, blocks: Sequence[Block]) -> bytes:
-        """The file with each block exactly once at the top of each place it belongs."""
+    def merged(self, blocks: Sequence[Block], guard: Sequence[GuardRule] = ()) -> bytes:
+        """The file with each block exactly once at the top of each place it belongs, and
+        the guard (its exceptions first) at the top of raw PREROUTING."""
         nl = "\r\n" if self.lines and self.lines[0].endswith("\r\n") else "\n"
         drop: set[int] = set()
         insert_at: dict[int, list[str]] = {}
@@ -171,10 +193,16 @@ class RulesFile:
         for table, chains in PLACES.items():
             sec = self.section(table)
             if sec is None:
-                appended += self._new_section(table, chains, blocks, nl)
+                appended += self._new_section(table, chains, blocks, nl, guard)
                 continue
+            fresh_guard: list[str] = []
+            if table == GUARD_TABLE:
+                clean, ours = self.guard_state(blocks, guard)
+                if not clean:
+                    drop.update(ours)
+                    fresh_guard = [f"{m.rule(GUARD_CHAIN).text()}{nl}" for m in guard]
             for chain in chains:
-                top = self.leading(chain, blocks, table)
+                top = self.leading(chain, blocks, table, guard)
                 for b in blocks:
                     copies = self.copies(b, chain, table)
                     if not (len(copies) == 1 and copies[0][0] in top):
@@ -182,11 +210,14 @@ class RulesFile:
             for chain in chains:
                 missing = [b for b in blocks
                            if not any(i not in drop for i, _ in self.copies(b, chain, table))]
-                if not missing:
+                lines = [f"{b.rule(chain).text()}{nl}" for b in missing]
+                if chain == GUARD_CHAIN and table == GUARD_TABLE:
+                    lines += fresh_guard
+                if not lines:
                     continue
                 remaining = [i for i, r in self.rules(table) if r.chain == chain and i not in drop]
                 at = remaining[0] if remaining else sec.commit
-                insert_at.setdefault(at, []).extend(f"{b.rule(chain).text()}{nl}" for b in missing)
+                insert_at.setdefault(at, []).extend(lines)
             declared = self.declared(table)
             wanted = [c for c in chains if c not in BUILTIN[table] and c not in declared]
             if wanted:
@@ -205,11 +236,14 @@ class RulesFile:
         return _encode("".join(out))
 
     @staticmethod
-    def _new_section(table: str, chains: Sequence[str], blocks: Sequence[Block], nl: str) -> list[str]:
+    def _new_section(table: str, chains: Sequence[str], blocks: Sequence[Block], nl: str,
+                     guard: Sequence[GuardRule] = ()) -> list[str]:
         body = [f"*{table}{nl}", *(f":{c} ACCEPT [0:0]{nl}" for c in BUILTIN[table])]
         body += [f":{c} - [0:0]{nl}" for c in chains if c not in BUILTIN[table]]
         for chain in chains:
             body += [f"{b.rule(chain).text()}{nl}" for b in blocks]
+            if table == GUARD_TABLE and chain == GUARD_CHAIN:
+                body += [f"{m.rule(chain).text()}{nl}" for m in guard]
         body.append(f"COMMIT{nl}")
         return body
 
@@ -237,6 +271,6 @@ class RulesFile:
         return _encode("".join(line for i, line in enumerate(rest.lines) if i not in gone))
 
     @staticmethod
-    def created_by_us(data: bytes, blocks: Sequence[Block]) -> bool:
+    def created_by_us(data: bytes, blocks: Sequence[Block], guard: Sequence[GuardRule] = ()) -> bool:
         """data is what the agent writes into an empty file, its own lines taken out again."""
-        return data == RulesFile(RulesFile(b"").merged(blocks)).without_ours()
+        return data == RulesFile(RulesFile(b"").merged(blocks, guard)).without_ours()

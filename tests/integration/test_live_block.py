@@ -121,21 +121,25 @@ def test_tripled_by_hand_is_deduplicated(clean: EcsHost) -> None:
     assert clean.report("apply")[1]["changes"] == []
 
 
-def test_user_defined_network_warns_until_its_pattern_is_added(clean: EcsHost) -> None:
+def test_user_defined_network_is_guarded_and_without_the_guard_drift_until_covered(clean: EcsHost) -> None:
     clean.docker("network", "create", "labnet")
     try:
-        clean.report("apply")
+        assert clean.report("apply")[0] == 0
         bridge = "br-" + clean.docker("network", "inspect", "-f", "{{.Id}}", "labnet").stdout.strip()[:12]
-        code, report = clean.report("check")
-        f = findings(report)["imds.bridges"]
-        assert f["status"] == "warn" and bridge in f["detail"]
-        assert code == 0  # a warning is not drift
+        assert not clean.reaches(IMDS_V4, network="labnet")  # the guard of every interface
+        f = findings(clean.report("check")[1])["imds.paths"]
+        assert f["status"] == "ok" and f"{bridge}: blocked by the guard" in f["actual"]
+        unguarded = clean.policy("imds:\n  guard_all_interfaces: false\n", name="policy-ng.yaml")
+        code, report = clean.report("apply", policy=unguarded)
+        f = findings(report)["imds.paths"]
+        assert code == 3 and f["status"] == "drift" and bridge in f["detail"]
         assert clean.reaches(IMDS_V4, network="labnet")
-        policy = clean.policy('imds:\n  interfaces: ["docker+", "br-+"]\n', name="policy-br.yaml")
+        policy = clean.policy('imds:\n  interfaces: ["docker+", "br-+"]\n  guard_all_interfaces: false\n',
+                              name="policy-br.yaml")
         assert clean.report("apply", policy=policy)[0] == 0
         assert not clean.reaches(IMDS_V4, network="labnet")
         assert not clean.reaches(IMDS_V4)
-        assert findings(clean.report("check", policy=policy)[1])["imds.bridges"]["status"] == "ok"
+        assert findings(clean.report("check", policy=policy)[1])["imds.paths"]["status"] == "ok"
     finally:
         clean.docker("network", "rm", "labnet", check=False)
         clean.policy()

@@ -13,7 +13,6 @@ from ecs_harden.firewall.backend import DeleteAt, Insert, NewChain, Op
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, parse_line, quote_args
 from ecs_harden.imds.block import Block
-from ecs_harden.imds.bridges import judge
 from ecs_harden.imds.live import LiveBlockComponent
 
 V4 = ipaddress.ip_network("169.254.169.254/32")
@@ -144,10 +143,3 @@ def test_ipv6_without_kernel_support_is_ok(monkeypatch: pytest.MonkeyPatch) -> N
     (f,) = c.inspect().findings
     assert f.status == "ok" and "no IPv6" in f.detail
     assert c.removal_ops() == []
-
-
-def test_bridges_judge() -> None:
-    assert judge(["docker0"], ("docker+",)).status == "ok"
-    f = judge(["docker0", "br-0123456789ab"], ("docker+",))
-    assert f.status == "warn" and "br-0123456789ab" in f.detail and "br-+" in f.detail
-    assert judge(["docker0", "br-0123456789ab"], ("docker+", "br-+")).status == "ok"

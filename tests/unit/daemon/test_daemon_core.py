@@ -270,7 +270,7 @@ def test_the_loop_reconciles_what_a_source_wakes_and_tells_every_source(tmp_path
     pipe, ticks = made
     assert isinstance(ticks, Ticks) and ticks.ticks == 5
     # the start, then the pipe's wake (the ticks wake nothing): each source told of both
-    assert [g for g, _ in ticks.seen] == [frozenset({"firewall", "files", "ecs"}), frozenset({ECS})]
+    assert [g for g, _ in ticks.seen] == [frozenset({"firewall", "files", "ecs", "paths"}), frozenset({ECS})]
     assert r.daemon.counters.reconciles == 2 and r.component.executed == 0
     with pytest.raises(OSError):
         os.fstat(pipe.fileno())  # closed when the daemon stopped

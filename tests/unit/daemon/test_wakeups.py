@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ecs_harden.component import ECS, FILES, FIREWALL
+from ecs_harden.component import ECS, FILES, FIREWALL, PATHS
 from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import Batch, parse
 from ecs_harden.daemon.sources import FileSource, NftSource, ProbeSource
@@ -111,7 +111,7 @@ def test_a_resync_skips_the_firewall_when_the_nftables_generation_is_the_one_che
     w = Wake()
     w.add(ALL, "resync")
     s.resync(w, 60.0)
-    assert w.groups == {FILES, ECS}  # same ruleset: nothing new to find
+    assert w.groups == {FILES, ECS, PATHS}  # same ruleset: nothing new to find
     gen[0] = 8
     w = Wake()
     w.add(ALL, "resync")
@@ -178,7 +178,7 @@ def test_a_file_still_being_written_waits_then_is_looked_at(tmp_path: Path) -> N
     wake = Wake()
     wake.add(ALL, "resync")
     s.hold(wake, 100.0)
-    assert wake.groups == {FIREWALL}  # the firewall is not held back
+    assert wake.groups == {FIREWALL, PATHS}  # the firewall (and the paths) are not held back
     assert s.deadline() == pytest.approx(100.2)
     later = Wake()
     s.due(100.2, later)

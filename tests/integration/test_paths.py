@@ -1,0 +1,164 @@
+"""Every path from a workload to IMDS (SPEC "Paths"), with real packets on both variants:
+the raw PREROUTING guard of every interface, declared exceptions, imds.paths."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.lab.host import CREDS, IMDS_V4, IMDS_V6, EcsHost
+
+USER_NET = "labnet"  # a user-defined network: Docker names its bridge br-<id>
+CUSTOM = "tasks0"  # a bridge with a name of the operator's choosing
+CUSTOM_V6 = "fd00:beef::/64"
+ROUTED = "10.99.0"  # a routed veth into a namespace, as CNI's ptp plugin wires a task
+
+CONNECT = (
+    "import socket,sys\n"
+    "try:\n"
+    "    s=socket.create_connection((sys.argv[1],80),2); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+    "    s.shutdown(socket.SHUT_WR); print(b''.join(iter(lambda: s.recv(4096), b'')).decode())\n"
+    "except OSError as e:\n"
+    "    print('failed', e)\n"
+)
+
+
+def findings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["check"]: f for f in report["findings"]}
+
+
+def networks(host: EcsHost) -> None:
+    """A user-defined network and a custom-named IPv6 bridge, as an operator creates them;
+    ecs-init's route_localnet on each (the credentials endpoint is DNATed to loopback)."""
+    if host.docker("network", "inspect", USER_NET, check=False).returncode != 0:
+        host.docker("network", "create", USER_NET)
+    if host.docker("network", "inspect", CUSTOM, check=False).returncode != 0:
+        host.docker("network", "create", "--ipv6", "--subnet", CUSTOM_V6,
+                    "-o", f"com.docker.network.bridge.name={CUSTOM}", CUSTOM)
+    host.sandbox.sh(
+        f"for d in /proc/sys/net/ipv4/conf/br-* /proc/sys/net/ipv4/conf/{CUSTOM}; do "
+        "echo 1 > $d/route_localnet; done; "
+        f"ip netns exec imds ip -6 route replace {CUSTOM_V6} via fd00:ec2::1"
+    )
+
+
+def routed_task(host: EcsHost) -> None:
+    """A namespace behind a plain routed veth (no bridge, no Docker), let through FORWARD
+    the way a CNI plugin's own rules do."""
+    host.sandbox.sh(
+        f"""
+        ip netns list | grep -qw task1 && exit 0
+        ip netns add task1
+        ip link add hv1 type veth peer name tv1
+        ip link set tv1 netns task1
+        ip addr add {ROUTED}.1/24 dev hv1
+        ip link set hv1 up
+        ip netns exec task1 sh -ec 'ip link set lo up; ip addr add {ROUTED}.2/24 dev tv1;
+            ip link set tv1 up; ip route add default via {ROUTED}.1'
+        iptables -I FORWARD -i hv1 -j ACCEPT
+        iptables -I FORWARD -o hv1 -j ACCEPT
+        """
+    )
+
+
+def task_reaches(host: EcsHost, address: str) -> bool:
+    cp = host.sandbox.run(["ip", "netns", "exec", "task1", sys.executable, "-c", CONNECT, address],
+                          check=False)
+    return "imds-ok" in cp.stdout
+
+
+@pytest.fixture
+def paths(clean: EcsHost) -> Iterator[EcsHost]:
+    networks(clean)
+    routed_task(clean)
+    yield clean
+    clean.policy()
+
+
+def guard_lines(host: EcsHost, family: int = 4) -> list[str]:
+    return [r for r in host.sandbox.rules_in("raw", "PREROUTING", family) if "ecs-harden" in r]
+
+
+def test_the_guard_blocks_every_interface_but_not_the_host(paths: EcsHost) -> None:
+    h = paths
+    # Before: every path is open (the routed task too: FORWARD lets it through).
+    assert h.reaches(IMDS_V4, network=USER_NET)
+    assert task_reaches(h, IMDS_V4)
+    code, report = h.report("apply")
+    assert code == 0, report
+    for network in (None, USER_NET, CUSTOM):
+        assert not h.reaches(IMDS_V4, network=network), network
+        assert h.reaches(CREDS, network=network), network
+    assert not h.reaches(IMDS_V6, network=CUSTOM)
+    assert not task_reaches(h, IMDS_V4)
+    assert h.host_reaches_imds(IMDS_V4)
+    assert h.host_reaches_imds(IMDS_V6)
+    # the guard has no -i: only loopback is left alone; both families, persisted.
+    for family, address in ((4, "169.254.169.254/32"), (6, "fd00:ec2::254/128")):
+        guard = f'-A PREROUTING -d {address} ! -i lo -m comment --comment "ecs-harden: block IMDS from ' \
+                'every interface" -j DROP'
+        assert guard in guard_lines(h, family)
+        saved = (h.sandbox.etc / "iptables" / f"rules.v{family}").read_text()
+        assert guard in saved
+    assert h.report("check")[0] == 0
+    code, again = h.report("apply")
+    assert code == 0 and again["changes"] == []
+
+
+def test_a_deleted_guard_is_named_and_put_back(paths: EcsHost) -> None:
+    h = paths
+    assert h.report("apply")[0] == 0
+    guard = next(r for r in guard_lines(h) if "every interface" in r)
+    h.sandbox.iptables("-t", "raw", "-D", *shlex.split(guard)[1:])
+    assert h.reaches(IMDS_V4, network=USER_NET)
+    code, report = h.report("check")
+    assert code == 3
+    detail = findings(report)["imds.ipv4.live"]["detail"]
+    assert "the guard of every interface is missing from raw PREROUTING" in detail
+    assert h.report("apply")[0] == 0
+    assert not h.reaches(IMDS_V4, network=USER_NET)
+
+
+def test_a_declared_exception_lets_that_interface_through_and_is_reported(paths: EcsHost) -> None:
+    h = paths
+    pol = h.policy(f"imds:\n  allow_interfaces: [{CUSTOM}]\n", name="exception.yaml")
+    code, report = h.report("apply", policy=pol)
+    assert code == 0, report
+    assert h.reaches(IMDS_V4, network=CUSTOM)
+    assert not h.reaches(IMDS_V4, network=USER_NET)
+    assert not h.reaches(IMDS_V4)
+    exceptions = findings(report)["imds.exceptions"]
+    assert exceptions["status"] == "warn"
+    assert CUSTOM in exceptions["actual"]
+    raw = guard_lines(h)
+    assert raw.index(next(r for r in raw if "-j RETURN" in r)) < raw.index(
+        next(r for r in raw if "every interface" in r))
+    # Withdrawn: the hole closes, the RETURN is gone, the report says nothing of it.
+    code, report = h.report("apply")
+    assert code == 0, report
+    assert not h.reaches(IMDS_V4, network=CUSTOM)
+    assert not any("-j RETURN" in r for r in guard_lines(h))
+    assert "imds.exceptions" not in findings(report)
+
+
+def test_without_the_guard_an_uncovered_bridge_is_drift(paths: EcsHost) -> None:
+    h = paths
+    pol = h.policy("imds:\n  guard_all_interfaces: false\n", name="noguard.yaml")
+    code, report = h.report("apply", policy=pol)
+    assert code == 3, report
+    assert h.reaches(IMDS_V4, network=USER_NET)  # nothing covers br-<id>
+    f = findings(report)["imds.paths"]
+    assert f["status"] == "drift"
+    assert CUSTOM in f["detail"] and "br-" in f["detail"]
+    assert not any("every interface" in r for r in guard_lines(h))
+    # Declared, the same bridges are exceptions, not drift.
+    pol = h.policy(f"imds:\n  guard_all_interfaces: false\n  interfaces: [docker+, br-+]\n"
+                   f"  allow_interfaces: [{CUSTOM}, hv1]\n", name="declared.yaml")
+    code, report = h.report("apply", policy=pol)
+    assert code == 0, report
+    assert findings(report)["imds.paths"]["status"] == "ok"
+    assert not h.reaches(IMDS_V4, network=USER_NET)
