@@ -25,6 +25,7 @@ from ecs_harden.reconcile import (
     Outcome,
     Reconciler,
     build_components,
+    host_network,
     live_blocks,
     persisted_files,
     restore_service,
@@ -227,6 +228,9 @@ def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[st
         for line in component.remove():
             removed.append(f"ip{'' if component.family == 4 else '6'}tables {line}")
             log.warning("rule.removed", family=component.family, rule=line)
+    for line in host_network(policy, found).remove():
+        removed.append(line)
+        log.warning("rule.removed", rule=line)
     # The restore ecs-harden enabled goes first: a sample put back must never be restored.
     service = restore_service(policy, found)
     for line in service.remove() if service is not None else []:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ from ecs_harden.firewall.detect import backend_for
 from ecs_harden.firewall.rule import Network
 from ecs_harden.imds.block import Block
 from ecs_harden.imds.guard import GuardRule, members
-from ecs_harden.imds.live import LiveBlockComponent
+from ecs_harden.imds.hostnet import HostNetworkComponent
+from ecs_harden.imds.live import LiveBlockComponent, ipv6_available
 from ecs_harden.imds.paths import PathsComponent
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
@@ -41,6 +43,14 @@ def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
         out.append(LiveBlockComponent(6, lambda: backend_for(facts.iptables, 6), imds.interfaces,
                                       imds.ipv6, guard_of(policy, imds.ipv6)))
     return out
+
+
+def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
+    addresses: dict[int, Network] = {4: policy.imds.ipv4}
+    if policy.imds.ipv6 is not None and ipv6_available():
+        addresses[6] = policy.imds.ipv6
+    backends = {f: functools.partial(backend_for, facts.iptables, f) for f in addresses}
+    return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
 
 
 def families(policy: Policy) -> tuple[int, ...]:
@@ -82,6 +92,7 @@ def build_components(policy: Policy, facts: Facts) -> list[Component]:
         PathsComponent(policy.imds.interfaces, policy.imds.allow_interfaces,
                        policy.imds.guard_all_interfaces, policy.state_dir,
                        str(policy.imds.ipv4.network_address)),
+        host_network(policy, facts),
         *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),

@@ -89,10 +89,11 @@ def test_block_moved_below_dockers_accept_is_named_and_fixed(clean: EcsHost) -> 
 def test_an_accept_inserted_above_everything_is_named_and_overridden(clean: EcsHost) -> None:
     clean.report("apply")
     clean.sandbox.iptables("-I", "FORWARD", "1", "-i", "docker0", "-j", "ACCEPT")
-    assert not clean.reaches(IMDS_V4)  # the raw PREROUTING guard still holds
+    assert not clean.reaches(IMDS_V4)  # the raw PREROUTING guards still hold
     guard = [r for r in clean.sandbox.iptables("-t", "raw", "-S", "PREROUTING").splitlines() if IMDS_V4 in r]
-    assert len(guard) == 1
-    clean.sandbox.iptables("-t", "raw", "-D", *shlex.split(guard[0])[1:])
+    assert len(guard) == 2  # the docker+ one and the one of every interface
+    for line in guard:
+        clean.sandbox.iptables("-t", "raw", "-D", *shlex.split(line)[1:])
     assert clean.reaches(IMDS_V4)
     code, report = clean.report("check")
     assert code == 3
@@ -183,7 +184,9 @@ def test_each_copy_is_the_rule_the_cli_makes_of_its_listing(clean: EcsHost) -> N
     for fam in (4, 6):
         for table, chain in (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING")):
             ours = [r for r in clean.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]
-            assert len(ours) == 1, (fam, chain, ours)
-            clean.sandbox.run(["sh", "-c", f"{'iptables' if fam == 4 else 'ip6tables'} -w -t {table} -D {chain} "
-                               + ours[0].split(" ", 2)[2]])
+            # raw: the docker+ guard and the one of every interface (`! -i lo`)
+            assert len(ours) == (2 if table == "raw" else 1), (fam, chain, ours)
+            for line in ours:
+                clean.sandbox.run(["sh", "-c", f"{'iptables' if fam == 4 else 'ip6tables'} -w -t {table} "
+                                   f"-D {chain} " + line.split(" ", 2)[2]])
             assert not [r for r in clean.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]

@@ -90,7 +90,7 @@ def test_operator_rules_survive_byte_for_byte_outside_our_lines() -> None:
         assert h.report("apply")[0] == 0
         merged = path.read_text()
         ours = [ln for ln in merged.splitlines(keepends=True) if "ecs-harden" in ln or ln == ":DOCKER-USER - [0:0]\n"]
-        assert len(ours) == 4  # the declaration, DOCKER-USER, FORWARD, and the raw guard
+        assert len(ours) == 5  # the declaration, DOCKER-USER, FORWARD, and the raw guards (docker+, every)
         skeleton = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
         assert "".join(ln for ln in merged.splitlines(keepends=True) if ln not in ours) == original + skeleton
         assert path.stat().st_mode & 0o777 == 0o640

@@ -1,0 +1,294 @@
+"""imds.host_network: host-network ECS task containers, found by their cgroup, and (mode
+`block`) an OUTPUT rule that drops their traffic to IMDS.
+
+A host-network container shares the host's network namespace: no FORWARD or PREROUTING
+rule ever sees its packets, and the ECS agent (in system.slice, host network too) needs
+IMDS. What tells them apart is the cgroup: the agent puts each task under
+ecstasks.slice (cgroup v2) or /ecs (v1). `-m cgroup --path` resolves the path when the
+rule is inserted and holds on to that cgroup: the rule is only ever inserted live (a
+boot file naming a cgroup that does not exist yet would fail the whole restore), and
+inserted again when systemd has made the slice afresh (its inode changed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from ecs_harden.atomic import ensure_dir, read_bytes, write_atomic
+from ecs_harden.component import FIREWALL, Base, Inspection
+from ecs_harden.errors import RefusedLink
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
+from ecs_harden.firewall.rule import Network, Rule
+from ecs_harden.imds.block import leading_copies
+from ecs_harden.report import DRIFT, OK, WARN, Finding
+
+CHECK = "imds.host_network"
+COMMENT = "ecs-harden: block IMDS from host-network ECS tasks"
+CGROUP_ROOT = "/sys/fs/cgroup"
+TASK_SLICE = "ecstasks.slice"
+CHAIN = "OUTPUT"
+PROC = "/proc"
+_V2 = re.compile(r"^0::/ecstasks\.slice/ecstasks-([^/]+)\.slice/(?:.*?)([0-9a-f]{64})")
+_V1 = re.compile(r":/ecs/([^/]+)/(?:.*?)([0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class HostTask:
+    container: str  # the full container id
+    task: str
+    name: str | None = None  # the ECS container name (or Docker's), when Docker's files say
+
+    def label(self) -> str:
+        who = f"{self.name} ({self.container[:12]})" if self.name else f"container {self.container[:12]}"
+        return f"{who} of task {self.task}"
+
+
+def cgroup_v2(root: str = CGROUP_ROOT) -> bool:
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
+def host_network_tasks(proc_dir: str = PROC) -> list[HostTask]:
+    """Every task container whose processes share our network namespace, by cgroup."""
+    try:
+        own = os.stat(os.path.join(proc_dir, "self", "ns", "net")).st_ino
+        entries = os.listdir(proc_dir)
+    except OSError:
+        return []
+    found: dict[str, str] = {}
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(os.path.join(proc_dir, entry, "ns", "net")).st_ino != own:
+                continue
+            with open(os.path.join(proc_dir, entry, "cgroup")) as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            m = _V2.match(line) or _V1.search(line)
+            if m:
+                found.setdefault(m.group(2), m.group(1))
+                break
+    root = docker_root()
+    return [HostTask(cid, task, container_name(root, cid)) for cid, task in sorted(found.items())]
+
+
+def docker_root() -> str:
+    """Docker's data root: dockerd's --data-root, else daemon.json's, else the default."""
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info.get("name") != "dockerd":
+            continue
+        argv = p.info.get("cmdline") or []
+        for i, arg in enumerate(argv):
+            if arg == "--data-root" and i + 1 < len(argv):
+                return str(argv[i + 1])
+            if arg.startswith("--data-root="):
+                return str(arg.split("=", 1)[1])
+    try:
+        with open("/etc/docker/daemon.json") as fh:
+            configured = json.load(fh).get("data-root")
+        if isinstance(configured, str):
+            return configured
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "/var/lib/docker"
+
+
+def container_name(root: str, cid: str) -> str | None:
+    try:
+        with open(os.path.join(root, "containers", cid, "config.v2.json")) as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    labels = (config.get("Config") or {}).get("Labels") or {}
+    name = labels.get("com.amazonaws.ecs.container-name") or str(config.get("Name") or "").lstrip("/")
+    return name if isinstance(name, str) and name else None
+
+
+def rule_args(address: Network) -> tuple[str, ...]:
+    return ("-d", str(address), "-m", "cgroup", "--path", TASK_SLICE,
+            "-m", "comment", "--comment", COMMENT, "-j", "DROP")
+
+
+def is_ours(rule: Rule) -> bool:
+    return rule.target == "DROP" and rule.has_comment(COMMENT)
+
+
+class _Ours:
+    def is_copy(self, rule: Rule) -> bool:
+        return is_ours(rule)
+
+
+class HostNetworkComponent(Base):
+    wakes_on = FIREWALL
+    name = CHECK
+
+    def __init__(
+        self,
+        mode: str,
+        backends: Mapping[int, Callable[[], Backend]],
+        addresses: dict[int, Network],
+        state_dir: str,
+        *,
+        cgroup_root: str = CGROUP_ROOT,
+        tasks: Callable[[], list[HostTask]] = host_network_tasks,
+    ):
+        self.bound_file = os.path.join(state_dir, "host-network.json")
+        self.mode = mode
+        self._factories = backends
+        self._backends: dict[int, Backend] = {}
+        self.addresses = addresses
+        self.cgroup_root = cgroup_root
+        self.tasks = tasks
+
+    def backend(self, family: int) -> Backend:
+        if family not in self._backends:
+            self._backends[family] = self._factories[family]()
+        return self._backends[family]
+
+    def _slice_inode(self) -> int | None:
+        try:
+            return os.stat(os.path.join(self.cgroup_root, TASK_SLICE)).st_ino
+        except OSError:
+            return None
+
+    def _load_bound(self) -> dict[int, int]:
+        """The slice inode our rules were inserted against, this boot (the state file)."""
+        try:
+            data = read_bytes(self.bound_file)
+            loaded = json.loads(data) if data else {}
+        except (RefusedLink, ValueError, OSError):
+            return {}
+        if not isinstance(loaded, dict) or loaded.get("boot_id") != boot_id():
+            return {}
+        bound = loaded.get("bound")
+        return {int(k): v for k, v in bound.items() if isinstance(v, int)} if isinstance(bound, dict) else {}
+
+    def _save_bound(self, bound: dict[int, int]) -> None:
+        ensure_dir(os.path.dirname(self.bound_file))
+        data = {"boot_id": boot_id(), "bound": {str(k): v for k, v in bound.items()}}
+        write_atomic(self.bound_file, json.dumps(data, sort_keys=True).encode() + b"\n")
+
+    def expected(self) -> str:
+        if self.mode == "block":
+            return (f"no host-network task container reaches IMDS (filter {CHAIN} drops traffic to IMDS "
+                    f"from cgroup {TASK_SLICE})")
+        return f"no host-network task container (imds.host_network: {self.mode})"
+
+    def inspect(self) -> Inspection:
+        tasks = self.tasks()
+        names = "; ".join(t.label() for t in tasks)
+        v2 = cgroup_v2(self.cgroup_root)
+        inode = self._slice_inode() if v2 else None
+        ops: dict[int, list[Op]] = {}
+        wanted: dict[int, bool] = {}
+        problems: list[str] = []
+        bound = self._load_bound()
+        for family, address in self.addresses.items():
+            ours, top = self._rules(family)
+            want = wanted[family] = self.mode == "block" and inode is not None
+            # not on top, or inserted against a slice that has since been made afresh
+            fresh = want and (not any(i < top for i, _ in ours) or bound.get(family) != inode)
+            planned: list[Op] = []
+            if fresh:
+                planned.append(Insert(CHAIN, 1, rule_args(address)))
+            keep = None if fresh or not want else next(i for i, _ in ours if i < top)
+            stale = [(i, r) for i, r in ours if i != keep]
+            ops[family] = planned + [DeleteAt(CHAIN, i + 1, r) for i, r in stale]
+            if want and not any(i < top for i, _ in ours):
+                problems.append(f"no rule at the top of ip{'' if family == 4 else '6'}tables {CHAIN} drops "
+                                f"traffic to {address} from {TASK_SLICE}")
+            elif fresh:
+                problems.append(f"the ip{'' if family == 4 else '6'}tables {CHAIN} rule was inserted against "
+                                f"an earlier {TASK_SLICE} (systemd made it afresh): it matches nothing now")
+        changes = tuple(f"ip{'' if f == 4 else '6'}tables {describe(op)}" for f, fops in ops.items()
+                        for op in fops)
+        finding = self._judge(tasks, names, v2, inode, problems)
+        plan = _Plan(ops, inode, wanted) if changes else None
+        return Inspection((finding,), changes, frozenset({CHECK}) if changes else frozenset(), plan)
+
+    def _rules(self, family: int) -> tuple[list[tuple[int, Rule]], int]:
+        chain = self.backend(family).snapshot()(CHAIN)
+        rules = chain.rules if chain else ()
+        return [(i, r) for i, r in enumerate(rules) if is_ours(r)], leading_copies(rules, (_Ours(),))
+
+    def _judge(self, tasks: Sequence[HostTask], names: str, v2: bool, inode: int | None,
+               problems: list[str]) -> Finding:
+        actual = names or "no host-network task container"
+        if self.mode == "block":
+            if not v2:
+                status = DRIFT if tasks else WARN
+                return Finding(CHECK, status, self.expected(), actual,
+                               "imds.host_network: block needs cgroup v2 (this host has v1: its task "
+                               "cgroups under /ecs cannot be matched by path)"
+                               + (": these containers reach IMDS" if tasks else ""))
+            if problems:
+                return Finding(CHECK, DRIFT, self.expected(), actual, "; ".join(problems)
+                               + (f": {names} reach IMDS" if tasks else ""))
+            if inode is None:
+                return Finding(CHECK, OK, self.expected(), actual,
+                               f"no {TASK_SLICE} yet: no task runs; the rule goes in when it appears")
+            return Finding(CHECK, OK, self.expected(), actual,
+                           (f"{names}: cannot reach IMDS" if tasks else "no host-network task container")
+                           + "; the ECS agent and the host's own processes keep IMDS")
+        if not tasks:
+            return Finding(CHECK, OK, self.expected(), actual, "no host-network task container")
+        if self.mode == "allow":
+            return Finding(CHECK, WARN, self.expected(), actual,
+                           f"{names} can reach IMDS and the instance role (imds.host_network: allow)")
+        return Finding(CHECK, DRIFT, self.expected(), actual,
+                       f"{names} can reach IMDS and the instance role: host-network containers share the "
+                       "host's network, no FORWARD rule sees them; set imds.host_network: block (cgroup v2) "
+                       "or run them in bridge or awsvpc mode")
+
+    def execute(self, inspection: Inspection) -> None:
+        plan = inspection.plan
+        if not isinstance(plan, _Plan):
+            return
+        bound = self._load_bound()
+        for family, ops in plan.ops.items():
+            inserts = [op for op in ops if isinstance(op, Insert)]
+            if inserts:
+                self.backend(family).commit(inserts)
+                if plan.inode is not None:
+                    bound[family] = plan.inode
+                    self._save_bound(bound)
+            if [op for op in ops if isinstance(op, DeleteAt)]:
+                # positions from a fresh read: the insert above moved them
+                ours, top = self._rules(family)
+                keep = next((i for i, _ in ours if i < top), None) if plan.wanted[family] else None
+                deletes: list[Op] = [DeleteAt(CHAIN, i + 1, r) for i, r in ours if i != keep]
+                if deletes:
+                    self.backend(family).commit(deletes)
+
+    def remove(self) -> list[str]:
+        out = []
+        for family in self.addresses:
+            ours, _ = self._rules(family)
+            ops: list[Op] = [DeleteAt(CHAIN, i + 1, r) for i, r in ours]
+            if ops:
+                self.backend(family).commit(ops)
+            out += [f"ip{'' if family == 4 else '6'}tables {describe(op)}" for op in ops]
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    ops: dict[int, list[Op]]
+    inode: int | None
+    wanted: dict[int, bool]
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

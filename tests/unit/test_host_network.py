@@ -1,0 +1,121 @@
+"""imds.host_network: host-network task containers by cgroup, and the OUTPUT rule of block."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ecs_harden.imds import hostnet
+from ecs_harden.imds.hostnet import HostNetworkComponent, HostTask, host_network_tasks
+from tests.unit.test_imds_plan import V4, FakeBackend
+
+CID = "a" * 64
+OTHER = "b" * 64
+RULE = ('-d 169.254.169.254/32 -m cgroup --path ecstasks.slice -m comment --comment '
+        '"ecs-harden: block IMDS from host-network ECS tasks" -j DROP')
+
+
+def fake_proc(tmp_path: Path) -> Path:
+    """/proc with: a host-network task (v2 cgroup), the agent (system.slice), a bridge
+    task (own namespace), and a v1 host-network task."""
+    proc = tmp_path / "proc"
+    host_ns = tmp_path / "ns-host"
+    other_ns = tmp_path / "ns-other"
+    host_ns.write_text("")
+    other_ns.write_text("")
+    cgroups = {
+        "self": "0::/system.slice/ecs-harden.service\n",
+        "10": f"0::/ecstasks.slice/ecstasks-1234.slice/docker-{CID}.scope\n",
+        "11": f"0::/system.slice/docker-{OTHER}.scope\n",
+        "12": f"0::/ecstasks.slice/ecstasks-9999.slice/docker-{OTHER}.scope\n",
+        "13": f"4:memory:/ecs/5678/{'c' * 64}\n1:name=systemd:/ecs/5678/{'c' * 64}\n",
+    }
+    for pid, text in cgroups.items():
+        (proc / pid / "ns").mkdir(parents=True)
+        (proc / pid / "cgroup").write_text(text)
+        os.symlink(other_ns if pid == "12" else host_ns, proc / pid / "ns" / "net")
+    return proc
+
+
+def test_host_network_tasks_are_found_by_cgroup_in_the_host_namespace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostnet, "docker_root", lambda: str(tmp_path / "docker"))
+    tasks = host_network_tasks(str(fake_proc(tmp_path)))
+    assert tasks == [HostTask(CID, "1234"), HostTask("c" * 64, "5678")]
+
+
+def test_the_container_name_comes_from_the_ecs_label(tmp_path: Path) -> None:
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    (d / "config.v2.json").write_text(
+        '{"Name": "/ecs-web-1-web-abc", "Config": {"Labels": {"com.amazonaws.ecs.container-name": "web"}}}')
+    assert hostnet.container_name(str(tmp_path), CID) == "web"
+    assert hostnet.container_name(str(tmp_path), OTHER) is None
+
+
+def component(tmp_path: Path, mode: str, tasks: list[HostTask], text: str = "-P OUTPUT ACCEPT\n",
+              slice_: bool = True) -> tuple[HostNetworkComponent, FakeBackend]:
+    root = tmp_path / "cgroup"
+    root.mkdir(exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    if slice_:
+        (root / "ecstasks.slice").mkdir(exist_ok=True)
+    be = FakeBackend(text)
+    return HostNetworkComponent(mode, {4: lambda: be}, {4: V4}, str(tmp_path / "state"),
+                                cgroup_root=str(root), tasks=lambda: tasks), be
+
+
+def ours(be: FakeBackend) -> list[str]:
+    return [ln for ln in be.text.splitlines() if "host-network ECS tasks" in ln]
+
+
+def test_report_names_each_host_network_container_as_drift(tmp_path: Path) -> None:
+    c, _ = component(tmp_path, "report", [HostTask(CID, "1234", "web")])
+    (f,) = c.inspect().findings
+    assert f.status == "drift" and "web (aaaaaaaaaaaa) of task 1234 can reach IMDS" in f.detail
+    assert c.inspect().changes == ()
+    c, _ = component(tmp_path, "allow", [HostTask(CID, "1234")])
+    assert c.inspect().findings[0].status == "warn"
+    c, _ = component(tmp_path, "report", [])
+    assert c.inspect().findings[0].status == "ok"
+
+
+def test_block_inserts_the_rule_once_and_again_when_the_slice_is_made_afresh(tmp_path: Path) -> None:
+    c, be = component(tmp_path, "block", [HostTask(CID, "1234")])
+    first = c.inspect()
+    assert first.findings[0].status == "drift"
+    c.execute(first)
+    assert ours(be) == [f"-A OUTPUT {RULE}"]
+    again = c.inspect()
+    assert again.changes == () and again.findings[0].status == "ok"
+    assert "cannot reach IMDS" in again.findings[0].detail
+    # another command (a fresh component) agrees: the binding is kept in the state dir
+    c2 = HostNetworkComponent("block", {4: lambda: be}, {4: V4}, str(tmp_path / "state"),
+                              cgroup_root=str(tmp_path / "cgroup"), tasks=lambda: [])
+    assert c2.inspect().changes == ()
+    # systemd removed the empty slice and made it again: the old rule matches nothing
+    (tmp_path / "cgroup" / "ecstasks.slice").rmdir()
+    (tmp_path / "cgroup" / "other").mkdir()  # so the new directory gets another inode
+    (tmp_path / "cgroup" / "ecstasks.slice").mkdir()
+    stale = c.inspect()
+    assert stale.findings[0].status == "drift" and "earlier ecstasks.slice" in stale.findings[0].detail
+    c.execute(stale)
+    assert ours(be) == [f"-A OUTPUT {RULE}"]
+    assert c.inspect().changes == ()
+
+
+def test_no_slice_no_rule_and_another_mode_takes_ours_out(tmp_path: Path) -> None:
+    c, be = component(tmp_path, "block", [], slice_=False)
+    assert c.inspect().changes == () and c.inspect().findings[0].status == "ok"
+    c, be = component(tmp_path, "report", [], text=f"-P OUTPUT ACCEPT\n-A OUTPUT {RULE}\n")
+    c.execute(c.inspect())
+    assert ours(be) == []
+
+
+def test_block_on_cgroup_v1_says_it_cannot(tmp_path: Path) -> None:
+    c, _ = component(tmp_path, "block", [HostTask(CID, "1234")])
+    os.remove(tmp_path / "cgroup" / "cgroup.controllers")
+    (f,) = c.inspect().findings
+    assert f.status == "drift" and "needs cgroup v2" in f.detail
