@@ -96,8 +96,8 @@ def test_block_inserts_the_rule_once_and_again_when_the_slice_is_made_afresh(tmp
                               cgroup_root=str(tmp_path / "cgroup"), tasks=lambda: [])
     assert c2.inspect().changes == ()
     # systemd removed the empty slice and made it again: the old rule matches nothing
-    (tmp_path / "cgroup" / "ecstasks.slice").rmdir()
-    (tmp_path / "cgroup" / "other").mkdir()  # so the new directory gets another inode
+    # (the old directory is kept under another name, so the new one has another inode)
+    (tmp_path / "cgroup" / "ecstasks.slice").rename(tmp_path / "cgroup" / "gone")
     (tmp_path / "cgroup" / "ecstasks.slice").mkdir()
     stale = c.inspect()
     assert stale.findings[0].status == "drift" and "earlier ecstasks.slice" in stale.findings[0].detail
