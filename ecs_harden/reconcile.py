@@ -23,6 +23,8 @@ from ecs_harden.imds.guard import GuardRule, members
 from ecs_harden.imds.hostnet import HostNetworkComponent
 from ecs_harden.imds.live import LiveBlockComponent, ipv6_available
 from ecs_harden.imds.paths import PathsComponent
+from ecs_harden.imds.probe import ProbeComponent, task_cgroup_probed
+from ecs_harden.imds.v1 import ImdsV1Component
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
@@ -51,6 +53,18 @@ def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
         addresses[6] = policy.imds.ipv6
     backends = {f: functools.partial(backend_for, facts.iptables, f) for f in addresses}
     return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
+
+
+def probes(policy: Policy) -> list[Component]:
+    """The active checks: the probe (imds.probe) and IMDSv1 (imds.v1)."""
+    imds = policy.imds
+    v4 = str(imds.ipv4.network_address)
+    out: list[Component] = [ImdsV1Component(v4)]
+    if imds.probe:
+        addresses = {4: v4, **({6: str(imds.ipv6.network_address)} if imds.ipv6 is not None else {})}
+        out.insert(0, ProbeComponent(addresses, task_cgroup=lambda: task_cgroup_probed(imds.host_network),
+                                    exceptions=imds.allow_interfaces))
+    return out
 
 
 def families(policy: Policy) -> tuple[int, ...]:
@@ -93,6 +107,7 @@ def build_components(policy: Policy, facts: Facts) -> list[Component]:
                        policy.imds.guard_all_interfaces, policy.state_dir,
                        str(policy.imds.ipv4.network_address)),
         host_network(policy, facts),
+        *probes(policy),
         *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),

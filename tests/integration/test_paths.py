@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,6 +132,7 @@ def test_a_declared_exception_lets_that_interface_through_and_is_reported(paths:
     assert h.reaches(IMDS_V4, network=CUSTOM)
     assert not h.reaches(IMDS_V4, network=USER_NET)
     assert not h.reaches(IMDS_V4)
+    assert f"{CUSTOM}: IMDS reached (declared exception)" in findings(report)["imds.probe"]["actual"]
     exceptions = findings(report)["imds.exceptions"]
     assert exceptions["status"] == "warn"
     assert CUSTOM in exceptions["actual"]
@@ -162,3 +164,48 @@ def test_without_the_guard_an_uncovered_bridge_is_drift(paths: EcsHost) -> None:
     assert code == 0, report
     assert findings(report)["imds.paths"]["status"] == "ok"
     assert not h.reaches(IMDS_V4, network=USER_NET)
+
+
+def test_the_probe_proves_the_block_from_each_bridge(paths: EcsHost) -> None:
+    h = paths
+    code, report = h.report("apply")
+    assert code == 0, report
+    f = findings(report)["imds.probe"]
+    assert f["status"] == "ok", f
+    bridge = "br-" + h.docker("network", "inspect", "-f", "{{.Id}}", USER_NET).stdout.strip()[:12]
+    for name in ("docker0", bridge, CUSTOM):
+        assert f"{name}: IMDS blocked" in f["actual"]
+    assert "docker0: IMDS blocked, credentials connected" in f["actual"]
+    assert not [ln for ln in h.sandbox.run(["ip", "-o", "link"]).stdout.splitlines() if "ecsh-" in ln]
+
+
+def test_the_probe_names_the_bridge_that_reaches_imds(paths: EcsHost) -> None:
+    h = paths
+    pol = h.policy("imds:\n  guard_all_interfaces: false\n", name="noguard.yaml")
+    code, report = h.report("apply", policy=pol)
+    assert code == 3
+    f = findings(report)["imds.probe"]
+    bridge = "br-" + h.docker("network", "inspect", "-f", "{{.Id}}", USER_NET).stdout.strip()[:12]
+    assert f["status"] == "drift"
+    assert f"from {bridge} a connection to 169.254.169.254 was accepted" in f["detail"]
+    assert "docker0: IMDS blocked" in f["actual"]
+
+
+def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> None:
+    h = paths
+    assert h.report("apply")[0] == 0
+    pol = h.dir / "policy.yaml"
+    # the probe waits ~1 s on the dropped connects: kill -9 the command while its children run
+    run = (f"PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parents[2]))} {sys.executable} "
+           f"-m ecs_harden --policy {pol} check >/dev/null 2>&1")
+    script = (
+        f"{run} & pid=$!; "
+        "for i in $(seq 200); do ps -eo args | grep -q '[p]robe_child.py' && break; sleep 0.02; done; "
+        "ps -eo args | grep -c '[p]robe_child.py' || true; kill -9 $pid; wait $pid || true; sleep 0.5; "
+        "ps -eo args | grep -c '[p]robe_child.py' || true; "
+        # a pair made but not yet handed over is the next probe's to delete
+        f"{run} || true; ip -o link | grep -c ecsh- || true"
+    )
+    out = h.sandbox.sh(script).stdout.split()
+    assert int(out[0]) >= 1, "the probe's children were never seen"
+    assert out[1:] == ["0", "0"], out

@@ -1,0 +1,292 @@
+"""imds.probe: proof on the real host, not rules. From a throwaway network namespace
+attached like a container to each bridge (a veth on it: no image, no Docker API), and
+under imds.host_network: block from a process in the task cgroup, a TCP connect to IMDS
+(v4, v6) must fail and one to the credentials endpoint must succeed. Nothing beyond the
+connect is ever sent.
+
+The namespace belongs to one child process (`unshare --net`, never bind-mounted): when
+it exits, or is killed with the daemon (PR_SET_PDEATHSIG), the kernel takes the
+namespace and the veth pair with it. A host end left over from a kill between creating
+the pair and handing its peer over is named PREFIX<n> and deleted at the next probe.
+
+The probe's address is the highest free one of the bridge's subnet (Docker allocates
+from the bottom), not in the bridge's neighbour table, so Docker's own NAT treats it as
+a container's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ecs_harden import proc
+from ecs_harden.component import PATHS, Base, Inspection
+from ecs_harden.errors import RuntimeFailure
+from ecs_harden.firewall.evaluate import iface_covers
+from ecs_harden.imds import probe_child
+from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
+from ecs_harden.report import DRIFT, OK, WARN, Finding
+
+CHECK = "imds.probe"
+PREFIX, PEER = "ecsh-p", "ecsh-q"
+CGROUP_DIR = "ecs-harden-probe"
+CREDENTIALS = ("169.254.170.2", 80)
+STEP_TIMEOUT = 10.0
+CHILD = os.path.abspath(probe_child.__file__)
+Iface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    done = proc.run(["ip", "-j", *args], check=False, timeout=5)
+    try:
+        loaded = json.loads(done.stdout or "[]") if done.returncode == 0 else []
+    except ValueError:
+        return []
+    return [x for x in loaded if isinstance(x, dict)] if isinstance(loaded, list) else []
+
+
+def bridges() -> dict[str, dict[int, Iface]]:
+    """Bridge -> its IPv4 address and its first global IPv6 address (with prefix)."""
+    out: dict[str, dict[int, Iface]] = {}
+    for link in _ip_json("addr", "show", "type", "bridge"):
+        name = link.get("ifname")
+        if not isinstance(name, str) or "UP" not in (link.get("flags") or []):
+            continue  # administratively down: nothing passes it
+        found: dict[int, Iface] = {}
+        for a in link.get("addr_info") or []:
+            if a.get("scope") != "global" or "local" not in a:
+                continue
+            iface = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
+            found.setdefault(iface.version, iface)
+        out[name] = found
+    return out
+
+
+def pick(own: Iface, taken: set[str], tries: int = 32) -> str | None:
+    """The highest free address of own's network, as address/prefix."""
+    net = own.network
+    top = int(net.broadcast_address) - 1
+    for n in range(top, max(top - tries, int(net.network_address)), -1):
+        candidate = ipaddress.ip_address(n)
+        if candidate != own.ip and str(candidate) not in taken:
+            return f"{candidate}/{net.prefixlen}"
+    return None
+
+
+def leftovers() -> None:
+    for link in _ip_json("link", "show"):
+        name = link.get("ifname")
+        if isinstance(name, str) and name.startswith(PREFIX):
+            proc.run(["ip", "link", "del", name], check=False, timeout=5)
+
+
+@dataclass
+class Child:
+    """One probe child: started, told what to do, read."""
+
+    argv: Sequence[str]
+    popen: subprocess.Popen[str] | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> int:
+        self.popen = subprocess.Popen(
+            list(self.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, preexec_fn=_die_with_parent, close_fds=True)
+        if self._line() != "ready":
+            raise RuntimeFailure("the probe's child did not start")
+        return self.popen.pid
+
+    def _line(self, timeout: float = STEP_TIMEOUT) -> str:
+        assert self.popen is not None and self.popen.stdout is not None
+        ready, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        return self.popen.stdout.readline().strip() if ready else ""
+
+    def send(self, cfg: dict[str, Any]) -> None:
+        assert self.popen is not None and self.popen.stdin is not None
+        self.popen.stdin.write(json.dumps(cfg) + "\n")
+        self.popen.stdin.flush()
+
+    def read(self) -> dict[str, Any]:
+        line = self._line()
+        try:
+            loaded = json.loads(line) if line else {"error": "the probe's child gave no answer"}
+        except ValueError:
+            loaded = {"error": f"the probe's child said {line[:100]!r}"}
+        return loaded if isinstance(loaded, dict) else {"error": "bad answer"}
+
+    def stop(self) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@dataclass(frozen=True)
+class Path_:
+    where: str  # "docker0", "the task cgroup"
+    outcomes: dict[str, str]
+    error: str | None = None
+
+
+class Prober:
+    """Runs the probes: every bridge's (and the task cgroup's) children side by side."""
+
+    def __init__(self, imds: dict[int, str], *, task_cgroup: bool, cgroup_root: str = CGROUP_ROOT):
+        self.imds = imds
+        self.task_cgroup = task_cgroup
+        self.cgroup_root = cgroup_root
+
+    def run(self) -> list[Path_]:
+        leftovers()
+        found = bridges()
+        jobs: list[tuple[str, Child, dict[str, Any], Callable[[], None]]] = []
+        paths: list[Path_] = []
+        try:
+            for n, (bridge, addrs) in enumerate(sorted(found.items())):
+                if 4 not in addrs:
+                    continue  # no address to be a container of (an L2-only bridge)
+                try:
+                    jobs.append(self._bridge(n, bridge, addrs))
+                except (RuntimeFailure, OSError) as exc:
+                    paths.append(Path_(bridge, {}, str(exc)))
+            if self.task_cgroup:
+                try:
+                    jobs.append(self._cgroup())
+                except (RuntimeFailure, OSError) as exc:
+                    paths.append(Path_("the task cgroup", {}, str(exc)))
+            for _, child, cfg, _ in jobs:
+                child.send(cfg)
+            for where, child, _, _ in jobs:
+                answer = child.read()
+                paths.append(Path_(where, answer.get("outcomes") or {}, answer.get("error")))
+        finally:
+            for _, child, _, cleanup in jobs:
+                child.stop()
+                cleanup()
+        return sorted(paths, key=lambda p: p.where)
+
+    def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> tuple[str, Child, dict[str, Any],
+                                                                          Callable[[], None]]:
+        host, peer = f"{PREFIX}{n}", f"{PEER}{n}"
+        taken = {str(x.get("dst")) for x in _ip_json("neigh", "show", "dev", bridge)}
+        cfg: dict[str, Any] = {"iface": peer, "targets": [[*CREDENTIALS]]}
+        for family in (4, 6):
+            own = addrs.get(family)
+            address = pick(own, taken) if own is not None else None
+            if own is not None and address is not None and family in self.imds:
+                cfg[f"v{family}"] = {"address": address, "gateway": str(own.ip)}
+                cfg["targets"].append([self.imds[family], 80])
+        if "v4" not in cfg:
+            raise RuntimeFailure(f"no free address on {bridge}")
+
+        def cleanup() -> None:
+            proc.run(["ip", "link", "del", host], check=False, timeout=5)
+
+        proc.run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer], timeout=5)
+        child = Child(["unshare", "--net", "--", sys.executable, CHILD])
+        try:
+            proc.run(["ip", "link", "set", host, "master", bridge, "up"], timeout=5)
+            pid = child.start()
+            proc.run(["ip", "link", "set", peer, "netns", str(pid)], timeout=5)
+        except BaseException:
+            child.stop()
+            cleanup()
+            raise
+        return bridge, child, cfg, cleanup
+
+    def _cgroup(self) -> tuple[str, Child, dict[str, Any], Callable[[], None]]:
+        path = os.path.join(self.cgroup_root, TASK_SLICE, CGROUP_DIR)
+        os.makedirs(path, exist_ok=True)
+        child = Child([sys.executable, CHILD])
+
+        def cleanup() -> None:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+        try:
+            pid = child.start()
+            with open(os.path.join(path, "cgroup.procs"), "w") as fh:
+                fh.write(str(pid))
+        except BaseException:
+            child.stop()
+            cleanup()
+            raise
+        cfg = {"iface": None, "targets": [[a, 80] for a in self.imds.values()]}
+        return "the task cgroup", child, cfg, cleanup
+
+
+def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str] = ()) -> Finding:
+    expected = (f"from each bridge, a connect to {' and '.join(imds.values())} fails and one to "
+                f"{CREDENTIALS[0]} succeeds")
+    reached: list[str] = []
+    unsure: list[str] = []
+    states: list[str] = []
+    for p in paths:
+        if p.error:
+            unsure.append(f"{p.where}: the probe could not run ({p.error})")
+            states.append(f"{p.where}: not probed")
+            continue
+        got = [a for a in imds.values() if p.outcomes.get(f"{a}:80") == "connected"]
+        creds = p.outcomes.get(f"{CREDENTIALS[0]}:{CREDENTIALS[1]}")
+        declared = any(iface_covers(e, p.where) for e in exceptions)
+        if got and not declared:
+            reached.append(f"from {p.where} a connection to {', '.join(got)} was accepted")
+        if creds is not None and creds != "connected" and p.where != "the task cgroup":
+            unsure.append(f"from {p.where} the credentials endpoint did not answer ({creds}): the "
+                          "probe's path may be broken (is the ECS agent up?), so its IMDS result proves less")
+        seen = ("reached (declared exception)" if declared else "REACHED") if got else "blocked"
+        states.append(f"{p.where}: IMDS {seen}" + ("" if creds is None else f", credentials {creds}"))
+    actual = "; ".join(states) if states else "no bridge with an address to probe"
+    if reached:
+        return Finding(CHECK, DRIFT, expected, actual,
+                       "; ".join(reached) + ": IMDS is reachable whatever the ruleset says (nftables rules "
+                       "of another tool, Docker's nftables backend, a bridge not seen?)")
+    if unsure:
+        return Finding(CHECK, WARN, expected, actual, "; ".join(unsure))
+    return Finding(CHECK, OK, expected, actual,
+                   "proved by a real connection from each bridge" if paths else "no bridge to probe yet")
+
+
+class ProbeComponent(Base):
+    wakes_on = PATHS
+    name = CHECK
+
+    def __init__(self, imds: dict[int, str], *, task_cgroup: Callable[[], bool],
+                 exceptions: Sequence[str] = (),
+                 prober: Callable[[bool], Sequence[Path_]] | None = None):
+        self.imds = imds
+        self.exceptions = tuple(exceptions)
+        self.task_cgroup = task_cgroup
+        self.prober = prober or (lambda cg: Prober(self.imds, task_cgroup=cg).run())
+
+    def inspect(self) -> Inspection:
+        try:
+            paths = self.prober(self.task_cgroup())
+        except (RuntimeFailure, OSError) as exc:
+            return Inspection((Finding(CHECK, WARN, detail=f"the probe could not run: {exc}"),))
+        return Inspection((judge(paths, self.imds, self.exceptions),))
+
+    def execute(self, inspection: Inspection) -> None:
+        return None
+
+
+def task_cgroup_probed(mode: str, cgroup_root: str = CGROUP_ROOT) -> bool:
+    return mode == "block" and cgroup_v2(cgroup_root) and os.path.isdir(os.path.join(cgroup_root, TASK_SLICE))
