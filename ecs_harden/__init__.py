@@ -1,3 +1,3 @@
 """ecs-harden: keeps ECS container instances from leaking the instance role to containers."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -131,3 +131,23 @@ def read_bytes(path: str) -> bytes | None:
         return None
     except OSError as exc:
         raise RuntimeFailure(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def read_json_state(path: str) -> dict[str, object]:
+    """A small JSON object ecs-harden keeps in its state dir; {} when missing, unreadable
+    or not an object (it is only ever a cache of what can be found again)."""
+    import json
+
+    try:
+        data = read_bytes(path)
+        loaded = json.loads(data) if data else {}
+    except (RefusedLink, RuntimeFailure, ValueError, OSError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def write_json_state(path: str, value: dict[str, object]) -> None:
+    import json
+
+    ensure_dir(os.path.dirname(path))
+    write_atomic(path, json.dumps(value, sort_keys=True).encode() + b"\n")

@@ -123,13 +123,15 @@ class Daemon:
             source.before(groups, families)
         chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
                   and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
-        repairs = self.counters.repairs
         try:
             with self.parts.lock():
+                repaired = False
                 for i, component in chosen:
+                    before = self.counters.repairs
                     errors += self._reconcile_one(i, component)
-                if PATHS not in groups and self.counters.repairs > repairs:
-                    # after a repair the paths and the probe are looked at again at once
+                    repaired |= component.wakes_on == FIREWALL and self.counters.repairs > before
+                if PATHS not in groups and repaired:
+                    # after a firewall repair the paths and the probe are looked at again at once
                     for i, component in enumerate(self.components):
                         if component.wakes_on == PATHS:
                             errors += self._reconcile_one(i, component)

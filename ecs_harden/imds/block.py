@@ -43,14 +43,7 @@ class Block:
             return False
         if rule.in_iface is None or rule.in_iface.negated or rule.in_iface.value != self.interface:
             return False
-        if rule.dst is None or rule.dst.negated:
-            return False
-        try:
-            if network(rule.dst.value) != self.address:
-                return False
-        except ValueError:
-            return False
-        return all(m.module == "comment" for m in rule.matches)
+        return to_address(rule, self.address) and all(m.module == "comment" for m in rule.matches)
 
     def is_ours(self, rule: Rule) -> bool:
         return self.is_copy(rule) and rule.has_comment(COMMENT)
@@ -60,6 +53,16 @@ class Placed(Protocol):
     """A rule ecs-harden keeps at the top of a chain: a Block, or the guard's (imds.guard)."""
 
     def is_copy(self, rule: Rule) -> bool: ...
+
+
+def to_address(rule: Rule, address: Network) -> bool:
+    """The rule matches exactly this destination (no `!`)."""
+    if rule.dst is None or rule.dst.negated:
+        return False
+    try:
+        return network(rule.dst.value) == address
+    except ValueError:
+        return False
 
 
 def leading_copies(

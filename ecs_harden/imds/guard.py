@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ecs_harden.firewall.rule import Network, Rule, network, parse_args
+from ecs_harden.firewall.rule import Network, Rule, parse_args
+from ecs_harden.imds.block import to_address
 
 GUARD_COMMENT = "ecs-harden: block IMDS from every interface"
 EXCEPTION_COMMENT = "ecs-harden: declared IMDS exception"
@@ -65,14 +66,7 @@ class GuardRule:
             return False
         if not self.is_guard and (iface.negated or iface.value != self.interface):
             return False
-        if rule.dst is None or rule.dst.negated:
-            return False
-        try:
-            if network(rule.dst.value) != self.address:
-                return False
-        except ValueError:
-            return False
-        if not all(m.module == "comment" for m in rule.matches):
+        if not to_address(rule, self.address) or not all(m.module == "comment" for m in rule.matches):
             return False
         return self.is_guard or rule.has_comment(EXCEPTION_COMMENT)
 

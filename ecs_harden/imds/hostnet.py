@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from ecs_harden.atomic import ensure_dir, read_bytes, write_atomic
-from ecs_harden.component import FIREWALL, Base, Inspection
-from ecs_harden.errors import RefusedLink
+from ecs_harden.atomic import read_json_state, write_json_state
+from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
 from ecs_harden.firewall.rule import Network, Rule
 from ecs_harden.imds.block import leading_copies
@@ -127,7 +126,9 @@ class _Ours:
 
 
 class HostNetworkComponent(Base):
-    wakes_on = FIREWALL
+    # PATHS, not FIREWALL: a task starting changes no netfilter rule (and a resync skips
+    # the firewall while the nf_tables generation stands), but it may make the slice.
+    wakes_on = PATHS
     name = CHECK
 
     def __init__(
@@ -161,20 +162,15 @@ class HostNetworkComponent(Base):
 
     def _load_bound(self) -> dict[int, int]:
         """The slice inode our rules were inserted against, this boot (the state file)."""
-        try:
-            data = read_bytes(self.bound_file)
-            loaded = json.loads(data) if data else {}
-        except (RefusedLink, ValueError, OSError):
-            return {}
-        if not isinstance(loaded, dict) or loaded.get("boot_id") != boot_id():
+        loaded = read_json_state(self.bound_file)
+        if loaded.get("boot_id") != boot_id():
             return {}
         bound = loaded.get("bound")
         return {int(k): v for k, v in bound.items() if isinstance(v, int)} if isinstance(bound, dict) else {}
 
     def _save_bound(self, bound: dict[int, int]) -> None:
-        ensure_dir(os.path.dirname(self.bound_file))
-        data = {"boot_id": boot_id(), "bound": {str(k): v for k, v in bound.items()}}
-        write_atomic(self.bound_file, json.dumps(data, sort_keys=True).encode() + b"\n")
+        by_family = {str(k): v for k, v in bound.items()}
+        write_json_state(self.bound_file, {"boot_id": boot_id(), "bound": by_family})
 
     def expected(self) -> str:
         if self.mode == "block":

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ecs_harden import proc
-from ecs_harden.atomic import ensure_dir, read_bytes, write_atomic
+from ecs_harden.atomic import read_json_state, write_json_state
 from ecs_harden.component import PATHS, Base, Inspection
-from ecs_harden.errors import RefusedLink
+from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
 from ecs_harden.journal import utc_now
 from ecs_harden.report import DRIFT, OK, WARN, Finding
@@ -31,15 +31,17 @@ _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 
 
 def links(argv_prefix: Sequence[str] = ()) -> list[dict[str, object]]:
-    """`ip -d -j link show` (in a namespace with argv_prefix): every link with its kind."""
-    done = proc.run([*argv_prefix, "ip", "-d", "-j", "link", "show"], check=False, timeout=5)
-    if done.returncode != 0:
-        return []
+    """`ip -d -j link show` (in a namespace with argv_prefix): every link with its kind.
+    RuntimeFailure when it cannot be listed (an iproute2 without -j, a namespace gone)."""
+    argv = [*argv_prefix, "ip", "-d", "-j", "link", "show"]
+    done = proc.run(argv, check=False, timeout=5)
     try:
-        loaded = json.loads(done.stdout or "[]")
+        loaded = json.loads(done.stdout) if done.returncode == 0 else None
     except ValueError:
-        return []
-    return [x for x in loaded if isinstance(x, dict)] if isinstance(loaded, list) else []
+        loaded = None
+    if not isinstance(loaded, list):
+        raise RuntimeFailure(f"`{' '.join(argv[-5:])}` gave no link list: {done.stderr.strip()[:200]}")
+    return [x for x in loaded if isinstance(x, dict)]
 
 
 def kind_of(link: dict[str, object]) -> str | None:
@@ -124,7 +126,11 @@ class NamespaceScanner:
 
     def _look(self, pid: int, host_names: dict[int, str]) -> list[Bypass]:
         out = []
-        for link in links(["nsenter", f"--net={self.proc}/{pid}/ns/net", "--"]):
+        try:
+            found = links(["nsenter", f"--net={self.proc}/{pid}/ns/net", "--"])
+        except RuntimeFailure:
+            return []  # the namespace went away while we looked (a container that exited)
+        for link in found:
             kind = kind_of(link)
             if kind not in BYPASS_KINDS or "link_netnsid" not in link:
                 continue  # a child of a link in its own namespace stays behind that namespace
@@ -216,16 +222,14 @@ class PathsComponent(Base):
         self.since_file = os.path.join(state_dir, "exceptions.json")
 
     def _since(self) -> dict[str, str]:
-        try:
-            data = read_bytes(self.since_file)
-            loaded = json.loads(data) if data else {}
-        except (RefusedLink, ValueError, OSError):
-            return {}
-        return {k: v for k, v in loaded.items() if isinstance(k, str) and isinstance(v, str)} \
-            if isinstance(loaded, dict) else {}
+        return {k: v for k, v in read_json_state(self.since_file).items() if isinstance(v, str)}
 
     def inspect(self) -> Inspection:
-        host = self.host_links()
+        try:
+            host = self.host_links()
+        except RuntimeFailure as exc:
+            return Inspection((Finding(CHECK, WARN, detail=f"cannot list the host's interfaces: {exc}; "
+                                       "which interfaces carry container traffic is unknown"),))
         interfaces = container_interfaces(host, self.uplink(self.imds))
         bypasses = self.scanner.scan(ifindexes(host))
         findings = [judge(interfaces, bypasses, self.patterns, self.exceptions, self.guard)]
@@ -251,5 +255,4 @@ class PathsComponent(Base):
     def execute(self, inspection: Inspection) -> None:
         if not isinstance(inspection.plan, dict):
             return
-        ensure_dir(os.path.dirname(self.since_file))
-        write_atomic(self.since_file, json.dumps(inspection.plan, sort_keys=True).encode() + b"\n")
+        write_json_state(self.since_file, inspection.plan)

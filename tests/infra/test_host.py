@@ -58,6 +58,18 @@ def test_check_exits_0_and_reports_compliant(harden: Harden) -> None:
     assert report["compliant"] is True
 
 
+def test_every_path_is_closed_and_the_probe_proves_it(harden: Harden, policy: dict[str, Any]) -> None:
+    """imds.paths holds, and (unless the policy turns the probe off) a real connect from a
+    namespace on docker0 did not reach IMDS."""
+    _, report = harden.json("check")
+    found = {f["check"]: f for f in report["findings"]}
+    assert found["imds.paths"]["status"] == "ok", found["imds.paths"]
+    if (policy.get("imds") or {}).get("probe", True):
+        probe = found["imds.probe"]
+        assert probe["status"] != "drift" and "REACHED" not in probe["actual"], probe
+        assert "docker0: IMDS blocked" in probe["actual"] or "no bridge" in probe["actual"], probe
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_block_once_where_the_agent_keeps_it(host: Any, policy: dict[str, Any], family: int) -> None:
     dest = dict(families(policy)).get(family)

@@ -82,10 +82,17 @@ def _strip_block(host: EcsHost) -> None:
 
 
 def _copies(host: EcsHost) -> dict[str, int]:
-    return {
-        f"v{fam} {table} {chain}": sum("ecs-harden" in r for r in host.sandbox.rules_in(table, chain, fam))
-        for fam in (4, 6) for table, chain in MANAGED
-    }
+    """Each rule of ours (by its text, in its chain) -> how many times it is there; every
+    place must hold one (raw PREROUTING two: the docker+ guard and the one of every
+    interface)."""
+    out: dict[str, int] = {}
+    for fam in (4, 6):
+        for table, chain in MANAGED:
+            ours = [r for r in host.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]
+            out[f"v{fam} {table} {chain} rules"] = len(set(ours)) - (1 if table == "raw" else 0)
+            for r in ours:
+                out[f"v{fam} {r}"] = out.get(f"v{fam} {r}", 0) + 1
+    return out
 
 
 def _applies_at_once(host: EcsHost, n: int) -> list[str]:

@@ -38,14 +38,15 @@ def copies(host: EcsHost, chain: str, table: str = "filter", family: int = 4) ->
 
 
 def flush_block(host: EcsHost) -> None:
-    """Every copy of the block gone, in all six places (by number: python-iptables' v6 rule
-    is not byte-equal to what `ip6tables -D` builds from its text)."""
+    """Every copy of the block gone, in all six places, and the guard of every interface
+    (by number: python-iptables' v6 rule is not byte-equal to what `ip6tables -D` builds
+    from its text)."""
     for fam in (4, 6):
         addr = IMDS_V4 if fam == 4 else IMDS_V6
         for table, chain in (("filter", "DOCKER-USER"), ("filter", "FORWARD"), ("raw", "PREROUTING")):
             rules = host.sandbox.rules_in(table, chain, fam)
             for n in reversed(range(len(rules))):
-                if addr in rules[n] and "-j DROP" in rules[n] and "docker+" in rules[n]:
+                if addr in rules[n] and "-j DROP" in rules[n] and ("docker+" in rules[n] or "! -i lo" in rules[n]):
                     host.sandbox.iptables("-t", table, "-D", chain, str(n + 1), family=fam)
 
 

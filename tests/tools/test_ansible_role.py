@@ -52,6 +52,7 @@ def test_playbooks_parse(tmp_path: Path, playbook: str) -> None:
     ("ecs_harden_mode", "bogus"),
     ("ecs_harden_imds_persist", "maybe"),
     ("ecs_harden_ecs_config_restart_agent", "always"),
+    ("ecs_harden_imds_host_network", "deny"),
 ])
 def test_a_bad_variable_fails_before_any_task(tmp_path: Path, variable: str, value: str) -> None:
     # The host is a closed port on loopback: were the arguments accepted, the next task

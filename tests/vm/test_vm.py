@@ -8,6 +8,7 @@ unit disabled (the boot restore alone blocks a real container)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -129,6 +130,58 @@ def test_a_wrong_checksum_or_an_unreachable_source_changes_nothing(vm: VagrantLa
         assert cp.returncode == 1, cp.stdout[-3000:] + cp.stderr[-2000:]
         assert "ecs-harden: FAILED: " in cp.stdout and why in cp.stdout, cp.stdout[-3000:]
         assert vm.ssh(state).stdout == before
+
+
+HOST_NET_TASK = "ecs-test-hostnet"
+SET_MODE = ("sudo /opt/ecs-harden/bin/python -c 'import sys, yaml; f = \"/etc/ecs-harden/policy.yaml\"; "
+            "p = yaml.safe_load(open(f)) or {{}}; p.setdefault(\"imds\", {{}})[\"host_network\"] = \"{mode}\"; "
+            "yaml.safe_dump(p, open(f, \"w\"))'")
+NC_IMDS = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80"
+
+
+def _check(vm: VagrantLab) -> tuple[int, dict[str, dict[str, str]]]:
+    cp = vm.ssh("sudo /usr/local/bin/ecs-harden check --format json", check=False)
+    return cp.returncode, {f["check"]: f for f in json.loads(cp.stdout)["findings"]}
+
+
+def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_not(vm: VagrantLab) -> None:
+    """cgroup v2, real systemd and Docker: a --network host container under ecstasks-<id>.slice
+    (where the ECS agent puts a task) cannot reach IMDS under imds.host_network: block; one in
+    system.slice (the agent's own place) and a host process can; report names the task."""
+    vm.ssh("sudo cp -p /etc/ecs-harden/policy.yaml /etc/ecs-harden/policy.yaml.ecs-test")
+    try:
+        vm.ssh(f"sudo docker run -d --name {HOST_NET_TASK} --network host --cgroup-parent ecstasks-1234.slice "
+               "lab/busybox sleep 900")
+        assert vm.ssh("test -d /sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice").returncode == 0
+        # report (the default): drift, naming the container and its task
+        code, found = _check(vm)
+        assert code == 3 and found["imds.host_network"]["status"] == "drift", found["imds.host_network"]
+        assert f"{HOST_NET_TASK} (" in found["imds.host_network"]["detail"]
+        assert "of task 1234 can reach IMDS" in found["imds.host_network"]["detail"]
+        assert "imds-ok" in vm.ssh(f"sudo docker exec {HOST_NET_TASK} sh -c \"{NC_IMDS}\"", check=False).stdout
+        # block: the daemon's policy says so, apply inserts the live OUTPUT rule
+        vm.ssh(SET_MODE.format(mode="block") + " && sudo systemctl reload ecs-harden")
+        cp = vm.ssh("sudo /usr/local/bin/ecs-harden apply", check=False)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        rules = vm.ssh("sudo iptables -S OUTPUT; sudo ip6tables -S OUTPUT").stdout
+        assert rules.count("--path ecstasks.slice") == 2, rules
+        assert "ecstasks" not in vm.ssh("sudo cat /etc/iptables/rules.v4 /etc/iptables/rules.v6").stdout
+        assert "imds-ok" not in vm.ssh(f"sudo docker exec {HOST_NET_TASK} sh -c \"{NC_IMDS}\"", check=False).stdout
+        agent_place = vm.ssh(f"sudo docker run --rm --network host --cgroup-parent system.slice lab/busybox "
+                             f"sh -c \"{NC_IMDS}\"", check=False)
+        assert "imds-ok" in agent_place.stdout, agent_place.stdout + agent_place.stderr
+        host = vm.ssh(f"sh -c \"{NC_IMDS.replace('| nc', '| busybox nc')}\"", check=False)
+        assert "imds-ok" in host.stdout, host.stdout + host.stderr  # the host itself
+        code, found = _check(vm)
+        assert code == 0, found
+        assert found["imds.host_network"]["status"] == "ok"
+        assert "cannot reach IMDS" in found["imds.host_network"]["detail"]
+        assert "the task cgroup: IMDS blocked" in found["imds.probe"]["actual"], found["imds.probe"]
+    finally:
+        vm.ssh(f"sudo docker rm -f {HOST_NET_TASK}", check=False)
+        vm.ssh("sudo mv /etc/ecs-harden/policy.yaml.ecs-test /etc/ecs-harden/policy.yaml && "
+               "sudo systemctl reload ecs-harden && sudo /usr/local/bin/ecs-harden apply", check=False)
+    assert "ecstasks" not in vm.ssh("sudo iptables -S OUTPUT").stdout
 
 
 def _recorded(vm: VagrantLab) -> tuple[list[str], list[str]]:
