@@ -201,7 +201,7 @@ class Prober:
             proc.run(["ip", "link", "del", host], check=False, timeout=5)
 
         proc.run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer], timeout=5)
-        child = Child(["unshare", "--net", "--", sys.executable, CHILD])
+        child = Child(["unshare", "--net", "--", sys.executable, "-I", "-S", CHILD])
         try:
             proc.run(["ip", "link", "set", host, "master", bridge, "up"], timeout=5)
             pid = child.start()
@@ -215,7 +215,7 @@ class Prober:
     def _cgroup(self) -> tuple[str, Child, dict[str, Any], Callable[[], None]]:
         path = os.path.join(self.cgroup_root, TASK_SLICE, CGROUP_DIR)
         os.makedirs(path, exist_ok=True)
-        child = Child([sys.executable, CHILD])
+        child = Child([sys.executable, "-I", "-S", CHILD])
 
         def cleanup() -> None:
             with contextlib.suppress(OSError):

@@ -137,6 +137,18 @@ def test_status_file_fresh_and_compliant(host: Any, policy: dict[str, Any], hard
 
 
 @pytest.mark.daemon
+def test_the_daemon_runs_the_paths_checks_inside_its_sandbox(host: Any, policy: dict[str, Any]) -> None:
+    """The unit's sandbox lets the probe make its namespace and the paths check look into
+    the containers' (a probe that could not run would only be a warning)."""
+    status = json.loads(host.file(policy["report"]["status_file"]).content_string)
+    found = {f["check"]: f for f in status["findings"]}
+    assert found["imds.paths"]["status"] == "ok", found["imds.paths"]
+    if (policy.get("imds") or {}).get("probe", True):
+        probe = found["imds.probe"]
+        assert "could not run" not in probe["detail"] and "REACHED" not in probe["actual"], probe
+
+
+@pytest.mark.daemon
 def test_metrics_textfile_fresh(host: Any, policy: dict[str, Any]) -> None:
     path = policy["report"]["textfile"]
     if not path:

@@ -126,7 +126,7 @@ def test_a_deleted_guard_is_named_and_put_back(paths: EcsHost) -> None:
 
 def test_a_declared_exception_lets_that_interface_through_and_is_reported(paths: EcsHost) -> None:
     h = paths
-    pol = h.policy(f"imds:\n  allow_interfaces: [{CUSTOM}]\n", name="exception.yaml")
+    pol = h.policy(f"imds:\n  allow_interfaces: [{CUSTOM}]\n", name="exception.yaml", probe=True)
     code, report = h.report("apply", policy=pol)
     assert code == 0, report
     assert h.reaches(IMDS_V4, network=CUSTOM)
@@ -168,7 +168,7 @@ def test_without_the_guard_an_uncovered_bridge_is_drift(paths: EcsHost) -> None:
 
 def test_the_probe_proves_the_block_from_each_bridge(paths: EcsHost) -> None:
     h = paths
-    code, report = h.report("apply")
+    code, report = h.report("apply", policy=h.policy(probe=True, name="probe.yaml"))
     assert code == 0, report
     f = findings(report)["imds.probe"]
     assert f["status"] == "ok", f
@@ -181,7 +181,7 @@ def test_the_probe_proves_the_block_from_each_bridge(paths: EcsHost) -> None:
 
 def test_the_probe_names_the_bridge_that_reaches_imds(paths: EcsHost) -> None:
     h = paths
-    pol = h.policy("imds:\n  guard_all_interfaces: false\n", name="noguard.yaml")
+    pol = h.policy("imds:\n  guard_all_interfaces: false\n", name="noguard.yaml", probe=True)
     code, report = h.report("apply", policy=pol)
     assert code == 3
     f = findings(report)["imds.probe"]
@@ -193,8 +193,8 @@ def test_the_probe_names_the_bridge_that_reaches_imds(paths: EcsHost) -> None:
 
 def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> None:
     h = paths
-    assert h.report("apply")[0] == 0
-    pol = h.dir / "policy.yaml"
+    pol = h.policy(probe=True, name="probe.yaml")
+    assert h.report("apply", policy=pol)[0] == 0
     # the probe waits ~1 s on the dropped connects: kill -9 the command while its children run
     run = (f"PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parents[2]))} {sys.executable} "
            f"-m ecs_harden --policy {pol} check >/dev/null 2>&1")

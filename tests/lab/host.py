@@ -244,12 +244,21 @@ class EcsHost:
         return "imds-ok" in cp.stdout
 
     # -- ecs-harden -------------------------------------------------------
-    def policy(self, text: str = "", name: str = "policy.yaml") -> Path:
+    def policy(self, text: str = "", name: str = "policy.yaml", *, probe: bool = False) -> Path:
+        """A policy keeping state and status in the sandbox's directory. The active probe
+        (imds.probe: ~0.6 s a command, a dropped connect's timeout) is off unless asked
+        for: tests/integration/test_paths.py, the daemon's tests and every booted host run
+        it; the other lab tests are about other things and run many commands."""
         path = self.dir / name
         base = (
             f"state_dir: {self.dir}/state\n"
             f"report:\n  status_file: {self.dir}/status.json\n"
         )
+        if not probe and "probe:" not in text:
+            if "imds:\n" in text:
+                text = text.replace("imds:\n", "imds:\n  probe: false\n", 1)
+            else:
+                base += "imds:\n  probe: false\n"
         path.write_text(base + text)
         os.chmod(path, 0o600)
         return path

@@ -33,7 +33,9 @@ def test_contract_directives() -> None:
     assert "network-pre.target" in u["Unit"]["Wants"].split()
     assert u["Service"]["ProtectSystem"] == "strict"
     caps = set(u["Service"]["CapabilityBoundingSet"].split())
-    assert {"CAP_NET_ADMIN", "CAP_NET_RAW"} <= caps and len(caps) <= 3
+    # SYS_ADMIN and SYS_PTRACE for the paths checks' namespaces (README, the unit's comment)
+    assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
+    assert u["Service"]["RestrictNamespaces"] == "net"
     assert set(u["Service"]["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
         assert u["Service"][key] == "yes"
