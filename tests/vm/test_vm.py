@@ -148,6 +148,7 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
     """cgroup v2, real systemd and Docker: a --network host container under ecstasks-<id>.slice
     (where the ECS agent puts a task) cannot reach IMDS under imds.host_network: block; one in
     system.slice (the agent's own place) and a host process can; report names the task."""
+    vm.ssh("sudo /usr/local/lib/ecs-test/ecs-test-image")  # the box's image (no registry here)
     vm.ssh("sudo cp -p /etc/ecs-harden/policy.yaml /etc/ecs-harden/policy.yaml.ecs-test")
     try:
         vm.ssh(f"sudo docker run -d --name {HOST_NET_TASK} --network host --cgroup-parent ecstasks-1234.slice "
@@ -164,7 +165,7 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
         cp = vm.ssh("sudo /usr/local/bin/ecs-harden apply", check=False)
         assert cp.returncode == 0, cp.stdout + cp.stderr
         rules = vm.ssh("sudo iptables -S OUTPUT; sudo ip6tables -S OUTPUT").stdout
-        assert rules.count("--path ecstasks.slice") == 2, rules
+        assert rules.count("--path \"ecstasks.slice\"") == 2, rules  # iptables quotes the path
         assert "ecstasks" not in vm.ssh("sudo cat /etc/iptables/rules.v4 /etc/iptables/rules.v6").stdout
         assert "imds-ok" not in vm.ssh(f"sudo docker exec {HOST_NET_TASK} sh -c \"{NC_IMDS}\"", check=False).stdout
         agent_place = vm.ssh(f"sudo docker run --rm --network host --cgroup-parent system.slice lab/busybox "
