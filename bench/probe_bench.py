@@ -50,7 +50,7 @@ def measure(bridges: int, runs: int) -> dict[str, dict[str, float]]:
         for n in range(bridges):
             net = ["--network", f"bench{n}"] if n else []
             h.docker("run", "-d", *net, "lab/busybox", "sleep", "3600")
-        pol = h.policy()
+        pol = h.policy(probe=True)
         assert h.report("apply")[0] == 0
         cp = h.sandbox.run([sys.executable, "-c", INSIDE, str(pol), str(runs)],
                            env={"PYTHONPATH": str(PROJECT)}, timeout=1800)
