@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ecs_harden.firewall.rule import parse_line
 from tests.integration.conftest import require_lab
 from tests.lab.host import PROJECT
 from tests.lab.sandbox import Sandbox
@@ -130,3 +131,27 @@ def test_failed_commit_changes_nothing(box: tuple[Sandbox, str], ops: list[dict[
     )
     assert cp.returncode != 0 and why in cp.stderr, cp.stderr
     assert sb.iptables("-S") == before
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_host_network_rule_round_trips(box: tuple[Sandbox, str], family: int) -> None:
+    """imds.host_network's OUTPUT rule (`-m cgroup --path`, which iptables prints quoted)
+    is made, read back as iptables prints it, and deleted by position by each backend. The
+    path is `/` here: it resolves in any cgroup namespace (ecstasks.slice exists only on an
+    ECS host, see tests/vm)."""
+    sb, backend = box
+    address = "169.254.169.254/32" if family == 4 else "fd00:ec2::254/128"
+    args = ["-d", address, "-m", "cgroup", "--path", "/", "-m", "comment",
+            "--comment", "ecs-harden: block IMDS from host-network ECS tasks", "-j", "DROP"]
+    sb.iptables("-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT", family=family)
+    drive(sb, backend, family, "commit", ops=[{"op": "insert", "chain": "OUTPUT", "position": 1, "args": args}])
+    printed = sb.rules("OUTPUT", family)
+    assert printed[0] == (f'-A OUTPUT -d {address} -m cgroup --path "/" -m comment --comment '
+                          '"ecs-harden: block IMDS from host-network ECS tasks" -j DROP'), printed
+    # the same rule (iptables quotes the path always, the backends' text only where needed)
+    got = drive(sb, backend, family, "read", "OUTPUT")["OUTPUT"]["rules"]
+    assert [parse_line(r) for r in got] == [parse_line(r) for r in printed]
+    if nft_handles_missing(sb, backend):
+        return
+    drive(sb, backend, family, "commit", ops=[{"op": "delete_at", "chain": "OUTPUT", "position": 1}])
+    assert sb.rules("OUTPUT", family) == ["-A OUTPUT -o lo -j ACCEPT"]
