@@ -209,3 +209,31 @@ def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> No
     out = h.sandbox.sh(script).stdout.split()
     assert int(out[0]) >= 1, "the probe's children were never seen"
     assert out[1:] == ["0", "0"], out
+
+
+def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: EcsHost) -> None:
+    """A container on Docker's macvlan driver, a child of the interface toward IMDS: its
+    packets leave through the parent past every netfilter hook of the host. Nothing can
+    block it; imds.paths names the container and the parent."""
+    h = paths
+    assert h.report("apply")[0] == 0
+    h.docker("network", "create", "-d", "macvlan", "--subnet", "169.254.169.0/24",
+             "-o", "parent=imds-host", "mvnet")
+    try:
+        cid = h.docker("run", "-d", "--network", "mvnet", "--ip", "169.254.169.50", "lab/busybox",
+                       "sleep", "600").stdout.strip()
+        reached = h.docker("exec", cid, "sh", "-c",
+                           f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {IMDS_V4} 80", check=False)
+        assert "imds-ok" in reached.stdout  # the guard never saw it
+        code, report = h.report("check")
+        f = findings(report)["imds.paths"]
+        assert code == 3 and f["status"] == "drift", f
+        assert f"container {cid[:12]} has macvlan" in f["detail"] and "a child of imds-host" in f["detail"]
+        # declared, the parent is an exception: reported, not drift
+        pol = h.policy("imds:\n  allow_interfaces: [imds-host]\n", name="mv.yaml")
+        f = findings(h.report("check", policy=pol)[1])["imds.paths"]
+        assert f["status"] == "ok" and "(declared exception)" in f["actual"], f
+    finally:
+        for line in h.docker("ps", "-aq", "--filter", "network=mvnet", check=False).stdout.split():
+            h.docker("rm", "-f", line, check=False)
+        h.docker("network", "rm", "mvnet", check=False)
