@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecs_harden.firewall.rule import Network, Rule, parse_args
-from ecs_harden.imds.block import to_address
+from ecs_harden.imds.block import Placed, leading_copies, to_address
 
 GUARD_COMMENT = "ecs-harden: block IMDS from every interface"
 EXCEPTION_COMMENT = "ecs-harden: declared IMDS exception"
@@ -88,6 +88,12 @@ def is_ours(rule: Rule) -> bool:
         rule.target == "RETURN" and rule.has_comment(EXCEPTION_COMMENT))
 
 
+def opening_run(rules: Sequence[Rule], blocks: Sequence[Placed], wanted: Sequence[GuardRule]) -> int:
+    """How many rules open raw PREROUTING that are ours: copies of a block, the guard's
+    members, or a guard rule of ours the policy no longer wants (tidied, not a stranger)."""
+    return leading_copies(rules, (*blocks, *wanted), is_ours)
+
+
 def kept(rules: Sequence[Rule], run: int, wanted: Sequence[GuardRule]) -> dict[GuardRule, int] | None:
     """Where the guard is in force: the index of the copy of each member to keep, in the
     first `run` rules (those opening the chain): the first guard copy with a copy of every
@@ -124,6 +130,3 @@ def unwanted(
             out.append(i)
     return out
 
-
-def describe_exceptions(exceptions: Sequence[str]) -> str:
-    return ", ".join(exceptions) if exceptions else "none"

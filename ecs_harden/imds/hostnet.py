@@ -25,6 +25,7 @@ from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
 from ecs_harden.firewall.rule import Network, Rule
 from ecs_harden.imds.block import leading_copies
+from ecs_harden.imds.netns import PROC, process_namespaces
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
 CHECK = "imds.host_network"
@@ -32,7 +33,6 @@ COMMENT = "ecs-harden: block IMDS from host-network ECS tasks"
 CGROUP_ROOT = "/sys/fs/cgroup"
 TASK_SLICE = "ecstasks.slice"
 CHAIN = "OUTPUT"
-PROC = "/proc"
 _V2 = re.compile(r"^0::/ecstasks\.slice/ecstasks-([^/]+)\.slice/(?:.*?)([0-9a-f]{64})")
 _V1 = re.compile(r":/ecs/([^/]+)/(?:.*?)([0-9a-f]{64})")
 
@@ -54,19 +54,13 @@ def cgroup_v2(root: str = CGROUP_ROOT) -> bool:
 
 def host_network_tasks(proc_dir: str = PROC) -> list[HostTask]:
     """Every task container whose processes share our network namespace, by cgroup."""
-    try:
-        own = os.stat(os.path.join(proc_dir, "self", "ns", "net")).st_ino
-        entries = os.listdir(proc_dir)
-    except OSError:
-        return []
+    own, by_pid = process_namespaces(proc_dir)
     found: dict[str, str] = {}
-    for entry in entries:
-        if not entry.isdigit():
+    for pid, ino in by_pid.items():
+        if own is None or ino != own:
             continue
         try:
-            if os.stat(os.path.join(proc_dir, entry, "ns", "net")).st_ino != own:
-                continue
-            with open(os.path.join(proc_dir, entry, "cgroup")) as fh:
+            with open(os.path.join(proc_dir, str(pid), "cgroup")) as fh:
                 text = fh.read()
         except OSError:
             continue
@@ -118,11 +112,6 @@ def rule_args(address: Network) -> tuple[str, ...]:
 
 def is_ours(rule: Rule) -> bool:
     return rule.target == "DROP" and rule.has_comment(COMMENT)
-
-
-class _Ours:
-    def is_copy(self, rule: Rule) -> bool:
-        return is_ours(rule)
 
 
 class HostNetworkComponent(Base):
@@ -213,7 +202,7 @@ class HostNetworkComponent(Base):
     def _rules(self, family: int) -> tuple[list[tuple[int, Rule]], int]:
         chain = self.backend(family).snapshot()(CHAIN)
         rules = chain.rules if chain else ()
-        return [(i, r) for i, r in enumerate(rules) if is_ours(r)], leading_copies(rules, (_Ours(),))
+        return [(i, r) for i, r in enumerate(rules) if is_ours(r)], leading_copies(rules, (), is_ours)
 
     def _judge(self, tasks: Sequence[HostTask], names: str, v2: bool, inode: int | None,
                problems: list[str]) -> Finding:

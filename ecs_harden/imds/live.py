@@ -122,9 +122,7 @@ class LiveBlockComponent(Base):
 
     def run(self, place: tuple[str, str], rules: Sequence[Rule]) -> int:
         """How many rules of ours open the place (in raw PREROUTING the guard's count too)."""
-        if place == (GUARD_TABLE, GUARD_CHAIN):
-            return leading_copies(rules, (*self.blocks, *self.guard), guards_.is_ours)
-        return leading_copies(rules, self.blocks)
+        return opening_run(place, rules, self.blocks, self.guard)
 
     def guard_kept(self, places: Places) -> dict[guards_.GuardRule, int] | None:
         rules = places[(GUARD_TABLE, GUARD_CHAIN)]
@@ -150,7 +148,7 @@ class LiveBlockComponent(Base):
         effective = frozenset(st.block for st in states if st.effective)
         keep = self.guard_kept(places)
         ops = plan(chains, states, self.guard if keep is None else ())
-        ops += tidy(places, self.blocks, effective, self.run, self.guard)
+        ops += tidy(places, self.blocks, effective, self.guard)
         finding = self.judge(chains, states, places, keep)
         if not ops:
             return Inspection((finding,))
@@ -218,9 +216,8 @@ class LiveBlockComponent(Base):
         if self.guard and keep is None and all(any(m.is_copy(r) for r in raw) for m in self.guard):
             problems.append(f"{self.guard[-1].label} is not in force: it must open raw {GUARD_CHAIN}, "
                             "after the declared exceptions")
-        wanted = self.guard
         for rule in raw:
-            if guards_.is_ours(rule) and not any(m.is_copy(rule) for m in wanted):
+            if guards_.is_ours(rule) and not any(m.is_copy(rule) for m in self.guard):
                 what = ("a withdrawn exception" if rule.target == "RETURN"
                         else "the guard of every interface (imds.guard_all_interfaces is false)")
                 problems.append(f"{what} is still in raw {GUARD_CHAIN}: `{rule.text()}`")
@@ -236,7 +233,7 @@ class LiveBlockComponent(Base):
         inserts = [op for op in planned.ops if not isinstance(op, DeleteAt)]
         if inserts:
             self.backend.commit(inserts)
-        deletes = tidy(self.read_places(), self.blocks, planned.effective, self.run, self.guard)
+        deletes = tidy(self.read_places(), self.blocks, planned.effective, self.guard)
         if deletes:
             self.backend.commit(deletes)
 
@@ -257,6 +254,14 @@ class LiveBlockComponent(Base):
         return [describe(op) for op in ops]
 
 
+def opening_run(place: tuple[str, str], rules: Sequence[Rule], blocks: Sequence[Block],
+                guard: Sequence[guards_.GuardRule]) -> int:
+    """How many rules of ours open the place (in raw PREROUTING the guard's count too)."""
+    if place == (GUARD_TABLE, GUARD_CHAIN):
+        return guards_.opening_run(rules, blocks, guard)
+    return leading_copies(rules, blocks)
+
+
 @dataclass(frozen=True)
 class _Plan:
     ops: tuple[Op, ...]
@@ -267,7 +272,6 @@ def tidy(
     places: Places,
     blocks: Sequence[Block],
     effective: frozenset[Block],
-    run: Callable[[tuple[str, str], Sequence[Rule]], int] | None = None,
     guard: Sequence[guards_.GuardRule] = (),
 ) -> list[Op]:
     """Delete every copy of a block but one: the first of those opening its chain, else (an
@@ -277,7 +281,7 @@ def tidy(
     the policy no longer wants (imds.guard.unwanted)."""
     ops: list[Op] = []
     for (table, name), rules in places.items():
-        top = run((table, name), rules) if run is not None else leading_copies(rules, blocks)
+        top = opening_run((table, name), rules, blocks, guard)
         doomed: set[int] = set()
         if (table, name) == (GUARD_TABLE, GUARD_CHAIN):
             doomed.update(guards_.unwanted(rules, guard, guards_.kept(rules, top, guard)))

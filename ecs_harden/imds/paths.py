@@ -14,43 +14,50 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ecs_harden import proc
 from ecs_harden.atomic import read_json_state, write_json_state
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
+from ecs_harden.imds.netns import PROC, process_namespaces
 from ecs_harden.journal import utc_now
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
-PROC = "/proc"
 CHECK, EXCEPTIONS = "imds.paths", "imds.exceptions"
 BYPASS_KINDS = ("macvlan", "macvtap", "ipvlan", "ipvtap")
 RESCAN = 60.0  # a namespace already looked at is looked at again after this long
 _CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
 
 
-def links(argv_prefix: Sequence[str] = ()) -> list[dict[str, object]]:
-    """`ip -d -j link show` (in a namespace with argv_prefix): every link with its kind.
-    RuntimeFailure when it cannot be listed (an iproute2 without -j, a namespace gone)."""
-    argv = [*argv_prefix, "ip", "-d", "-j", "link", "show"]
+def ip_json(*args: str, prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """`ip -j ARGS` (in a namespace with prefix) as a list of objects. RuntimeFailure when
+    it gives none (an iproute2 without -j, a namespace gone): never an empty answer that
+    would read as "nothing there"."""
+    argv = [*prefix, "ip", "-j", *args]
     done = proc.run(argv, check=False, timeout=5)
     try:
         loaded = json.loads(done.stdout) if done.returncode == 0 else None
     except ValueError:
         loaded = None
     if not isinstance(loaded, list):
-        raise RuntimeFailure(f"`{' '.join(argv[-5:])}` gave no link list: {done.stderr.strip()[:200]}")
+        raise RuntimeFailure(f"`ip -j {' '.join(args)}` gave no list: {done.stderr.strip()[:200]}")
     return [x for x in loaded if isinstance(x, dict)]
 
 
-def kind_of(link: dict[str, object]) -> str | None:
+def links(argv_prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """`ip -d -j link show` (in a namespace with argv_prefix): every link with its kind."""
+    return ip_json("-d", "link", "show", prefix=argv_prefix)
+
+
+def kind_of(link: dict[str, Any]) -> str | None:
     info = link.get("linkinfo")
     kind = info.get("info_kind") if isinstance(info, dict) else None
     return kind if isinstance(kind, str) else None
 
 
-def container_interfaces(host_links: Sequence[dict[str, object]], uplink: str | None = None) -> list[str]:
+def container_interfaces(host_links: Sequence[dict[str, Any]], uplink: str | None = None) -> list[str]:
     """Bridges, and veths that are no bridge's port, but the way to IMDS (uplink) and lo."""
     out = []
     for link in host_links:
@@ -95,20 +102,11 @@ class NamespaceScanner:
 
     def namespaces(self) -> dict[int, int]:
         """Network namespace inode -> one pid in it, without the host's (our own)."""
-        try:
-            own = os.stat(os.path.join(self.proc, "self", "ns", "net")).st_ino
-        except OSError:
-            return {}
+        own, by_pid = process_namespaces(self.proc)
         out: dict[int, int] = {}
-        for entry in os.listdir(self.proc):
-            if not entry.isdigit():
-                continue
-            try:
-                ino = os.stat(os.path.join(self.proc, entry, "ns", "net")).st_ino
-            except OSError:
-                continue
-            if ino != own and ino not in out:
-                out[ino] = int(entry)
+        for pid, ino in sorted(by_pid.items()):
+            if own is not None and ino != own:
+                out.setdefault(ino, pid)
         return out
 
     def scan(self, host_names: dict[int, str]) -> list[Bypass]:
@@ -149,7 +147,7 @@ def container_of(proc_dir: str, pid: int) -> str:
     return f"container {m.group(1)[:12]}" if m else f"pid {pid}"
 
 
-def ifindexes(host_links: Sequence[dict[str, object]]) -> dict[int, str]:
+def ifindexes(host_links: Sequence[dict[str, Any]]) -> dict[int, str]:
     out: dict[int, str] = {}
     for x in host_links:
         index, name = x.get("ifindex"), x.get("ifname")
@@ -211,7 +209,7 @@ class PathsComponent(Base):
                  state_dir: str, imds: str = "169.254.169.254",
                  scanner: NamespaceScanner | None = None,
                  uplink: Callable[[str], str | None] = route_interface,
-                 host_links: Callable[[], list[dict[str, object]]] = links):
+                 host_links: Callable[[], list[dict[str, Any]]] = links):
         self.patterns = patterns
         self.exceptions = exceptions
         self.guard = guard

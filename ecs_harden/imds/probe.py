@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from ecs_harden import proc
@@ -35,6 +35,7 @@ from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
 from ecs_harden.imds import probe_child
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
+from ecs_harden.imds.paths import ip_json
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
 CHECK = "imds.probe"
@@ -50,19 +51,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _ip_json(*args: str) -> list[dict[str, Any]]:
-    done = proc.run(["ip", "-j", *args], check=False, timeout=5)
-    try:
-        loaded = json.loads(done.stdout or "[]") if done.returncode == 0 else []
-    except ValueError:
-        return []
-    return [x for x in loaded if isinstance(x, dict)] if isinstance(loaded, list) else []
-
-
 def bridges() -> dict[str, dict[int, Iface]]:
     """Bridge -> its IPv4 address and its first global IPv6 address (with prefix)."""
     out: dict[str, dict[int, Iface]] = {}
-    for link in _ip_json("addr", "show", "type", "bridge"):
+    for link in ip_json("addr", "show", "type", "bridge"):
         name = link.get("ifname")
         if not isinstance(name, str) or "UP" not in (link.get("flags") or []):
             continue  # administratively down: nothing passes it
@@ -88,7 +80,7 @@ def pick(own: Iface, taken: set[str], tries: int = 32) -> str | None:
 
 
 def leftovers() -> None:
-    for link in _ip_json("link", "show"):
+    for link in ip_json("link", "show"):
         name = link.get("ifname")
         if isinstance(name, str) and name.startswith(PREFIX):
             proc.run(["ip", "link", "del", name], check=False, timeout=5)
@@ -100,7 +92,6 @@ class Child:
 
     argv: Sequence[str]
     popen: subprocess.Popen[str] | None = None
-    result: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> int:
         self.popen = subprocess.Popen(
@@ -186,7 +177,7 @@ class Prober:
     def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> tuple[str, Child, dict[str, Any],
                                                                           Callable[[], None]]:
         host, peer = f"{PREFIX}{n}", f"{PEER}{n}"
-        taken = {str(x.get("dst")) for x in _ip_json("neigh", "show", "dev", bridge)}
+        taken = {str(x.get("dst")) for x in ip_json("neigh", "show", "dev", bridge)}
         cfg: dict[str, Any] = {"iface": peer, "targets": [[*CREDENTIALS]]}
         for family in (4, 6):
             own = addrs.get(family)

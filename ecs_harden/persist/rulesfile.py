@@ -140,10 +140,11 @@ class RulesFile:
         """Line indexes of the copies that open the chain, before any other rule (in raw
         PREROUTING the guard's rules and any of ours too)."""
         own = [(i, r) for i, r in self.rules(table) if r.chain == chain]
+        rules = [r for _, r in own]
         if (table, chain) == (GUARD_TABLE, GUARD_CHAIN):
-            n = leading_copies([r for _, r in own], (*blocks, *guard), guards_.is_ours)
+            n = guards_.opening_run(rules, blocks, guard)
         else:
-            n = leading_copies([r for _, r in own], blocks)
+            n = leading_copies(rules, blocks)
         return {i for i, _ in own[:n]}
 
     def guard_state(self, blocks: Sequence[Block], guard: Sequence[GuardRule]) -> tuple[bool, set[int]]:
