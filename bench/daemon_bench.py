@@ -46,7 +46,7 @@ NAIVE = f"-i docker+ -d {IMDS}/32 -j DROP"
 PROBE_SCRIPT = r"""
 import json, random, select, shlex, subprocess, sys, time
 from ecs_harden.daemon.nftevents import NftEvents
-from ecs_harden.daemon.legacyprobe import TableProbe
+from ecs_harden.firewall.tableinfo import TableProbe
 variant, samples, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ours = sys.argv[4]
 chains = ["DOCKER-USER", "FORWARD"] if mode == "daemon" else ["DOCKER-USER"]

@@ -314,9 +314,6 @@ class Daemon:
         """Add to wake what the timers and the sources say is due, without what a
         source holds back (a file still being written)."""
         sched.due(wake, now)
-        if wake.why == ["resync"]:
-            for source in self.sources:
-                source.resync(wake, now)
         for source in self.sources:
             source.due(now, wake)
         if wake.groups & {FILES, ECS}:

@@ -2,7 +2,7 @@
 
 Any nf_tables change in this network namespace (a rule added or deleted by Docker,
 an operator, or ourselves) makes the socket readable within milliseconds. Legacy
-iptables sends nothing: on such hosts the daemon probes the tables (daemon.legacyprobe).
+iptables sends nothing: on such hosts the daemon probes the tables (firewall.tableinfo).
 
 Each message says which family's table changed (iptables-nft writes `ip` and `ip6`
 tables), so a change to IPv4 rules wakes only the IPv4 checks; and the NEWGEN message

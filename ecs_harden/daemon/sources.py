@@ -13,6 +13,7 @@ noticing drift is one class here and one line in `open_sources`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import typing
@@ -22,7 +23,6 @@ from ecs_harden import logs, proc
 from ecs_harden.atomic import Identity, file_identity
 from ecs_harden.component import ECS, FILES, FIREWALL
 from ecs_harden.daemon.filewatch import FileWatch
-from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.wakeups import (
     ALL,
@@ -30,7 +30,6 @@ from ecs_harden.daemon.wakeups import (
     COALESCE,
     COALESCE_MAX,
     FILE_POLL,
-    LEGACY_FULL,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
     QUIET,
@@ -39,7 +38,7 @@ from ecs_harden.daemon.wakeups import (
     Wake,
 )
 from ecs_harden.facts import Facts
-from ecs_harden.firewall.netlink import generation as nf_generation
+from ecs_harden.firewall.tableinfo import TableProbe
 from ecs_harden.policy import Policy
 
 Select = typing.Callable[[float], bool]  # sleep at most that long; True when a descriptor is ready
@@ -72,9 +71,6 @@ class WakeSource:
     def hold(self, wake: Wake, now: float) -> None:
         """Take out of `wake` what may not be looked at yet (and come back for it)."""
 
-    def resync(self, wake: Wake, now: float) -> None:
-        """A wake that is only the periodic resync: drop what a full check cannot find changed."""
-
     def before(self, groups: Collection[str], families: Collection[int]) -> None:
         """A reconcile of these groups is about to read the host."""
 
@@ -95,27 +91,22 @@ class NftSource(WakeSource):
     family whose table changed; the echo of our own commits (the committing pid is one
     we started) is ignored. What arrives within QUIET of the end of a reconcile is
     coalesced (COALESCE after the last event, at most COALESCE_MAX), so a burst of
-    Docker changes costs one or two reconciles, never a loop. nf_tables numbers every
-    commit: at a resync, the same generation as at the last full check is the same
-    ruleset, and the firewall checks are skipped."""
+    Docker changes costs one or two reconciles, never a loop. The resync reads the
+    firewall in full whatever the events said (a lost event is never a blind spot)."""
 
     name = "nftables"
 
     def __init__(
         self, events: NftEvents, families: Collection[int], *,
-        generation: Callable[[], int] = nf_generation,
         ours: Callable[[], set[int]] = lambda: set(proc.recent_pids),
     ):
         self.events = events
         self.families = set(families)
-        self.generation = generation
         self.ours = ours
         self.pending: Wake | None = None
         self.pending_since = 0.0
         self.pending_at: float | None = None
         self.last_end = -1e9
-        self.taken: int | None = None
-        self.checked: int | None = None  # the generation of the last full firewall check
 
     def fileno(self) -> int:
         return self.events.fileno()
@@ -153,26 +144,8 @@ class NftSource(WakeSource):
             wake.merge(self.pending)
             self.pending, self.pending_at = None, None
 
-    def _generation(self) -> int | None:
-        try:
-            return self.generation()
-        except OSError as exc:
-            log.debug("nftables.generation_failed", error=str(exc))
-            return None
-
-    def resync(self, wake: Wake, now: float) -> None:
-        if self.checked is not None and self._generation() == self.checked:
-            wake.groups.discard(FIREWALL)
-
-    def before(self, groups: Collection[str], families: Collection[int]) -> None:
-        # Taken before reading: a commit made while we read is a new generation.
-        full = FIREWALL in groups and set(families) >= self.families
-        self.taken = self._generation() if full else None
-
     def after(self, groups: Collection[str], ok: bool, now: float) -> None:
         self.last_end = now
-        if FIREWALL in groups:
-            self.checked = self.taken if ok else None
 
     def close(self) -> None:
         self.events.close()
@@ -181,22 +154,27 @@ class NftSource(WakeSource):
 class ProbeSource(WakeSource):
     """Legacy iptables: no notifications; the tables' signatures are probed
     PROBES_PER_INTERVAL times per `interval` and a changed table wakes its family's
-    checks at once. What the probe cannot see (a same-size replacement) waits for the
-    full firewall check, every LEGACY_FULL resyncs. A probe that fails turns into
-    polling: the firewall checks every interval."""
+    checks at once. The baseline is what the reconcile itself read and committed
+    (firewall.tableinfo: noted by the legacy backend, under the xtables lock), never a
+    signature taken before or after other work; a table seen in two states in one
+    reconcile is looked at again at the next tick. What the signature cannot show (a
+    same-size replacement) waits for the resync, which reads everything. A probe that
+    fails turns into polling: the firewall checks every interval."""
 
     name = "legacy probe"
 
-    def __init__(self, probe: TableProbe, *, interval: float, resync: float, now: float,
+    def __init__(self, probe: TableProbe, *, interval: float, now: float,
                  clock: Callable[[], float] = time.monotonic):
         self.probe: TableProbe | None = probe
         self.clock = clock
         self.interval = interval
         self.every = max(PROBE_MIN, interval / PROBES_PER_INTERVAL)
         self.next = now + self.every
-        self.full_every = LEGACY_FULL * resync
-        self.full_at = now + self.full_every
-        self.baseline: tuple[bytes, ...] = ()
+        self.baseline: tuple[bytes | None, ...] = tuple(None for _ in probe.slots)
+        self._pre: tuple[bytes | None, ...] = self.baseline
+        self._families: set[int] = set()
+        self._recording: contextlib.ExitStack | None = None
+        self._looks: dict[tuple[int, str], set[bytes]] = {}
 
     @property
     def carries_timers(self) -> bool:  # type: ignore[override]
@@ -204,6 +182,12 @@ class ProbeSource(WakeSource):
 
     def deadline(self) -> float | None:
         return self.next
+
+    def _give_up(self, exc: OSError) -> None:
+        log.warning("tableprobe.failed", error=str(exc))
+        if self.probe is not None:
+            self.probe.close()
+        self.probe = None
 
     def due(self, now: float, wake: Wake) -> None:
         if now < self.next:
@@ -216,26 +200,40 @@ class ProbeSource(WakeSource):
         try:
             changed = self.probe.changed(self.baseline, self.probe.signature())
         except OSError as exc:
-            log.warning("tableprobe.failed", error=str(exc))
-            self.probe.close()
-            self.probe = None
+            self._give_up(exc)
             changed = set(BOTH)
         if changed:
             wake.add({FIREWALL}, "legacy table changed", changed)
 
-    def resync(self, wake: Wake, now: float) -> None:
-        if now < self.full_at:
-            wake.groups.discard(FIREWALL)
-        else:
-            self.full_at = now + self.full_every
-
     def before(self, groups: Collection[str], families: Collection[int]) -> None:
-        # Taken before reading: a change made while we reconcile shows at the next probe.
-        if FIREWALL in groups and self.probe is not None:
-            try:
-                self.baseline = self.probe.signature()
-            except OSError:
-                self.baseline = ()
+        if self.probe is None:
+            return
+        self._families = set(families) if FIREWALL in groups else set()
+        try:
+            self._pre = self.probe.signature()
+        except OSError:
+            self._pre = tuple(None for _ in self.probe.slots)
+        stack = contextlib.ExitStack()
+        self._looks = stack.enter_context(self.probe.recording())
+        self._recording = stack
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        if self._recording is None or self.probe is None:
+            return
+        self._recording.close()
+        self._recording = None
+        baseline = list(self.baseline)
+        for i, slot in enumerate(self.probe.slots):
+            seen = self._looks.get(slot)
+            if seen:
+                # One state: the one judged. Two: something changed between our reads (or
+                # our commit changed it): look again at the next tick.
+                baseline[i] = next(iter(seen)) if len(seen) == 1 else None
+            elif slot[0] in self._families:
+                # Not read (the reconcile failed before it): the retry covers what came
+                # before the reconcile; a change after it must still show.
+                baseline[i] = self._pre[i]
+        self.baseline = tuple(baseline)
 
     def idle(self, select: Select, until: float, interrupted: Callable[[], bool]) -> bool:
         """Probe tick after probe tick touching as little as possible (a wakeup is most
@@ -264,6 +262,9 @@ class ProbeSource(WakeSource):
             ticked = True
 
     def close(self) -> None:
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None
         if self.probe is not None:
             self.probe.close()
             self.probe = None
@@ -386,8 +387,7 @@ def _firewall_source(
             log.warning("nftevents.unavailable", error=str(exc))
     else:
         try:
-            return ProbeSource(TableProbe(list(families)), interval=policy.interval, resync=policy.resync,
-                               now=now, clock=clock)
+            return ProbeSource(TableProbe(list(families)), interval=policy.interval, now=now, clock=clock)
         except OSError as exc:
             log.warning("tableprobe.unavailable", error=str(exc))
     return PollSource(policy.interval, now)

@@ -28,7 +28,6 @@ QUIET = 0.1
 COALESCE = 0.02
 COALESCE_MAX = 0.25
 PROBES_PER_INTERVAL = 22
-LEGACY_FULL = 5  # legacy: full firewall check every LEGACY_FULL resyncs (the probe covers the rest)
 PROBE_MIN = 0.02
 FILE_POLL = 1.0
 SETTLE = 0.25

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecs_harden.errors import RuntimeFailure
+from ecs_harden.firewall import tableinfo
 from ecs_harden.firewall.backend import DeleteAt, Insert, NewChain, Op, separate
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.rule import Chain, Rule, parse_args, unreadable
@@ -168,6 +169,7 @@ class Libiptc:
 
     def snapshot(self, table: str = "filter") -> ChainReader:
         t = self.table(table)
+        tableinfo.note(self.family, table)  # before the read: a change during it shows as a change
         try:
             t.refresh()
         except Exception as exc:
@@ -236,6 +238,7 @@ class Libiptc:
                 for name, table in tables.items():
                     table.commit()
                     self._fresh.discard(name)  # committed: the next read must read again
+                    tableinfo.note(self.family, name)  # as committed: still under the lock
         except RuntimeFailure:
             for table in tables.values():
                 table.refresh()

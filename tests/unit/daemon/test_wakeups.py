@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from ecs_harden.component import ECS, FILES, FIREWALL, PATHS
-from ecs_harden.daemon.legacyprobe import TableProbe
 from ecs_harden.daemon.nftevents import Batch, parse
 from ecs_harden.daemon.sources import FileSource, NftSource, ProbeSource
 from ecs_harden.daemon.wakeups import (
@@ -16,14 +15,15 @@ from ecs_harden.daemon.wakeups import (
     COALESCE,
     COALESCE_MAX,
     FILE_POLL,
-    LEGACY_FULL,
     QUIET,
     SETTLE_MAX,
     Schedule,
     Wake,
 )
 from ecs_harden.findinglog import FindingLog
+from ecs_harden.firewall import tableinfo
 from ecs_harden.firewall.netlink import NFT_MSG_NEWGEN, NFTA_GEN_PROC_PID
+from ecs_harden.firewall.tableinfo import TableProbe
 
 
 def message(msg: int, family: int, attrs: bytes = b"") -> bytes:
@@ -65,9 +65,8 @@ class Events:
         pass
 
 
-def nft_source(generation: list[int] | None = None) -> NftSource:
-    gen = generation if generation is not None else [7]
-    return NftSource(Events(), {4, 6}, generation=lambda: gen[0], ours=set)  # type: ignore[arg-type]
+def nft_source() -> NftSource:
+    return NftSource(Events(), {4, 6}, ours=set)  # type: ignore[arg-type]
 
 
 def test_first_event_acts_at_once_and_a_burst_after_a_reconcile_is_coalesced() -> None:
@@ -103,32 +102,17 @@ def test_a_burst_never_waits_longer_than_coalesce_max() -> None:
     assert s.deadline() == 10.01 + COALESCE_MAX
 
 
-def test_a_resync_skips_the_firewall_when_the_nftables_generation_is_the_one_checked() -> None:
-    gen = [7]
-    s = nft_source(gen)
-    s.before(ALL, {4, 6})
-    s.after(ALL, True, 1.0)
-    w = Wake()
-    w.add(ALL, "resync")
-    s.resync(w, 60.0)
-    assert w.groups == {FILES, ECS, PATHS}  # same ruleset: nothing new to find
-    gen[0] = 8
-    w = Wake()
-    w.add(ALL, "resync")
-    s.resync(w, 120.0)
-    assert FIREWALL in w.groups
-    s.before(ALL, {4})  # one family only: not a full check
-    s.after(ALL, True, 121.0)
-    w = Wake()
-    w.add(ALL, "resync")
-    s.resync(w, 180.0)
-    assert FIREWALL in w.groups
-    s.before(ALL, {4, 6})
-    s.after(ALL, False, 181.0)  # a failed check proves nothing
-    w = Wake()
-    w.add(ALL, "resync")
-    s.resync(w, 240.0)
-    assert FIREWALL in w.groups
+def test_every_resync_wakes_the_firewall_whatever_the_change_signals_said() -> None:
+    """No cheap signal may stand in for a full read: an event lost, a same-size legacy
+    replacement, our own bookkeeping gone wrong."""
+    s = schedule(now=0.0)
+    sources = [nft_source(), ProbeSource(Probe(), interval=5, now=0.0)]  # type: ignore[arg-type]
+    for i in range(1, 6):
+        w = Wake()
+        s.due(w, 60.0 * i + 0.001)
+        for source in sources:
+            source.due(60.0 * i + 0.001, w)
+        assert FIREWALL in w.groups and w.families >= {4, 6}
 
 
 def test_resync_and_backoff() -> None:
@@ -230,36 +214,115 @@ def test_a_polled_file_wakes_its_checks_when_its_signature_changes(tmp_path: Pat
 
 
 class Probe:
-    """A TableProbe whose signature the test sets; `fail` makes it raise."""
+    """A TableProbe whose signatures the test sets (slot order: v4 filter, v4 raw, v6
+    filter, v6 raw); `fail` makes it raise. Reads and commits are noted as the legacy
+    backend notes them (tableinfo.note)."""
 
+    families = (4, 6)
     def __init__(self) -> None:
-        self.sig: tuple[bytes, ...] = (b"a", b"b", b"c", b"d")
+        self.slots = [(4, "filter"), (4, "raw"), (6, "filter"), (6, "raw")]
+        self.sig: list[bytes] = [b"a", b"b", b"c", b"d"]
         self.fail = False
         self.closed = False
+        self.looks: dict[tuple[int, str], set[bytes]] | None = None
 
     def signature(self) -> tuple[bytes, ...]:
         if self.fail:
             raise OSError(1, "IPT_SO_GET_INFO filter: Operation not permitted")
-        return self.sig
+        return tuple(self.sig)
 
-    def changed(self, old: tuple[bytes, ...], new: tuple[bytes, ...]) -> set[int]:
+    def changed(self, old: tuple[bytes | None, ...], new: tuple[bytes | None, ...]) -> set[int]:
         return TableProbe.changed(self, old, new)  # type: ignore[arg-type]
 
-    families = (4, 6)
+    def note(self, family: int, table: str) -> None:
+        if self.looks is not None:
+            self.looks.setdefault((family, table), set()).add(self.sig[self.slots.index((family, table))])
+
+    recording = TableProbe.recording
 
     def close(self) -> None:
         self.closed = True
 
 
+def tick(s: ProbeSource, now: float) -> Wake:
+    w = Wake()
+    s.next = now
+    s.due(now, w)
+    return w
+
+
+def reconcile(s: ProbeSource, probe: Probe, families: set[int], steps: list[tuple[str, int, str, bytes]]) -> None:
+    """A reconcile as the daemon runs it: before, the backend's reads and commits (each
+    may find the table changed by somebody else first), after."""
+    s.before({FIREWALL}, families)
+    for what, family, table, value in steps:
+        probe.sig[probe.slots.index((family, table))] = value  # the table as it is now
+        assert what in ("read", "commit")
+        tableinfo.note(family, table)
+    s.after({FIREWALL}, True, 0.0)
+
+
+def test_a_deletion_that_undoes_our_repair_before_the_next_tick_is_seen() -> None:
+    """The blind spot measured on legacy: the baseline was the signature before our
+    repair, so a deletion right after it restored that signature and was never seen."""
+    probe = Probe()
+    s = ProbeSource(probe, interval=5, now=0.0)  # type: ignore[arg-type]
+    reconcile(s, probe, {4, 6}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b"),
+                                 ("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
+    assert not tick(s, 1.0)  # steady: what was read is the baseline
+    probe.sig[0] = b"a-deleted"
+    assert tick(s, 2.0).families == {4}
+    # the repair: read the deletion, commit, read again (the second inspect)
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"a-deleted"), ("commit", 4, "filter", b"a"),
+                              ("read", 4, "filter", b"a"), ("read", 4, "raw", b"b")])
+    probe.sig[0] = b"a-deleted"  # deleted again before the next tick: the old signature
+    assert tick(s, 2.1).families == {4}
+
+
+def test_a_table_seen_in_two_states_is_looked_at_again_and_then_settles() -> None:
+    probe = Probe()
+    s = ProbeSource(probe, interval=5, now=0.0)  # type: ignore[arg-type]
+    assert tick(s, 0.5).families == {4, 6}  # nothing read yet: nothing known
+    reconcile(s, probe, {6}, [("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
+    reconcile(s, probe, {4}, [("read", 4, "raw", b"b"), ("read", 4, "filter", b"x"), ("commit", 4, "filter", b"y"),
+                              ("read", 4, "filter", b"y")])
+    assert tick(s, 1.0).families == {4}  # our commit: one more look, at once
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"y")])
+    assert not tick(s, 1.1)
+    # a change between our commit and the next component's read of the same table:
+    # neither value can be the baseline
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"y"), ("commit", 4, "filter", b"z"),
+                              ("read", 4, "filter", b"z-by-someone")])
+    assert tick(s, 1.2).families == {4}
+
+
+def test_a_family_not_reconciled_keeps_its_baseline_and_a_failed_read_takes_the_one_before() -> None:
+    probe = Probe()
+    s = ProbeSource(probe, interval=5, now=0.0)  # type: ignore[arg-type]
+    reconcile(s, probe, {4, 6}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b"),
+                                 ("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
+    probe.sig = [b"a2", b"b", b"c2", b"d"]  # both families changed
+    # a reconcile of family 4 only: family 6's change must still show afterwards
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"a2"), ("read", 4, "raw", b"b")])
+    assert tick(s, 1.0).families == {6}
+    # a reconcile of family 6 that read nothing (the lock failed): the retry covers it,
+    # the probe does not wake every tick meanwhile
+    reconcile(s, probe, {6}, [])
+    assert not tick(s, 1.1)
+    probe.sig[3] = b"d2"
+    assert tick(s, 1.2).families == {6}
+
+
 def test_the_probe_wakes_the_family_whose_table_changed_and_turns_to_polling_when_it_fails() -> None:
     probe = Probe()
-    s = ProbeSource(probe, interval=2.2, resync=60, now=0.0)  # type: ignore[arg-type]
+    s = ProbeSource(probe, interval=2.2, now=0.0)  # type: ignore[arg-type]
     assert s.carries_timers and s.deadline() == pytest.approx(0.1)
-    s.before({FIREWALL}, {4, 6})
+    reconcile(s, probe, {4, 6}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b"),
+                                 ("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
     w = Wake()
     s.due(0.1, w)
     assert not w
-    probe.sig = (b"a", b"b", b"c", b"D")  # the IPv6 raw table
+    probe.sig[3] = b"D"  # the IPv6 raw table
     s.due(0.2, w)
     assert w.groups == {FIREWALL} and w.families == {6}
     probe.fail = True
@@ -271,20 +334,9 @@ def test_the_probe_wakes_the_family_whose_table_changed_and_turns_to_polling_whe
     assert w.why == ["poll"]
 
 
-def test_legacy_resyncs_check_the_firewall_fully_every_legacy_full() -> None:
-    s = ProbeSource(Probe(), interval=5, resync=60, now=0.0)  # type: ignore[arg-type]
-    fulls = 0
-    for i in range(1, 11):
-        w = Wake()
-        w.add(ALL, "resync")
-        s.resync(w, 60.0 * i)
-        fulls += FIREWALL in w.groups
-    assert fulls == 10 // LEGACY_FULL
-
-
 def test_with_a_ticking_source_the_daemon_sleeps_until_its_next_tick_only() -> None:
     s = schedule(now=0.0)
-    probe = ProbeSource(Probe(), interval=2.2, resync=60, now=0.0)  # type: ignore[arg-type]
+    probe = ProbeSource(Probe(), interval=2.2, now=0.0)  # type: ignore[arg-type]
     assert s.earliest([probe]) == pytest.approx(0.1)  # heartbeat, resync, watchdog ride on ticks
     assert schedule(now=0.0).earliest([]) == 0.0  # no ticking source: the watchdog's first ping
     s.reconciled(False, 0.0)
