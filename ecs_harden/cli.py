@@ -30,7 +30,7 @@ from ecs_harden.reconcile import (
     persisted_files,
     restore_service,
 )
-from ecs_harden.report import render_text
+from ecs_harden.report import DRIFT, ERROR, STALE, render_text
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -244,7 +244,7 @@ def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[st
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ecs_harden.daemon.status import read_status
+    from ecs_harden.daemon.status import aged_findings, read_status
 
     # The daemon matters most when the policy on disk is broken: show it anyway.
     invalid: str | None = None
@@ -268,16 +268,21 @@ def _status(args: argparse.Namespace) -> int:
     daemon = data.get("daemon") or {}
     interval = float(daemon.get("interval") or policy.interval)
     stale = age > 3 * interval
+    aged = aged_findings(data, float(daemon.get("resync") or policy.resync), interval)
     daemon_policy = daemon.get("policy") or {}
     running = daemon_policy.get("source", "unknown")
+    findings = [f for f in data.get("findings", []) if isinstance(f, dict)]
+    statuses = {f.get("status") for f in findings}
     if args.format == "json":
         extra = {"age_seconds": round(age, 3), "stale": stale,
                  "policy_file": {"valid": invalid is None, "error": invalid}}
-        print(json.dumps({**data, **extra}, indent=2))
+        if aged:
+            extra["compliant"] = False
+        print(json.dumps({**data, "findings": findings, **extra}, indent=2))
     else:
-        for f in data.get("findings", []):
-            print(f"{f.get('status', '?').upper():6} {f.get('check', '?'):50} {f.get('detail', '')}")
-        state = "compliant" if data.get("compliant") else "NOT compliant"
+        for f in findings:
+            print(f"{str(f.get('status', '?')).upper():6} {f.get('check', '?'):50} {f.get('detail', '')}")
+        state = "compliant" if data.get("compliant") and not aged else "NOT compliant"
         print(f"\n{data.get('host')}: {state}; daemon pid {daemon.get('pid')} since {daemon.get('started')}, "
               f"{daemon.get('reconciles')} reconciles, {daemon.get('repairs')} repairs; "
               f"status written {age:.1f}s ago")
@@ -296,6 +301,12 @@ def _status(args: argparse.Namespace) -> int:
     if last_error:
         print(f"ecs-harden: the daemon's last reconcile failed: {last_error}", file=sys.stderr)
         return EXIT_DRIFT
+    if statuses & {DRIFT, ERROR}:
+        return EXIT_DRIFT
+    if STALE in statuses:
+        names = ", ".join(str(f.get("check")) for f in findings if f.get("status") == STALE)
+        print(f"ecs-harden: not looked at since the last change or resync: {names}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK if data.get("compliant") else EXIT_DRIFT
 
 

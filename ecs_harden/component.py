@@ -38,6 +38,10 @@ class Component(Protocol):
     # FIREWALL (netfilter changes), FILES (the persisted rules files and the restore
     # service) or ECS (ecs.config).
     wakes_on: str
+    # May take long (connects that time out, a scan of every namespace): the daemon runs
+    # it beside its loop, never in the way of a repair. Only a check that changes no
+    # netfilter rule may be slow (it runs in another thread than the firewall's).
+    slow: bool
 
     @property
     def family(self) -> Optional[int]:  # typing: evaluated at run time on 3.8
@@ -63,6 +67,7 @@ class Base:
     """The defaults: no family, no files, no transaction of its own."""
 
     family: Optional[int] = None
+    slow = False
 
     def watches(self) -> tuple[str, ...]:
         return ()

@@ -11,8 +11,8 @@ from typing import Any
 
 from ecs_harden.journal import utc_now
 
-OK, DRIFT, WARN, ERROR = "ok", "drift", "warn", "error"
-STATUSES = (OK, DRIFT, WARN, ERROR)
+OK, DRIFT, WARN, ERROR, STALE = "ok", "drift", "warn", "error", "stale"
+STATUSES = (OK, DRIFT, WARN, ERROR, STALE)
 REPORT_VERSION = 1
 
 
@@ -24,13 +24,28 @@ class Finding:
     actual: str = ""
     detail: str = ""
     changed: bool = False
+    # When the daemon last looked (UTC, ISO 8601); None in a one-shot command's report,
+    # whose time is the report's.
+    observed: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"bad finding status {self.status!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.observed is None:
+            del out["observed"]
+        return out
+
+
+def stale_finding(f: Finding, why: str) -> Finding:
+    """A finding that was not looked at since `why`: never `ok` (what it said then is in
+    its detail)."""
+    then = f" at {f.observed}" if f.observed else ""
+    last = f"{f.status}{then}" + (f": {f.detail}" if f.detail else "")
+    return dataclasses.replace(f, status=STALE, detail=f"not looked at since {why}; last seen {last}",
+                               changed=False)
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,8 @@ class Report:
 
     @property
     def compliant(self) -> bool:
-        return not any(f.status in (DRIFT, ERROR) for f in self.findings)
+        """Every check holds as last looked at: none drifts, failed, or is stale."""
+        return not any(f.status in (DRIFT, ERROR, STALE) for f in self.findings)
 
     def to_json(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {

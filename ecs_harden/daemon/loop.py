@@ -25,19 +25,20 @@ from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
 from ecs_harden.component import ECS, FILES, FIREWALL, PATHS, Component
+from ecs_harden.daemon.background import SlowChecks
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import PolicyState, StatusPublisher
 from ecs_harden.daemon.sources import WakeSource, open_sources
 from ecs_harden.daemon.status import Counters
 from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake
 from ecs_harden.errors import HardenError, PolicyError
-from ecs_harden.facts import Facts
+from ecs_harden.facts import Facts, iso
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components, failed_finding
 from ecs_harden.reconcile import families as families_of
-from ecs_harden.report import ERROR, Finding, Report
+from ecs_harden.report import ERROR, Finding, Report, stale_finding
 
 Clock = typing.Callable[[], float]
 OpenSources = typing.Callable[
@@ -83,6 +84,11 @@ class Daemon:
         self.log = logs.get("ecs_harden.daemon")
         self.counters = Counters()
         self.findings: dict[int, list[Finding]] = {}
+        self.observed: dict[int, float] = {}  # component -> when its findings were looked at (wall)
+        self.unseen: dict[int, float] = {}  # component -> a change it has not been looked at since
+        self.generation = 0
+        self.slow: SlowChecks[tuple[list[Finding], list[str]]] | None = None
+        self._published_stale: frozenset[int] | None = None
         self.stop_requested = False
         self.reload_requested = False
         self.sources: list[WakeSource] = []
@@ -99,6 +105,9 @@ class Daemon:
         self.components = list(self.parts.build(policy, self.facts))
         self.reconciler = Reconciler(policy, self.facts.platform(), self.components, self.finding_log)
         self.findings = {}
+        self.observed = {}
+        self.unseen = {}
+        self.generation += 1
         self.watched = list(dict.fromkeys(path for c in self.components for path in c.watches()))
 
     def _open_sources(self) -> None:
@@ -113,27 +122,38 @@ class Daemon:
 
     # -- reconcile --------------------------------------------------------
     def reconcile(
-        self, groups: Collection[str] = ALL, *, why: str, families: Collection[int] = BOTH
+        self, groups: Collection[str] = ALL, *, why: str, families: Collection[int] = BOTH,
+        inline: bool = False,
     ) -> bool:
         """Reconcile the components of the given groups (live checks: of the given IP
-        families); True when no error."""
+        families); True when no error. The slow checks go to the worker thread unless
+        inline (the first reconcile: READY says what every check found)."""
         t0 = time.monotonic()
         errors: list[str] = []
         for source in self.sources:
             source.before(groups, families)
         chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
                   and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
+        background = self.slow is not None and not inline
         try:
             with self.parts.lock():
                 repaired = False
                 for i, component in chosen:
+                    if background and component.slow:
+                        self._submit(i, component, changed=False)
+                        continue
                     before = self.counters.repairs
                     errors += self._reconcile_one(i, component)
                     repaired |= component.wakes_on == FIREWALL and self.counters.repairs > before
                 if PATHS not in groups and repaired:
-                    # after a firewall repair the paths and the probe are looked at again at once
+                    # After a firewall repair the paths are looked at again: the quick
+                    # checks now, the slow ones beside the loop (a repair never waits for them).
                     for i, component in enumerate(self.components):
-                        if component.wakes_on == PATHS:
+                        if component.wakes_on != PATHS:
+                            continue
+                        if background and component.slow:
+                            self._submit(i, component, changed=True)
+                        else:
                             errors += self._reconcile_one(i, component)
         except HardenError as exc:  # the lock: held too long, or refused
             self.log.error("reconcile.lock_failed", error=str(exc))
@@ -157,21 +177,72 @@ class Daemon:
 
     def _reconcile_one(self, i: int, component: Component) -> list[str]:
         # A crash of the component is an error finding already (Reconciler.run_component).
+        started = time.time()
         found, _, errs = self.reconciler.run_component(component, repair=True)
+        self._record(i, found, started)
+        return errs
+
+    def _record(self, i: int, found: list[Finding], started: float) -> None:
         self.findings[i] = found
+        self.observed[i] = started
+        if self.unseen.get(i, float("inf")) <= started:
+            del self.unseen[i]
         for f in found:
             if f.changed:
                 self.counters.repairs += 1
                 self.counters.repairs_by_check[f.check] = self.counters.repairs_by_check.get(f.check, 0) + 1
-        return errs
+
+    def _submit(self, i: int, component: Component, *, changed: bool) -> None:
+        assert self.slow is not None
+        if changed:
+            self.unseen.setdefault(i, time.time())
+        if i not in self.findings:
+            self.findings[i] = []
+
+        def run() -> tuple[list[Finding], list[str]]:
+            found, _, errs = self.reconciler.run_component(component, repair=True)
+            return found, errs
+
+        self.slow.submit(self.generation, i, run)
+
+    def _collect(self) -> None:
+        """Record what the slow checks found (of this configuration), and publish it."""
+        assert self.slow is not None
+        done = [d for d in self.slow.collect() if d.generation == self.generation]
+        for d in done:
+            found, errs = d.result
+            self._record(d.index, found, d.started)
+            if errs:
+                self.counters.last_error = errs[-1]
+                self.counters.errors += 1
+        if done:
+            self.publish()
+
+    def stale(self) -> dict[int, str]:
+        """Components whose findings predate a change the daemon knows of: why."""
+        out = {i: "a firewall repair" for i in self.unseen}
+        held = set().union(*(s.pending() for s in self.sources)) if self.sources else set()
+        for i, component in enumerate(self.components):
+            if component.wakes_on in held and i not in out:
+                out[i] = f"a change to what {component.wakes_on} checks read (not yet looked at)"
+        return out
 
     def report(self) -> Report:
-        found = [f for i in sorted(self.findings) for f in self.findings[i]]
+        stale = self.stale()
+        found = []
+        for i in sorted(self.findings):
+            seen = iso(self.observed[i]) if i in self.observed else None
+            for f in self.findings[i]:
+                f = dataclasses.replace(f, observed=seen)
+                found.append(stale_finding(f, stale[i]) if i in stale else f)
         return Report(self.policy.mode, self.facts.platform(), tuple(found))
 
     def publish(self, *, heartbeat: bool = False) -> None:
-        report = None if heartbeat and self.publisher.published else self.report()
-        self.publisher.publish(report, self.policy, self.counters, self.policy_state)
+        stale = frozenset(self.stale())
+        fresh = not heartbeat or not self.publisher.published or stale != self._published_stale
+        self._published_stale = stale
+        self.publisher.publish(self.report() if fresh else None, self.policy, self.counters,
+                               self.policy_state)
 
     def summary(self) -> str:
         return self.publisher.summary(self.report(), self.policy, self.counters, self.policy_state)
@@ -211,7 +282,7 @@ class Daemon:
         self._configure(policy)
         self._open_sources()
         self.log.info("policy.reloaded", source=policy.source)
-        self.reconcile(why="reload")
+        self.reconcile(why="reload", inline=True)
         self.notifier.send("READY=1")
 
     def run(self, *, once: bool = False) -> int:
@@ -219,12 +290,14 @@ class Daemon:
                       iptables=self.facts.iptables, flavor=self.facts.flavor,
                       interval=self.policy.interval, resync=self.policy.resync)
         if once:
-            ok = self.reconcile(why="once")
+            ok = self.reconcile(why="once", inline=True)
             return 1 if not ok else (0 if self.report().compliant else 3)
         self._open_sources()
         sel = selectors.DefaultSelector()
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
-        ok = self.reconcile(why="start")
+        ok = self.reconcile(why="start", inline=True)
+        self.slow = SlowChecks(time.time)
+        sel.register(self.slow.fileno(), selectors.EVENT_READ, self.slow)
         self.notifier.ready(self.summary())
         sched = self._schedule()
         sched.reconciled(ok, self.clock())
@@ -240,6 +313,8 @@ class Daemon:
                 for key, _ in events:
                     if key.data is None:
                         self._drain(rsock)
+                    elif key.data is self.slow:
+                        self._collect()
                     else:
                         key.data.readable(now, wake)
                 if self.stop_requested:
@@ -268,6 +343,9 @@ class Daemon:
             rsock.close()
             self._wsock.close()
             self._close_sources()
+            if self.slow is not None:
+                self.slow.close()
+                self.slow = None
         self.notifier.stopping()
         self.publisher.stopped(self.policy, self.counters)  # the textfile: nobody watches any more
         self.log.info("daemon.stopped", reconciles=self.counters.reconciles,

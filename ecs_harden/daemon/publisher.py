@@ -14,7 +14,7 @@ from ecs_harden.daemon.status import Counters, metrics_text, report_text, write_
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import iso
 from ecs_harden.policy import Policy
-from ecs_harden.report import DRIFT, ERROR, Report
+from ecs_harden.report import DRIFT, ERROR, STALE, Report
 
 
 @dataclass
@@ -48,6 +48,7 @@ class StatusPublisher:
             "last_error": c.last_error,
             "last_reconcile": iso(c.last_reconcile) if c.last_reconcile else None,
             "interval": policy.interval,
+            "resync": policy.resync,
             "heartbeat": iso(time.time()),
             "policy": {"source": policy.source, "loaded": iso(state.loaded),
                        "reload_error": state.reload_error},
@@ -55,7 +56,8 @@ class StatusPublisher:
 
     @staticmethod
     def summary(report: Report, policy: Policy, counters: Counters, state: PolicyState) -> str:
-        bad = [f.check for f in report.findings if f.status in (DRIFT, ERROR)]
+        bad = [f.check + (" (stale)" if f.status == STALE else "") for f in report.findings
+               if f.status in (DRIFT, ERROR, STALE)]
         if not bad:
             line = f"compliant: {len(report.findings)} checks hold; {counters.repairs} repairs"
         else:

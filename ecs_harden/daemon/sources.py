@@ -71,6 +71,11 @@ class WakeSource:
     def hold(self, wake: Wake, now: float) -> None:
         """Take out of `wake` what may not be looked at yet (and come back for it)."""
 
+    def pending(self) -> set[str]:
+        """The groups with a change it saw and has not had looked at yet (coalesced,
+        held back): their findings are stale meanwhile."""
+        return set()
+
     def before(self, groups: Collection[str], families: Collection[int]) -> None:
         """A reconcile of these groups is about to read the host."""
 
@@ -103,7 +108,7 @@ class NftSource(WakeSource):
         self.events = events
         self.families = set(families)
         self.ours = ours
-        self.pending: Wake | None = None
+        self.coalesced: Wake | None = None
         self.pending_since = 0.0
         self.pending_at: float | None = None
         self.last_end = -1e9
@@ -130,19 +135,22 @@ class NftSource(WakeSource):
 
     def event(self, wake: Wake, now: float, families: set[int], why: str) -> None:
         """A change by somebody else: act now, or coalesce right after a reconcile."""
-        if self.pending is None and now - self.last_end >= QUIET:
+        if self.coalesced is None and now - self.last_end >= QUIET:
             wake.add({FIREWALL}, why, families)
             return
-        if self.pending is None:
-            self.pending = Wake()
+        if self.coalesced is None:
+            self.coalesced = Wake()
             self.pending_since = now
-        self.pending.add({FIREWALL}, why, families)
+        self.coalesced.add({FIREWALL}, why, families)
         self.pending_at = min(now + COALESCE, self.pending_since + COALESCE_MAX)
 
+    def pending(self) -> set[str]:
+        return set(self.coalesced.groups) if self.coalesced is not None else set()
+
     def due(self, now: float, wake: Wake) -> None:
-        if self.pending is not None and self.pending_at is not None and now >= self.pending_at:
-            wake.merge(self.pending)
-            self.pending, self.pending_at = None, None
+        if self.coalesced is not None and self.pending_at is not None and now >= self.pending_at:
+            wake.merge(self.coalesced)
+            self.coalesced, self.pending_at = None, None
 
     def after(self, groups: Collection[str], ok: bool, now: float) -> None:
         self.last_end = now
@@ -348,6 +356,9 @@ class FileSource(WakeSource):
             if -1_000_000_000 < age < settle:
                 wait = max(wait, settle - max(age, 0))
         return wait / 1e9
+
+    def pending(self) -> set[str]:
+        return {FILES, ECS} if self.settle_at is not None else set()
 
     def hold(self, wake: Wake, now: float) -> None:
         if not wake.groups & {FILES, ECS}:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 from ecs_harden import __version__
 from ecs_harden.atomic import ensure_dir
-from ecs_harden.report import STATUSES, Report
+from ecs_harden.report import STALE, STATUSES, Report
 from ecs_harden.trust import write_replacing
 
 
@@ -54,6 +55,32 @@ def read_status(path: str) -> tuple[dict[str, Any], float]:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data, age
+
+
+def aged_findings(
+    data: dict[str, Any], resync: float, interval: float, now: float | None = None
+) -> list[str]:
+    """Mark stale, in data, each finding the daemon looked at longer ago than a resync
+    (and two intervals' slack) says it must have: what was not looked at is not `ok`.
+    Returns their check ids."""
+    limit = resync + 2 * interval
+    now = time.time() if now is None else now
+    aged = []
+    for i, f in enumerate(data.get("findings") or []):
+        if not isinstance(f, dict) or not isinstance(f.get("observed"), str) or f.get("status") == STALE:
+            continue
+        try:
+            seen = datetime.datetime.strptime(f["observed"], "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            continue
+        if now - seen > limit:
+            last = f"{f.get('status')} at {f['observed']}" + (f": {f['detail']}" if f.get("detail") else "")
+            data["findings"][i] = {**f, "status": STALE, "changed": False,
+                                   "detail": f"not looked at for {now - seen:.0f}s (more than resync "
+                                             f"{resync:g}s + 2 x {interval:g}s); last seen {last}"}
+            aged.append(str(f.get("check")))
+    return aged
 
 
 def _label(value: str) -> str:

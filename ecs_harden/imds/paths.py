@@ -203,6 +203,7 @@ def judge(interfaces: Sequence[str], bypasses: Sequence[Bypass], patterns: Seque
 class PathsComponent(Base):
     wakes_on = PATHS
     name = "imds.paths"
+    slow = True
     checks = (CHECK, EXCEPTIONS)
 
     def __init__(self, patterns: tuple[str, ...], exceptions: tuple[str, ...], guard: bool,

@@ -259,6 +259,7 @@ def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str
 class ProbeComponent(Base):
     wakes_on = PATHS
     name = CHECK
+    slow = True
 
     def __init__(self, imds: dict[int, str], *, task_cgroup: Callable[[], bool],
                  exceptions: Sequence[str] = (),

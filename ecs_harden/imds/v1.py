@@ -35,6 +35,7 @@ def ask(address: str, timeout: float = TIMEOUT) -> int | None:
 
 class ImdsV1Component(Base):
     wakes_on = PATHS
+    slow = True
     name = CHECK
 
     def __init__(self, address: str, asker: Callable[[str], int | None] = ask):

@@ -49,3 +49,33 @@ def test_unparseable_policy_falls_back_to_the_default_status_file(harden: Harden
     r = harden("status")
     assert r.code == 1
     assert "does not load" in r.stderr and "/run/ecs-harden/status.json" in r.stderr
+
+
+def test_a_finding_not_looked_at_within_a_resync_is_stale_never_ok(harden: Harden) -> None:
+    """The status file is fresh (a heartbeat rewrote it) but one finding was last looked
+    at long ago: `status` says stale for it, not ok, and exits 1."""
+    harden.config.write_bytes(b"ECS_AWSVPC_BLOCK_IMDS=true\nECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false\n")
+    assert harden("run", "--once").code in (0, 3)
+    status = harden.tmp / "status.json"
+    data = json.loads(status.read_text())
+    data["findings"] = [f for f in data["findings"] if f["status"] == "ok"]
+    assert data["findings"], data
+    for f in data["findings"]:
+        f["observed"] = "2026-12-02T06:00:00Z"  # long before now: this run's clock
+    aged = data["findings"][0]["check"]
+    now = json.loads(json.dumps(data))
+    for f in now["findings"][1:]:
+        f["observed"] = now["time"]
+    data["findings"][1:] = now["findings"][1:]
+    data["compliant"] = True
+    data["daemon"]["last_error"] = None
+    status.write_text(json.dumps(data))
+    r = harden("status")
+    assert r.code == 1, r.stdout + r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if aged in ln)
+    assert line.startswith("STALE") and "last seen ok at 2026-12-02T06:00:00Z" in line
+    assert "NOT compliant" in r.stdout and aged in r.stderr
+    j = harden("status", "--format", "json").json()
+    assert j["compliant"] is False
+    assert {f["check"]: f["status"] for f in j["findings"]}[aged] == "stale"
+    assert all(f["status"] == "ok" for f in j["findings"] if f["check"] != aged)

@@ -8,13 +8,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ecs_harden.component import ECS, Base, Inspection
+from ecs_harden.component import ECS, FIREWALL, PATHS, Base, Inspection
 from ecs_harden.daemon.loop import Daemon, Parts
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.sources import WakeSource
@@ -293,3 +294,88 @@ def test_a_source_that_holds_back_its_group_delays_that_reconcile(tmp_path: Path
     # ticks 1 and 2 were held back; 3 and 4 reconciled; report mode never repaired
     assert r.daemon.counters.reconciles == 3 and r.component.executed == 0
     assert r.statuses() == {"fake.check": "drift"}
+
+
+class Firewall(Drifting):
+    wakes_on = FIREWALL
+
+
+class SlowPaths(Base):
+    """A slow check (the probe): each look blocks until the test lets it finish."""
+
+    wakes_on = PATHS
+    slow = True
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.looks = 0
+
+    def inspect(self) -> Inspection:
+        self.looks += 1
+        if self.looks > 1:  # the first look is the start's, inline
+            assert self.release.wait(10)
+        return Inspection((Finding("slow.check", OK, "x", "x", f"look {self.looks}"),))
+
+    def execute(self, inspection: Inspection) -> None:
+        pass
+
+
+def test_a_repair_never_waits_for_a_slow_check_and_its_old_finding_is_stale_meanwhile(tmp_path: Path) -> None:
+    """The probe (0.6 s a look) ran inline after every firewall repair: a deletion landing
+    during it waited for it. Now it runs beside the loop; what it found before the repair
+    is not shown as ok until it has looked again."""
+    r = rig(tmp_path)
+    fw, slow = Firewall("fw"), SlowPaths()
+    r.daemon.parts = dataclasses.replace(r.daemon.parts, build=lambda p, f: [fw, slow])
+    r.daemon._configure(r.daemon.policy)
+    pipe = Pipe()
+    events: list[str] = []
+
+    class Watch(Ticks):
+        def due(self, now: float, wake: Wake) -> None:
+            if now < self.next:
+                return
+            self.next = now + 0.01
+            self.ticks += 1
+            if self.ticks == 2:
+                fw.fixed = False
+                wake.add({FIREWALL}, "deleted")  # first drift: repaired, slow look queued
+            elif self.ticks == 5:
+                events.append(f"status during the slow look: {r.statuses()}")
+                fw.fixed = False
+                wake.add({FIREWALL}, "deleted again")  # must be repaired while the look blocks
+            elif self.ticks == 8:
+                events.append(f"repairs while it blocked: {fw.executed}")
+                slow.release.set()
+            elif self.ticks >= 40:
+                self.daemon.stop_requested = True
+
+    r.daemon.parts = dataclasses.replace(
+        r.daemon.parts, sources=lambda *a: [pipe, Watch(r.daemon, stop_after=10**6, wakes=False)])
+    fw.fixed = True
+    assert r.daemon.run() == 0
+    during, repairs = events
+    assert "'slow.check': 'stale'" in during and "'fw.check': 'ok'" in during
+    assert repairs == "repairs while it blocked: 2"
+    assert r.statuses() == {"fw.check": "ok", "slow.check": "ok"}
+    observed = {f["check"]: f["observed"] for f in r.status()["findings"]}
+    assert all(observed.values())
+
+
+def test_a_change_a_source_holds_back_makes_its_group_stale_until_looked_at(tmp_path: Path) -> None:
+    class Holding(Ticks):
+        def pending(self) -> set[str]:
+            return {ECS} if self.ticks < 3 else set()
+
+    r = rig(tmp_path)
+    r.component.fixed = True
+    r.daemon.reconcile(why="start")
+    assert r.statuses() == {"fake.check": "ok"}
+    r.daemon.sources = [Holding(r.daemon, stop_after=99, wakes=False)]
+    r.daemon.publish(heartbeat=True)
+    assert r.statuses() == {"fake.check": "stale"} and r.status()["compliant"] is False
+    assert "last seen ok at 20" in r.status()["findings"][0]["detail"]
+    r.daemon.sources[0].ticks = 3  # type: ignore[attr-defined]
+    r.daemon.publish(heartbeat=True)
+    assert r.statuses() == {"fake.check": "ok"}
