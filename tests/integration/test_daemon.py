@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from ecs_harden import __version__
-from tests.lab.host import IMDS_V4, PROJECT, EcsHost
+from tests.lab.foreign import bulk_rules
+from tests.lab.host import IMAGE, IMDS_V4, PROJECT, EcsHost
 
 INTERVAL = 1.0
 
@@ -375,3 +376,56 @@ def test_a_persisting_error_is_logged_once_not_every_resync(slow_daemon: tuple[E
     status = json.loads((host.dir / "status.json").read_text())
     finding = {f["check"]: f for f in status["findings"]}["imds.persistence.service"]
     assert finding["status"] == "error"  # the status file still shows it every time
+
+
+# A container that tries IMDS all the time and prints the moment (its /proc/uptime:
+# CLOCK_BOOTTIME) of every connection that got an answer.
+WATCHER = (f"while :; do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {IMDS_V4} 80); "
+           "case \"$r\" in *imds-ok*) cut -d' ' -f1 /proc/uptime;; esac; sleep 0.05; done")
+
+
+@pytest.mark.parametrize("rules", [1000, 10000])
+def test_deletions_right_after_repairs_are_all_repaired_and_never_reported_ok(
+    clean: EcsHost, rules: int,
+) -> None:
+    """Issue 24: on legacy iptables a deletion landing shortly after a repair was never
+    seen again (the change signal's baseline predated the repair), while the status
+    said compliant. 30 single-commit deletions of every copy, 0.2-1.5 s after the
+    previous repair, at the default policy (interval 5 s, resync 60 s, the probe on)
+    with 1k and 10k Docker-shaped rules: each one repaired; no container connection
+    answered later than 1 s after a deletion; status never 0 while the block lacks."""
+    host = clean
+    host.sandbox.run(["iptables-restore", "--noflush"], input=bulk_rules(rules))
+    policy = host.dir / "default-policy.yaml"
+    policy.write_text(f"state_dir: {host.dir}/state\nreport:\n  status_file: {host.dir}/status.json\n")
+    os.chmod(policy, 0o600)
+    watcher = host.docker("run", "-d", IMAGE, "sh", "-c", WATCHER).stdout.strip()
+    run = start_daemon(host, policy)
+    try:
+        run.wait_for("READY=1", 60)
+        ready = time.clock_gettime(time.CLOCK_BOOTTIME)  # the watcher got through until then
+        cp = host.sandbox.run([sys.executable, "-m", "tests.lab.deleter", host.variant, "30", "0.2", "1.5"],
+                              env={"PYTHONPATH": str(PROJECT)}, timeout=600)
+        samples = json.loads(cp.stdout)
+        status = host.harden("status", policy=policy)
+        deadline = time.monotonic() + 15  # the slow checks look again after the last repair
+        while status.returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = host.harden("status", policy=policy)
+        answered = [float(t) for t in host.docker("logs", watcher).stdout.split()]
+    finally:
+        host.docker("rm", "-f", watcher, check=False)
+        if run.proc.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)
+            run.proc.wait(timeout=10)
+        run.notify.close()
+        host.sandbox.sh("iptables -D FORWARD -o docker0 -j LAB-BULK; for t in filter nat; do "
+                        "iptables -t $t -F LAB-BULK; iptables -t $t -X LAB-BULK; done", check=False)
+    missed = [s for s in samples if s["repaired"] is None]
+    assert not missed and len(samples) == 30, (missed, status.stdout, run.log.read_text()[-3000:])
+    # the watcher prints after its connection ended: 0.3 s for its own steps
+    late = [t for t in answered if t > ready + 0.3 and not any(s["at"] <= t <= s["at"] + 1.3 for s in samples)]
+    near = [max((s for s in samples if s["at"] <= t), key=lambda s: s["at"], default=None) for t in late]
+    assert not late, f"a container reached IMDS more than 1 s after a deletion at {late}: {near}"
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert max(s["repaired"] for s in samples) < 1.0, samples
