@@ -67,6 +67,8 @@ def main() -> int:
         deadline = time.monotonic() + LIMIT
         while not present(rules) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not present(rules):
+            break  # the last deletion was never repaired: nothing left to delete
         time.sleep(random.uniform(low, high))
         if events is not None:
             events.drain()
