@@ -4,12 +4,13 @@
                                            [--idle 60] [--write]
 
 For each variant and ruleset size (Docker-shaped: N per-container ACCEPTs in filter
-DOCKER and N DNATs in nat DOCKER, as Docker writes them), in one sandbox:
-- repair latency, timed from outside: every copy of the block in DOCKER-USER and
-  FORWARD is deleted (one transaction) at a random moment, and the clock runs until
-  both are back. The end is seen by a kernel event on nf_tables and by the table
-  probe (IPT_SO_GET_INFO) on legacy, then confirmed by reading the chains, so the
-  bench's own polling costs the daemon nothing;
+DOCKER and N DNATs in nat DOCKER, as Docker writes them), in one lab host (the fake
+IMDS and credentials endpoint, a docker0 bridge without Docker, so that the probe
+really probes at the default policy):
+- repair latency (tests/lab/deleter.py): every copy of the block in filter and raw is
+  deleted in one `iptables-restore --noflush`, 0.2-1.5 s after the previous repair (the
+  moment issue 24's blind spot needed), and the clock runs until every copy is back.
+  A deletion not repaired within 5 s is counted as missing, and fails the bench;
 - the same for the naive `while sleep 1; do iptables -C ... || iptables -I ...; done`;
 - idle CPU of the daemon and of the loop over --idle seconds each, the daemon's peak
   RSS (VmHWM) and the log lines it wrote while idle;
@@ -33,65 +34,12 @@ from typing import Any
 
 import psutil
 
-from tests.lab.flavors import dress
-from tests.lab.host import PROJECT
+from tests.lab.host import PROJECT, EcsHost
 from tests.lab.sandbox import Sandbox
 
 HERE = Path(__file__).resolve().parent
 IMDS = "169.254.169.254"
-OURS = f"-d {IMDS}/32 -i docker+ -m comment --comment \"ecs-harden: block IMDS from containers\" -j DROP"
 NAIVE = f"-i docker+ -d {IMDS}/32 -j DROP"
-
-# Runs inside the sandbox: deletes, then waits for the repair, and prints the latencies.
-PROBE_SCRIPT = r"""
-import json, random, select, shlex, subprocess, sys, time
-from ecs_harden.daemon.nftevents import NftEvents
-from ecs_harden.firewall.tableinfo import TableProbe
-variant, samples, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ours = sys.argv[4]
-chains = ["DOCKER-USER", "FORWARD"] if mode == "daemon" else ["DOCKER-USER"]
-def present():
-    return all(subprocess.run(["iptables", "-w", "-C", c, *shlex.split(ours)],
-               capture_output=True).returncode == 0 for c in chains)
-def delete():
-    script = "*filter\n" + "".join(f"-D {c} {ours}\n" for c in chains) + "COMMIT\n"
-    subprocess.run(["iptables-restore", "-w", "--noflush"], input=script.encode(), check=True)
-ev = NftEvents() if variant == "nft" else None
-probe = TableProbe((4,)) if variant == "legacy" else None
-out = []
-for _ in range(samples):
-    while not present():
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.3, 1.5))
-    if ev: ev.drain()
-    base = probe.signature()[0] if probe else None
-    delete()
-    t0 = time.monotonic()
-    if probe:
-        gone = probe.signature()[0]
-    deadline = t0 + 10
-    while time.monotonic() < deadline:
-        if ev:
-            r, _, _ = select.select([ev], [], [], 0.5)
-            if not r:
-                continue
-            t = time.monotonic()
-            ev.drain()
-        else:
-            s = probe.signature()[0]
-            if s == gone:
-                time.sleep(0.0005)
-                continue
-            t = time.monotonic()
-            gone = s
-        if present():
-            out.append(t - t0)
-            break
-    else:
-        out.append(float("nan"))
-print(json.dumps(out))
-"""
-
 
 def docker_shaped_rules(n: int) -> str:
     filt = ["*filter", ":DOCKER - [0:0]", ":DOCKER-USER - [0:0]", ":DOCKER-ISOLATION-STAGE-1 - [0:0]",
@@ -155,10 +103,12 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def latencies(sb: Sandbox, variant: str, samples: int, mode: str, rule: str) -> list[float]:
-    out = sb.run([sys.executable, "-c", PROBE_SCRIPT, variant, str(samples), mode, rule],
+def latencies(sb: Sandbox, variant: str, samples: int, mark: str = "ecs-harden") -> list[float | None]:
+    """Milliseconds from each deletion to its repair; None: never repaired (within 5 s)."""
+    out = sb.run([sys.executable, "-m", "tests.lab.deleter", variant, str(samples), "0.2", "1.5", mark],
                  env={"PYTHONPATH": str(PROJECT)}, timeout=samples * 20 + 60).stdout
-    return [x * 1000 for x in json.loads(out)]
+    found = [None if s["repaired"] is None else s["repaired"] * 1000 for s in json.loads(out)]
+    return found + [None] * (samples - len(found))  # it stops at a deletion never repaired
 
 
 def pct(values: list[float], q: float) -> float:
@@ -177,8 +127,9 @@ def check_cold(sb: Sandbox) -> float:
 
 
 def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
-    with Sandbox(variant) as sb:
-        dress(sb, "debian")
+    with EcsHost(variant).start(docker=False) as host:
+        sb = host.sandbox
+        sb.sh("ip link add docker0 type bridge; ip addr add 172.17.0.1/16 dev docker0; ip link set docker0 up")
         sb.run(["iptables-restore", "--noflush"], input=docker_shaped_rules(n))
         daemon, proc = start_daemon(sb)
         # Idle first: the steady state of a host where nothing changes (after a burst of
@@ -188,23 +139,27 @@ def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
         lines_before = log.read_text().count("\n")
         cpu = idle_cpu(daemon, idle)
         log_lines = log.read_text().count("\n") - lines_before
-        lat = latencies(sb, variant, samples, "daemon", OURS)
+        lat = latencies(sb, variant, samples)
         rss = peak_rss_mib(daemon.pid)
         cold = check_cold(sb)
         daemon.terminate()
         proc.wait(timeout=30)
+        # the daemon leaves its rules: take them out, the loop keeps only its own
+        sb.sh("for t in filter raw; do iptables-save -t $t | grep -- '^-A .*ecs-harden' | sed 's/^-A/-D/' "
+              "| while read -r l; do eval iptables -w -t $t $l; done; done")
         sb.iptables("-I", "DOCKER-USER", *shlex.split(NAIVE))
         loop = sb.spawn(["sh", "-c", f"while sleep 1; do iptables -w -C DOCKER-USER {NAIVE} "
                                      f"|| iptables -w -I DOCKER-USER {NAIVE}; done"], sb.dir / "loop.log")
         time.sleep(1.5)
         shell = psutil.Process(loop.pid).children()[0]
-        loop_lat = latencies(sb, variant, max(10, samples // 3), "loop", NAIVE)
+        loop_lat = [x for x in latencies(sb, variant, max(10, samples // 3), "DOCKER-USER") if x is not None]
         loop_cpu = idle_cpu(shell, idle)
         loop.kill()
-    ok = [x for x in lat if x == x]
+    ok = [x for x in lat if x is not None]
     return {
         "variant": variant, "rules": n, "samples": len(lat), "lost": len(lat) - len(ok),
-        "p50": pct(ok, 0.5), "p99": pct(ok, 0.99), "max": max(ok),
+        "p50": pct(ok, 0.5) if ok else None, "p99": pct(ok, 0.99) if ok else None,
+        "max": max(ok) if ok else None,
         "loop_p50": pct(loop_lat, 0.5), "loop_max": max(loop_lat),
         "cpu": cpu, "loop_cpu": loop_cpu, "rss": rss, "check": cold, "log_lines": log_lines, "idle": idle,
     }
@@ -219,12 +174,17 @@ def machine() -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = ["| iptables | rules | repair p50 / p99 / max | loop repair p50 / max | idle CPU daemon / loop "
-           "| peak RSS | `check` cold | log lines idle |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| iptables | rules | repair p50 / p99 / max | never repaired | loop repair p50 / max "
+           "| idle CPU daemon / loop | peak RSS | `check` cold | log lines idle |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
     for r in rows:
         out.append(
-            f"| {r['variant']} | {r['rules']:,} | {r['p50']:.0f} / {r['p99']:.0f} / {r['max']:.0f} ms "
+            f"| {r['variant']} | {r['rules']:,} | {ms(r['p50'])} / {ms(r['p99'])} / {ms(r['max'])} ms "
+            f"| {r.get('lost', 0)} of {r.get('samples', '?')} "
             f"| {r['loop_p50']:.0f} / {r['loop_max']:.0f} ms | {r['cpu']:.3f} % / {r['loop_cpu']:.2f} % "
             f"| {r['rss']:.0f} MiB | {r['check']:.2f} s | {r['log_lines']} |"
         )
@@ -278,8 +238,9 @@ def main() -> int:
                 if (r["variant"], r["rules"]) not in measured]
         order = {"nft": 0, "legacy": 1}
         rows = sorted(kept + rows, key=lambda r: (order.get(r["variant"], 2), r["rules"]))
-    head = (f"Daemon at the default policy (interval 5 s, resync 60 s) against the naive 1 s loop; "
-            f"{args.samples} repairs each at random moments, {args.idle:.0f} s idle each.\n\n"
+    head = (f"Daemon at the default policy (interval 5 s, resync 60 s, the probe on: a docker0 "
+            f"bridge) against the naive 1 s loop; {args.samples} deletions of every copy each, "
+            f"0.2-1.5 s after the previous repair; {args.idle:.0f} s idle each.\n\n"
             f"Machine: {machine()}.\n\n")
     text = head + table(rows)
     print(text)
@@ -288,6 +249,10 @@ def main() -> int:
                                          "(results.png)\n")
         (HERE / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
         plot(rows, HERE / "results.png")
+    lost = [f"{r['variant']} {r['rules']:,}: {r['lost']}" for r in rows if r.get("lost")]
+    if lost:
+        print(f"FAILED: deletions never repaired: {'; '.join(lost)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 R = TypeVar("R")
+NICE = 10
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class SlowChecks(Generic[R]):
         return done
 
     def _work(self) -> None:
+        # Below the loop in the scheduler's eyes, and so is every child it starts (the
+        # probe's Python, `ip`, `nsenter`): on a busy host a repair still gets the CPU
+        # first. Linux sets a nice value per thread; children inherit it.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         while True:
             job = self._jobs.get()
             if job is None:

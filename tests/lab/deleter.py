@@ -1,6 +1,7 @@
 """Deletes every copy of the IPv4 block at random moments and times each repair; runs
-inside a lab sandbox (`python -m tests.lab.deleter VARIANT COUNT MIN MAX`) beside a
-running daemon. Shared by the daemon's lab test and bench/daemon_bench.py.
+inside a lab sandbox (`python -m tests.lab.deleter VARIANT COUNT MIN MAX [MARK]`)
+beside a running daemon (MARK: what the rules to delete hold, ecs-harden's comment by
+default). Shared by the daemon's lab test and bench/daemon_bench.py.
 
 Every rule of ours to 169.254.169.254 in filter and raw goes in one `iptables-restore
 --noflush` (another tool's flush looks like this), MIN-MAX seconds after the previous
@@ -32,13 +33,15 @@ TABLES = ("filter", "raw")
 LIMIT = 5.0
 
 
-def copies() -> dict[str, list[str]]:
-    """table -> our rules there, as `iptables-save` prints them (without `-A `)."""
+def copies(mark: str) -> dict[str, list[str]]:
+    """table -> the rules to IMDS there holding `mark`, as `iptables-save` prints them
+    (without `-A `)."""
     out: dict[str, list[str]] = {}
     for table in TABLES:
         text = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
-        out[table] = [ln[3:] for ln in text.splitlines()
-                      if ln.startswith("-A ") and IMDS in ln and "ecs-harden" in ln]
+        found = [ln[3:] for ln in text.splitlines() if ln.startswith("-A ") and IMDS in ln and mark in ln]
+        if found:
+            out[table] = found
     return out
 
 
@@ -50,14 +53,15 @@ def present(rules: dict[str, list[str]]) -> bool:
 
 def delete(rules: dict[str, list[str]]) -> None:
     script = "".join(f"*{t}\n" + "".join(f"-D {r}\n" for r in found) + "COMMIT\n"
-                     for t, found in rules.items() if found)
+                     for t, found in rules.items())
     subprocess.run(["iptables-restore", "-w", "--noflush"], input=script.encode(), check=True)
 
 
 def main() -> int:
     variant, count, low, high = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-    rules = copies()
-    if not all(rules.values()):
+    mark = sys.argv[5] if len(sys.argv) > 5 else "ecs-harden"
+    rules = copies(mark)
+    if mark == "ecs-harden" and set(rules) != set(TABLES):
         print(f"no copy of the block in some table: {rules}", file=sys.stderr)
         return 2
     events = NftEvents() if variant == "nft" else None
