@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from tests.lab.foreign import per_container
 from tests.lab.host import PROJECT, EcsHost
 from tests.lab.sandbox import Sandbox
 
@@ -53,11 +54,9 @@ def docker_shaped_rules(n: int) -> str:
             "-A DOCKER-ISOLATION-STAGE-2 -j RETURN", "-A DOCKER-USER -j RETURN"]
     nat = ["*nat", ":DOCKER - [0:0]", "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
            "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", "-A DOCKER -i docker0 -j RETURN"]
-    for i in range(n):
-        ip = f"172.{17 + i // 65536 % 14}.{i // 256 % 256}.{i % 256 or 1}"
-        port = 1024 + i % 60000
-        filt.append(f"-A DOCKER -d {ip}/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport {port} -j ACCEPT")
-        nat.append(f"-A DOCKER ! -i docker0 -p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}")
+    more_filter, more_nat = per_container(n, "DOCKER")
+    filt += more_filter
+    nat += more_nat
     return "\n".join([*filt, "COMMIT", *nat, "COMMIT"]) + "\n"
 
 

@@ -78,14 +78,16 @@ ecs_harden_user_data() (
     gate=/etc/systemd/system/ecs.service.d/ecs-harden-gate.conf
     case "$ECS_HARDEN_GATE_AGENT" in
         true)
-            if [ ! -f "$gate" ]; then
+            # `gate` holds the agent only while the block is not in force (or a flag is
+            # wrong) under mode: enforce; an older drop-in (a full `check`) is replaced.
+            want=$(printf '%s\n' "# Written by ecs-harden's user-data: the ECS agent starts only once the IMDS" \
+                "# block is in force (ECS_HARDEN_GATE_AGENT=false in the user-data: not)." \
+                "[Unit]" "After=ecs-harden.service" "[Service]" "ExecStartPre=/usr/local/bin/ecs-harden gate")
+            if [ "$(cat "$gate" 2>/dev/null)" != "$want" ]; then
                 mkdir -p "${gate%/*}"
-                printf '%s\n' "# Written by ecs-harden's user-data: the ECS agent starts only once this host" \
-                    "# is hardened (ECS_HARDEN_GATE_AGENT=false in the user-data: not)." \
-                    "[Unit]" "After=ecs-harden.service" "[Service]" \
-                    "ExecStartPre=/usr/local/bin/ecs-harden --log-level error check --format text" > "$gate"
+                printf '%s\n' "$want" > "$gate"
                 systemctl daemon-reload 2>/dev/null || true
-                say "ecs.service starts only once this host is hardened ($gate)"
+                say "ecs.service starts only once the IMDS block is in force ($gate)"
             fi ;;
         false) if [ -f "$gate" ]; then rm -f "$gate"; systemctl daemon-reload 2>/dev/null || true; fi ;;
         *) fail "ECS_HARDEN_GATE_AGENT must be true or false, not '$ECS_HARDEN_GATE_AGENT'" ;;

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
@@ -21,16 +22,12 @@ from ecs_harden.errors import (
     UsageError,
 )
 from ecs_harden.lock import ReconcileLock
-from ecs_harden.reconcile import (
-    Outcome,
-    Reconciler,
-    build_components,
-    host_network,
-    live_blocks,
-    persisted_files,
-    restore_service,
-)
 from ecs_harden.report import DRIFT, ERROR, STALE, render_text
+
+if TYPE_CHECKING:
+    from ecs_harden.reconcile import Outcome
+# ecs_harden.reconcile (every component) is imported where a command needs it: `gate`,
+# the ECS agent's ExecStartPre, must not pay for it.
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -81,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls and heartbeats (overrides the policy)")
     p.add_argument("--once", action="store_true", help="reconcile once, write the status file, exit")
     fmt(command("status", "the daemon's last report (status file)"))
+    command("gate", "the ECS agent's ExecStartPre: exit 3 only while the IMDS block is not in force "
+            "or an ecs.config flag is wrong under mode: enforce; no probe, no scan, no write")
     p = command("prepare", "create the directories and files the sandboxed unit writes "
                 "(the unit's ExecStartPre=+)")
     p.add_argument("--drop-in", action="store_true",
@@ -131,6 +130,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _facts(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "gate":
+        from ecs_harden.gate import main as gate
+
+        return gate(args.policy)
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)
@@ -165,6 +168,8 @@ def _facts(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
+    from ecs_harden.reconcile import Reconciler, build_components
+
     found = facts_mod.gather()
     reconciler = Reconciler(policy, found.platform(), build_components(policy, found), announce=False)
     repair = args.command == "apply"
@@ -222,6 +227,8 @@ def _prepare(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
 
 
 def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[str]:
+    from ecs_harden.reconcile import host_network, live_blocks, persisted_files, restore_service
+
     log = logs.get("ecs_harden.remove")
     removed: list[str] = []
     for component in live_blocks(policy, found):

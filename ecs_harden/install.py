@@ -8,7 +8,10 @@ drop-in a flavor needs.
 2. ecs-harden.service as the package ships it, the Amazon Linux 2 drop-in (systemd
    219) on amzn2, and the drop-in that makes this policy's paths writable in the
    unit's sandbox (unitpaths.drop_in), each written only when it differs.
-3. `systemctl daemon-reload` when a unit file changed, `systemctl enable`; with
+3. An ECS agent gate from an older user-data (ecs.service's `ExecStartPre=ecs-harden
+   ... check`, which held the agent for what the policy only reports) becomes
+   `ecs-harden gate`; the drop-in's other bytes stay as they were.
+4. `systemctl daemon-reload` when a unit file changed, `systemctl enable`; with
    --now the unit is started, or restarted when it runs and a unit file or the
    installed version changed (--restart: whenever it runs).
 
@@ -19,6 +22,7 @@ iptables.service flushes the live tables and Docker's chains with them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,6 +147,35 @@ def install_unit(policy: Policy, flavor: type[Flavor], result: Result, *, dry_ru
     return changed
 
 
+ECS_DROP_INS = "/etc/systemd/system/ecs.service.d"
+_OLD_GATE = re.compile(
+    rb"^(ExecStartPre=[-@!+]*)(\S*/ecs-harden|ecs-harden)(?:[ \t][^\n]*)?[ \t]check\b[^\n]*$", re.M)
+
+
+def migrate_gates(result: Result, *, dry_run: bool, directory: str = ECS_DROP_INS) -> bool:
+    """Rewrite each old gate line in ecs.service's drop-ins; True when one changed."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".conf"))
+    except OSError:
+        return False
+    changed = False
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.islink(path):
+            continue  # somebody's link: theirs to change
+        have = read_bytes(path)
+        if have is None:
+            continue
+        want = _OLD_GATE.sub(lambda m: m.group(1) + m.group(2) + b" gate", have)
+        if want == have:
+            continue
+        changed = True
+        result.changed.append(f"{path}: the ECS agent's gate is now `ecs-harden gate` (was a full check)")
+        if not dry_run:
+            write_atomic(path, want, mode=0o644)
+    return changed
+
+
 def create_writable(policy: Policy, flavor: type[Flavor], result: Result, *, dry_run: bool) -> None:
     """What the daemon writes, created now, as root and outside any sandbox. The unit's
     `ExecStartPre=+ecs-harden prepare` does it at every start too, but amzn2's systemd
@@ -188,10 +221,11 @@ def install(
     if restore and policy.imds.persist:
         install_restore(flavor, result, dry_run=dry_run)
     files_changed = install_unit(policy, flavor, result, dry_run=dry_run)
+    gates_changed = migrate_gates(result, dry_run=dry_run)
     create_writable(policy, flavor, result, dry_run=dry_run)
     new_version = _version_changed(policy)
     booted = systemd_running()
-    if files_changed and not dry_run and booted:
+    if (files_changed or gates_changed) and not dry_run and booted:
         _systemctl("daemon-reload")
     if enable:
         if systemd_state(UNIT) != "enabled":

@@ -60,6 +60,9 @@ def _start(argv: Sequence[str], *, stdin: bool, env: Mapping[str, str] | None) -
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # What a child prints may carry anyone's bytes (an interface alias a user set in
+            # their own namespace): undecodable bytes become U+FFFD, never a crash.
+            errors="replace",
             env=_env(env),
         )
     except OSError as exc:

@@ -19,9 +19,8 @@ from ecs_harden.findinglog import FindingLog
 from ecs_harden.firewall.detect import backend_for
 from ecs_harden.firewall.rule import Network
 from ecs_harden.imds.block import Block
-from ecs_harden.imds.guard import GuardRule, members
 from ecs_harden.imds.hostnet import HostNetworkComponent
-from ecs_harden.imds.live import LiveBlockComponent, ipv6_available
+from ecs_harden.imds.live import LiveBlockComponent, for_policy, guard_of, ipv6_available
 from ecs_harden.imds.paths import PathsComponent
 from ecs_harden.imds.probe import ProbeComponent, task_cgroup_probed
 from ecs_harden.imds.v1 import ImdsV1Component
@@ -32,19 +31,8 @@ from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, OK, Finding, Report
 
 
-def guard_of(policy: Policy, address: Network) -> tuple[GuardRule, ...]:
-    imds = policy.imds
-    return members(address, imds.allow_interfaces, guard=imds.guard_all_interfaces)
-
-
 def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
-    imds = policy.imds
-    out = [LiveBlockComponent(4, lambda: backend_for(facts.iptables, 4), imds.interfaces, imds.ipv4,
-                              guard_of(policy, imds.ipv4))]
-    if imds.ipv6 is not None:
-        out.append(LiveBlockComponent(6, lambda: backend_for(facts.iptables, 6), imds.interfaces,
-                                      imds.ipv6, guard_of(policy, imds.ipv6)))
-    return out
+    return for_policy(policy, facts.iptables)
 
 
 def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:

@@ -29,6 +29,7 @@ from ecs_harden.imds.block import (
     count_problem,
     leading_copies,
 )
+from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, OK, Finding
 
 Places = Dict[Tuple[str, str], Tuple[Rule, ...]]  # (table, chain) -> its rules
@@ -325,3 +326,22 @@ def plan(
     for member in reversed(guard):
         ops.append(Insert(GUARD_CHAIN, 1, member.args(), GUARD_TABLE))
     return ops
+
+
+def guard_of(policy: Policy, address: Network) -> tuple[guards_.GuardRule, ...]:
+    imds = policy.imds
+    return guards_.members(address, imds.allow_interfaces, guard=imds.guard_all_interfaces)
+
+
+def for_policy(policy: Policy, variant: str | None) -> list[LiveBlockComponent]:
+    """The live checks a policy makes, one per IP family it enables, on the backend of
+    the host's iptables variant."""
+    from ecs_harden.firewall.detect import backend_for
+
+    imds = policy.imds
+    out = [LiveBlockComponent(4, lambda: backend_for(variant, 4), imds.interfaces, imds.ipv4,
+                              guard_of(policy, imds.ipv4))]
+    if imds.ipv6 is not None:
+        out.append(LiveBlockComponent(6, lambda: backend_for(variant, 6), imds.interfaces,
+                                      imds.ipv6, guard_of(policy, imds.ipv6)))
+    return out

@@ -38,7 +38,8 @@ def ip_json(*args: str, prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
     argv = [*prefix, "ip", "-j", *args]
     done = proc.run(argv, check=False, timeout=5)
     try:
-        loaded = json.loads(done.stdout) if done.returncode == 0 else None
+        # strict=False: `ip -j` prints a control byte of an alias or name as it is
+        loaded = json.loads(done.stdout, strict=False) if done.returncode == 0 else None
     except ValueError:
         loaded = None
     if not isinstance(loaded, list):

@@ -139,6 +139,60 @@ def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: Sources
     assert again.returncode == 0 and "unchanged: ecs-harden" in again.stdout, again.stdout[-3000:]
 
 
+OLD_GATE = ("# Written by ecs-harden's user-data: the ECS agent starts only once this host\n"
+            "# is hardened (ECS_HARDEN_GATE_AGENT=false in the user-data: not).\n"
+            "[Unit]\nAfter=ecs-harden.service\n[Service]\n"
+            "ExecStartPre=/usr/local/bin/ecs-harden --log-level error check --format text\n")
+TASK = "/sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice/docker-" + "ab" * 32 + ".scope"
+
+
+def agent_becomes(host: SourcesHost, want: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while host.agent() != want:
+        assert time.monotonic() < deadline, host.run(["journalctl", "-u", "ecs.service", "--no-pager",
+                                                      "-n", "30"], check=False).stdout
+        time.sleep(0.5)
+
+
+def test_the_gate_holds_the_agent_for_the_block_never_for_what_the_policy_reports(host: SourcesHost) -> None:
+    """A host-network task under imds.host_network: report (the default) makes `check` exit 3:
+    the old gate (a full check) kept a restarted agent down for good. `ecs-harden gate` lets
+    it start; it holds the agent only while the block is not in force, and the agent comes
+    up by itself (Restart=on-failure) once the block is back. `install` migrates an old
+    gate drop-in."""
+    assert "ExecStartPre=/usr/local/bin/ecs-harden gate\n" in host.run(["cat", GATE]).stdout
+    host.run(["sh", "-c", f"cat > {GATE}"], input=OLD_GATE)
+    cp = host.run(["/usr/local/bin/ecs-harden", "install", "--format", "json"])
+    assert f"{GATE}: the ECS agent's gate is now `ecs-harden gate` (was a full check)" in cp.stdout, cp.stdout
+    assert host.run(["cat", GATE]).stdout == OLD_GATE.replace(
+        "--log-level error check --format text", "gate")
+    # a host-network task: a process of the host's network namespace in a task's cgroup
+    host.sh(f"mkdir -p {TASK}; nohup sh -c 'echo $$ > {TASK}/cgroup.procs; exec sleep 300' >/dev/null 2>&1 &")
+    try:
+        deadline = time.monotonic() + 10
+        while (check := host.run(["/usr/local/bin/ecs-harden", "check"], check=False)).returncode != 3:
+            assert time.monotonic() < deadline, check.stdout
+            time.sleep(0.5)
+        assert "imds.host_network" in check.stdout and "task 1234" in check.stdout, check.stdout
+        host.run(["systemctl", "restart", "ecs.service"], check=False)
+        agent_becomes(host, "active", 30)
+        # the block gone while nothing keeps it: held, and named in the agent's journal
+        host.run(["systemctl", "stop", "ecs-harden.service"])
+        host.sh("for t in filter raw; do iptables-save -t $t | grep -- '^-A .*169.254.169.254.*ecs-harden' "
+                "| sed 's/^-A/-D/' | while read -r l; do eval iptables -w -t $t $l; done; done")
+        host.run(["systemctl", "restart", "ecs.service"], check=False)
+        time.sleep(3)
+        assert host.agent() != "active"
+        journal = host.run(["journalctl", "-u", "ecs.service", "--no-pager", "-o", "cat", "-n", "20"]).stdout
+        assert "ecs-harden gate: holding the ECS agent: imds.ipv4.live: traffic from docker+" in journal, journal
+        host.run(["/usr/local/bin/ecs-harden", "apply"], check=False)
+        agent_becomes(host, "active", 30)  # by itself: the agent's own restart passes the gate now
+    finally:
+        host.sh(f"kill $(cat {TASK}/cgroup.procs) 2>/dev/null; sleep 0.5; rmdir {TASK} "
+                "/sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice /sys/fs/cgroup/ecstasks.slice", check=False)
+        host.run(["systemctl", "start", "ecs-harden.service"], check=False)
+
+
 def test_with_the_gate_off_the_agent_is_not_held(host: SourcesHost) -> None:
     cp = host.user_data(host.s3_url, host.sha256, ECS_HARDEN_GATE_AGENT="false")
     assert cp.returncode == 0, cp.stdout[-3000:]

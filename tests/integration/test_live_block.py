@@ -190,3 +190,56 @@ def test_each_copy_is_the_rule_the_cli_makes_of_its_listing(clean: EcsHost) -> N
                 clean.sandbox.run(["sh", "-c", f"{'iptables' if fam == 4 else 'ip6tables'} -w -t {table} "
                                    f"-D {chain} " + line.split(" ", 2)[2]])
             assert not [r for r in clean.sandbox.rules_in(table, chain, fam) if "ecs-harden" in r]
+
+
+def delete_every_copy(host: EcsHost) -> None:
+    """Every rule of ours to IMDS (v4), in filter and raw, as another tool's flush would."""
+    host.sandbox.sh(
+        "for t in filter raw; do iptables-save -t $t | grep -- '^-A .*169.254.169.254.*ecs-harden' "
+        "| sed 's/^-A/-D/' | while read -r l; do eval iptables -w -t $t $l; done; done")
+
+
+def gate(host: EcsHost, policy: Any = None) -> tuple[int, str]:
+    cp = host.harden("gate", policy=policy)
+    assert cp.stderr == "", cp.stderr
+    return cp.returncode, cp.stdout.strip()
+
+
+def test_the_gate_holds_the_agent_only_while_the_block_is_not_in_force(clean: EcsHost) -> None:
+    """`ecs-harden gate` (ecs.service's ExecStartPre): 3 only when the block is not in force
+    or a flag is wrong under enforce; never for mode: report, a broken policy on a host
+    whose block holds, or what a local user writes in their own namespace."""
+    host = clean
+    config = host.sandbox.etc / "ecs" / "ecs.config"
+    assert host.report("apply")[0] == 0
+    assert gate(host) == (0, "ecs-harden gate: the IMDS block is in force")
+    # an unprivileged user's namespace, its loopback's alias not UTF-8 and with a control byte
+    user = host.sandbox.spawn(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "--user",
+         "--map-root-user", "--net", "sh", "-c", "ip link set lo alias \"$(printf 'x\\377\\001y')\"; sleep 120"],
+        host.dir / "user-ns.log")
+    try:
+        code, report = host.report("check")
+        assert code == 0, [f for f in report["findings"] if f["status"] != "ok"]
+        assert gate(host)[0] == 0
+    finally:
+        user.kill()
+    delete_every_copy(host)
+    code, line = gate(host)
+    assert code == 3 and line.startswith("ecs-harden gate: holding the ECS agent: imds.ipv4.live: "
+                                         "traffic from docker+ to 169.254.169.254/32 is not dropped"), line
+    report_mode = host.policy("mode: report\n", name="report-policy.yaml")
+    code, line = gate(host, report_mode)
+    assert code == 0 and "not holding the agent (mode: report); missing: imds.ipv4.live" in line, line
+    broken = host.policy("mode: sideways\n", name="broken-policy.yaml")
+    code, line = gate(host, broken)
+    assert code == 3 and "the policy is broken" in line and "imds.ipv4.live" in line, line
+    assert host.report("apply")[0] == 0
+    code, line = gate(host, broken)
+    assert code == 0 and "the IMDS block is in force; the policy is broken" in line, line
+    # a quoted value turns the agent's flag off: held, and named
+    config.write_text(config.read_text().replace("ECS_AWSVPC_BLOCK_IMDS=true", 'ECS_AWSVPC_BLOCK_IMDS="true"'))
+    code, line = gate(host)
+    assert code == 3 and "ecs_config.ECS_AWSVPC_BLOCK_IMDS" in line and "imds." not in line, line
+    assert host.report("apply")[0] == 0
+    assert gate(host)[0] == 0

@@ -191,22 +191,15 @@ def _recorded(vm: VagrantLab) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
-def test_after_a_reboot_the_block_is_in_force_before_docker_starts(vm: VagrantLab) -> None:
+def test_after_a_reboot_the_boot_restore_alone_puts_the_block_in_force_before_docker(vm: VagrantLab) -> None:
+    """One reboot, the unit disabled: what the distribution restores at boot must hold the
+    block, in every chain and both families, before docker.service starts. (That the unit
+    itself starts at boot, ordered before Docker, is the booted systemd's test:
+    tests/boot/test_unit_boot.py; a second VM reboot with it enabled proved nothing more
+    for about 250 s of CI.)"""
     vm.ssh("sudo mkdir -p /etc/systemd/system/docker.service.d && sudo tee "
            "/etc/systemd/system/docker.service.d/ecs-test-record.conf >/dev/null && sudo systemctl daemon-reload",
            input=RECORD_DROP_IN)
-    vm.timed("reboot", vm.reboot)
-    vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
-    v4, v6 = _recorded(vm)
-    assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
-    for chain in ("DOCKER-USER", "FORWARD"):
-        assert v4.count(f"-A {chain} {DROP_V4}") == 1, v4
-        assert v6.count(f"-A {chain} {DROP_V6}") == 1, v6
-    assert v4.count(f"-A PREROUTING {DROP_V4}") == 1 and v6.count(f"-A PREROUTING {DROP_V6}") == 1
-    infra(vm)
-
-
-def test_with_the_unit_disabled_the_boot_restore_alone_blocks(vm: VagrantLab) -> None:
     vm.ssh("sudo systemctl disable ecs-harden.service")
     vm.timed("reboot, unit disabled", vm.reboot)
     vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
@@ -214,5 +207,8 @@ def test_with_the_unit_disabled_the_boot_restore_alone_blocks(vm: VagrantLab) ->
     v4, v6 = _recorded(vm)
     assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
     assert v4[1] == "inactive"
-    assert v4.count(f"-A DOCKER-USER {DROP_V4}") == 1 and v6.count(f"-A DOCKER-USER {DROP_V6}") == 1
+    for chain in ("DOCKER-USER", "FORWARD"):
+        assert v4.count(f"-A {chain} {DROP_V4}") == 1, v4
+        assert v6.count(f"-A {chain} {DROP_V6}") == 1, v6
+    assert v4.count(f"-A PREROUTING {DROP_V4}") == 1 and v6.count(f"-A PREROUTING {DROP_V6}") == 1
     infra(vm, "--no-daemon")
