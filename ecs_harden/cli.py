@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "gate":  # one line on stdout, no log: before anything else is set up
+        from ecs_harden.gate import main as gate
+
+        return gate(args.policy)
     logs.configure(args.log_format, args.log_level)
     log = logs.get("ecs_harden.cli")
     try:
@@ -130,10 +134,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _facts(args)
     if args.command == "status":
         return _status(args)
-    if args.command == "gate":
-        from ecs_harden.gate import main as gate
-
-        return gate(args.policy)
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)

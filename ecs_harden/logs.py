@@ -6,13 +6,16 @@ import logging
 import sys
 from typing import Any
 
-import structlog
+# structlog is imported when a log is set up or asked for: `ecs-harden gate` (the ECS
+# agent's ExecStartPre) logs nothing and must start fast.
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def configure(fmt: str | None = None, level: str = "info") -> None:
     """fmt is 'json' or 'console'; None picks JSON unless stdout is a TTY (as SPEC says)."""
+    import structlog
+
     if fmt is None:
         fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Any = (
@@ -36,4 +39,6 @@ def configure(fmt: str | None = None, level: str = "info") -> None:
 
 
 def get(name: str) -> Any:
+    import structlog
+
     return structlog.get_logger(name)

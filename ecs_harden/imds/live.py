@@ -333,15 +333,18 @@ def guard_of(policy: Policy, address: Network) -> tuple[guards_.GuardRule, ...]:
     return guards_.members(address, imds.allow_interfaces, guard=imds.guard_all_interfaces)
 
 
-def for_policy(policy: Policy, variant: str | None) -> list[LiveBlockComponent]:
+def for_policy(
+    policy: Policy, variant: str | None, backend: Callable[[int], Backend] | None = None
+) -> list[LiveBlockComponent]:
     """The live checks a policy makes, one per IP family it enables, on the backend of
-    the host's iptables variant."""
+    the host's iptables variant (or the one given: a reader that never commits)."""
     from ecs_harden.firewall.detect import backend_for
 
+    def make(family: int) -> Callable[[], Backend]:
+        return (lambda: backend(family)) if backend is not None else (lambda: backend_for(variant, family))
+
     imds = policy.imds
-    out = [LiveBlockComponent(4, lambda: backend_for(variant, 4), imds.interfaces, imds.ipv4,
-                              guard_of(policy, imds.ipv4))]
+    out = [LiveBlockComponent(4, make(4), imds.interfaces, imds.ipv4, guard_of(policy, imds.ipv4))]
     if imds.ipv6 is not None:
-        out.append(LiveBlockComponent(6, lambda: backend_for(variant, 6), imds.interfaces,
-                                      imds.ipv6, guard_of(policy, imds.ipv6)))
+        out.append(LiveBlockComponent(6, make(6), imds.interfaces, imds.ipv6, guard_of(policy, imds.ipv6)))
     return out
