@@ -92,9 +92,28 @@ class Bypass:
     parent: str
 
 
+@dataclass(frozen=True)
+class Scan:
+    """What one scan found: the bypassing links, the namespaces whose listing could not
+    be read (named: never taken as empty), and how many were not looked at yet (the
+    budget ran out: the next scan starts with them)."""
+
+    bypasses: tuple[Bypass, ...] = ()
+    unreadable: tuple[str, ...] = ()
+    unseen: int = 0
+
+
 class NamespaceScanner:
-    """Looks into each network namespace but the host's for bypassing links; a namespace
-    already seen is looked at again only after RESCAN seconds (one `ip` per namespace)."""
+    """Looks into each network namespace but the host's for bypassing links: BATCH at a
+    time (one `nsenter` + `ip` each), at most BUDGET_COUNT namespaces and BUDGET_SECONDS
+    a scan, the never-seen first, then the longest unseen. A namespace already looked at
+    is looked at again only after RESCAN seconds; one whose listing failed, at the next
+    scan. A user with thousands of namespaces delays the full picture by a few scans,
+    never a reconcile or the daemon's watchdog (the scan runs beside the loop)."""
+
+    BATCH = 16
+    BUDGET_COUNT = 1000
+    BUDGET_SECONDS = 5.0
 
     def __init__(self, proc_dir: str = PROC, clock: Callable[[], float] = time.monotonic):
         self.proc = proc_dir
@@ -110,33 +129,64 @@ class NamespaceScanner:
                 out.setdefault(ino, pid)
         return out
 
-    def scan(self, host_names: dict[int, str]) -> list[Bypass]:
-        now = self.clock()
-        found: list[Bypass] = []
+    def scan(self, host_names: dict[int, str]) -> Scan:
+        start = self.clock()
         current = self.namespaces()
-        for ino, pid in sorted(current.items()):
-            seen = self._seen.get(ino)
-            if seen is None or now - seen[0] >= RESCAN:
-                seen = (now, self._look(pid, host_names))
-                self._seen[ino] = seen
-            found.extend(seen[1])
         self._seen = {k: v for k, v in self._seen.items() if k in current}
-        return found
+        due = sorted((ino for ino in current
+                      if ino not in self._seen or start - self._seen[ino][0] >= RESCAN),
+                     key=lambda ino: (ino in self._seen, self._seen.get(ino, (0.0, []))[0]))
+        unreadable: list[str] = []
+        looked = 0
+        while due[looked:] and looked < self.BUDGET_COUNT and self.clock() - start < self.BUDGET_SECONDS:
+            batch = due[looked:looked + min(self.BATCH, self.BUDGET_COUNT - looked)]
+            looked += len(batch)
+            pids = [current[ino] for ino in batch]
+            argvs = [["nsenter", f"--net={self.proc}/{pid}/ns/net", "--", "ip", "-j", "-d", "link", "show"]
+                     for pid in pids]
+            for ino, pid, done in zip(batch, pids, proc.run_many(argvs, timeout=5)):
+                found = self._bypasses(pid, done, host_names)
+                if found is not None:
+                    self._seen[ino] = (self.clock(), found)
+                elif self._same_namespace(pid, ino):  # not a container that just exited
+                    unreadable.append(f"pid {pid} ({container_of(self.proc, pid)})")
+        bypasses = [b for _, found in self._seen.values() for b in found]
+        unseen = sum(1 for ino in due[looked:] if ino not in self._seen)
+        return Scan(tuple(sorted(bypasses, key=lambda b: (b.pid, b.interface))), tuple(unreadable), unseen)
 
-    def _look(self, pid: int, host_names: dict[int, str]) -> list[Bypass]:
-        out = []
+    def _same_namespace(self, pid: int, ino: int) -> bool:
         try:
-            found = links(["nsenter", f"--net={self.proc}/{pid}/ns/net", "--"])
-        except RuntimeFailure:
-            return []  # the namespace went away while we looked (a container that exited)
-        for link in found:
+            return os.stat(os.path.join(self.proc, str(pid), "ns", "net")).st_ino == ino
+        except OSError:
+            return False
+
+    def _bypasses(self, pid: int, done: proc.Completed, host_names: dict[int, str]) -> list[Bypass] | None:
+        """The bypassing links of one listing; None when it could not be read."""
+        try:
+            loaded = json.loads(done.stdout, strict=False) if done.returncode == 0 else None
+        except ValueError:
+            loaded = None
+        if not isinstance(loaded, list):
+            return None
+        out = []
+        for link in loaded:
+            if not isinstance(link, dict):
+                continue
             kind = kind_of(link)
             if kind not in BYPASS_KINDS or "link_netnsid" not in link:
                 continue  # a child of a link in its own namespace stays behind that namespace
             index = link.get("link_index")
             parent = host_names.get(index, f"ifindex {index}") if isinstance(index, int) else "?"
-            out.append(Bypass(pid, container_of(self.proc, pid), str(link.get("ifname")), str(kind), parent))
+            name = link.get("ifname")
+            out.append(Bypass(pid, container_of(self.proc, pid), shown(name), str(kind), parent))
         return out
+
+
+def shown(value: object) -> str:
+    """A name from someone else's namespace, as a report line may hold it: control
+    characters escaped, at most 64 characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)[:64]
 
 
 def container_of(proc_dir: str, pid: int) -> str:
@@ -162,7 +212,7 @@ def covered(name: str, patterns: Sequence[str]) -> str | None:
 
 
 def judge(interfaces: Sequence[str], bypasses: Sequence[Bypass], patterns: Sequence[str],
-          exceptions: Sequence[str], guard: bool) -> Finding:
+          exceptions: Sequence[str], guard: bool, scan: Scan | None = None) -> Finding:
     blocked_by = "the pattern(s) " + ", ".join(patterns)
     if guard:
         blocked_by += " and the guard of every interface"
@@ -196,8 +246,19 @@ def judge(interfaces: Sequence[str], bypasses: Sequence[Bypass], patterns: Seque
             f"{b.parent} past every netfilter rule of the host and reaches IMDS; no rule can close it "
             f"(use a bridge network, or declare {b.parent} in imds.allow_interfaces)")
     actual = "; ".join(states) if states else "no container interfaces"
+    unsure = []
+    if scan is not None and scan.unreadable:
+        unsure.append(f"{len(scan.unreadable)} network namespace(s) could not be listed, so a macvlan/ipvlan "
+                      f"child there would not be seen: {', '.join(scan.unreadable[:5])}"
+                      + (" ..." if len(scan.unreadable) > 5 else ""))
+    if scan is not None and scan.unseen:
+        unsure.append(f"{scan.unseen} network namespace(s) not looked at yet (the scan's budget of "
+                      f"{NamespaceScanner.BUDGET_COUNT} namespaces and {NamespaceScanner.BUDGET_SECONDS:g} s "
+                      "ran out: the next scans go on with them)")
     if problems:
-        return Finding(CHECK, DRIFT, expected, actual, "; ".join(problems))
+        return Finding(CHECK, DRIFT, expected, actual, "; ".join(problems + unsure))
+    if unsure:
+        return Finding(CHECK, WARN, expected, actual, "; ".join(unsure))
     return Finding(CHECK, OK, expected, actual, "every path from a container interface is closed or declared")
 
 
@@ -231,8 +292,8 @@ class PathsComponent(Base):
             return Inspection((Finding(CHECK, WARN, detail=f"cannot list the host's interfaces: {exc}; "
                                        "which interfaces carry container traffic is unknown"),))
         interfaces = container_interfaces(host, self.uplink(self.imds))
-        bypasses = self.scanner.scan(ifindexes(host))
-        findings = [judge(interfaces, bypasses, self.patterns, self.exceptions, self.guard)]
+        scan = self.scanner.scan(ifindexes(host))
+        findings = [judge(interfaces, scan.bypasses, self.patterns, self.exceptions, self.guard, scan)]
         since = self._since()
         wanted = {e: since.get(e) for e in self.exceptions}
         if self.exceptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,31 +49,84 @@ def test_a_macvlan_child_is_drift_naming_container_and_parent() -> None:
     assert judge(["docker0"], [b], ("docker+",), ("eth0",), guard=True).status == "ok"
 
 
-def test_scanner_names_bypassing_links_and_rescans_only_after_a_while(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [0.0]
-    calls: list[list[str]] = []
-    ns_links = [
-        {"ifindex": 1, "ifname": "lo"},
-        {"ifindex": 9, "ifname": "eth0", "link_index": 2, "link_netnsid": 0, "linkinfo": {"info_kind": "ipvlan"}},
-        {"ifindex": 10, "ifname": "eth1", "link_index": 9, "linkinfo": {"info_kind": "macvlan"}},
-    ]
+def scanner_with(monkeypatch: pytest.MonkeyPatch, namespaces: dict[int, int],
+                 answer: Callable[[int], proc.Completed], now: list[float]) -> tuple[NamespaceScanner, list[int]]:
+    """A scanner over these namespaces (inode -> pid) whose `ip` answers as told per pid."""
+    calls: list[int] = []
 
-    def run(argv: list[str], **kw: object) -> proc.Completed:
-        calls.append(argv)
-        return proc.Completed(tuple(argv), 0, json.dumps(ns_links), "")
+    def run_many(argvs: list[list[str]], **kw: object) -> list[proc.Completed]:
+        out = []
+        for argv in argvs:
+            pid = int(argv[1].split("/")[-3])
+            calls.append(pid)
+            out.append(answer(pid))
+        return out
 
-    monkeypatch.setattr(proc, "run", run)
+    monkeypatch.setattr(proc, "run_many", run_many)
     scanner = NamespaceScanner(clock=lambda: now[0])
-    monkeypatch.setattr(scanner, "namespaces", lambda: {1234: 77})
-    monkeypatch.setattr(paths, "container_of", lambda proc_dir, pid: "container abcdefabcdef")
+    monkeypatch.setattr(scanner, "namespaces", lambda: dict(namespaces))
+    monkeypatch.setattr(scanner, "_same_namespace", lambda pid, ino: True)
+    monkeypatch.setattr(paths, "container_of", lambda proc_dir, pid: f"container of {pid}")
+    return scanner, calls
+
+
+NS_LINKS = [
+    {"ifindex": 1, "ifname": "lo"},
+    {"ifindex": 9, "ifname": "eth0", "link_index": 2, "link_netnsid": 0, "linkinfo": {"info_kind": "ipvlan"}},
+    {"ifindex": 10, "ifname": "eth1", "link_index": 9, "linkinfo": {"info_kind": "macvlan"}},
+]
+
+
+def test_scanner_names_bypassing_links_and_rescans_only_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    scanner, calls = scanner_with(monkeypatch, {1234: 77},
+                                  lambda pid: proc.Completed((), 0, json.dumps(NS_LINKS), ""), now)
     found = scanner.scan({2: "eth0"})
-    assert found == [Bypass(77, "container abcdefabcdef", "eth0", "ipvlan", "eth0")]
+    assert found == paths.Scan((Bypass(77, "container of 77", "eth0", "ipvlan", "eth0"),))
     scanner.scan({2: "eth0"})
-    assert len(calls) == 1
+    assert calls == [77]
     now[0] = paths.RESCAN
     scanner.scan({2: "eth0"})
-    assert len(calls) == 2
+    assert calls == [77, 77]
+
+
+def test_a_namespace_that_cannot_be_listed_is_named_never_taken_as_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone's bytes: an alias with a control byte (ip -j prints it raw) still parses and
+    its macvlan is named, escaped; a listing that is no JSON names its namespace (warn)."""
+    alias = json.dumps([{**NS_LINKS[1], "ifname": "mv0", "ifalias": "x\x01y"}]).replace("\\u0001", "\x01")
+    assert "\x01" in alias
+
+    def answer(pid: int) -> proc.Completed:
+        if pid == 66:
+            return proc.Completed((), 0, "[{\"ifname\": \"\ufffd", "")  # cut off
+        return proc.Completed((), 0, alias, "")
+
+    scanner, calls = scanner_with(monkeypatch, {1: 66, 2: 77}, answer, [0.0])
+    scan = scanner.scan({2: "eth0"})
+    assert scan.unreadable == ("pid 66 (container of 66)",)
+    assert [b.interface for b in scan.bypasses] == ["mv0"]
+    f = judge(["docker0"], (), ("docker+",), (), True, paths.Scan(unreadable=scan.unreadable))
+    assert f.status == "warn" and "could not be listed" in f.detail and "pid 66" in f.detail
+    scanner.scan({2: "eth0"})
+    assert calls.count(66) == 2 and calls.count(77) == 1  # the unreadable one again at once
+    assert paths.shown("a\x01b\x7f") == "a\\x01b\\x7f"
+
+
+def test_a_scan_has_a_budget_and_the_next_scans_go_on_where_it_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    empty = proc.Completed((), 0, "[]", "")
+    many = {ino: 1000 + ino for ino in range(2500)}
+    scanner, calls = scanner_with(monkeypatch, many, lambda pid: empty, now)
+    first = scanner.scan({})
+    assert len(calls) == NamespaceScanner.BUDGET_COUNT and first.unseen == 2500 - NamespaceScanner.BUDGET_COUNT
+    f = judge(["docker0"], (), ("docker+",), (), True, first)
+    assert f.status == "warn" and f"{first.unseen} network namespace(s) not looked at yet" in f.detail
+    scanner.scan({})
+    last = scanner.scan({})
+    assert last.unseen == 0 and sorted(set(calls)) == sorted(many.values()) and len(calls) == 2500
+    # time runs out too: a scan stops between batches once BUDGET_SECONDS have gone
+    slow, slow_calls = scanner_with(monkeypatch, many, lambda pid: (now.__setitem__(0, now[0] + 0.1), empty)[1], now)
+    assert slow.scan({}).unseen > 0 and len(slow_calls) <= NamespaceScanner.BUDGET_SECONDS / 0.1 + slow.BATCH
 
 
 def test_exceptions_are_reported_with_since_when(tmp_path: Path) -> None:
