@@ -12,19 +12,22 @@ inserted again when systemd has made the slice afresh (its inode changed).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-import psutil
 
 from ecs_harden.atomic import read_json_state, write_json_state
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
 from ecs_harden.firewall.rule import Network, Rule
 from ecs_harden.imds.block import leading_copies
+from ecs_harden.imds.dockerview import (
+    container_name,
+    docker_root,
+    host_network_task_containers,
+    read_untrusted,
+)
 from ecs_harden.imds.netns import PROC, process_namespaces
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
@@ -42,10 +45,13 @@ class HostTask:
     container: str  # the full container id
     task: str
     name: str | None = None  # the ECS container name (or Docker's), when Docker's files say
+    # In the task cgroups (ecstasks.slice, /ecs), where the cgroup rule can match it; a
+    # task container Docker names but outside them (task limits off) cannot be covered.
+    in_task_cgroup: bool = True
 
     def label(self) -> str:
         who = f"{self.name} ({self.container[:12]})" if self.name else f"container {self.container[:12]}"
-        return f"{who} of task {self.task}"
+        return f"{who} of task {self.task}" + ("" if self.in_task_cgroup else " (outside the task cgroups)")
 
 
 def cgroup_v2(root: str = CGROUP_ROOT) -> bool:
@@ -53,56 +59,28 @@ def cgroup_v2(root: str = CGROUP_ROOT) -> bool:
 
 
 def host_network_tasks(proc_dir: str = PROC) -> list[HostTask]:
-    """Every task container whose processes share our network namespace, by cgroup."""
+    """Every task container in our network namespace: by cgroup (the processes sharing
+    our namespace in a task's cgroup), and by Docker's own view (running containers in
+    the host network with an ECS task's labels), which also finds the tasks outside the
+    task cgroups."""
     own, by_pid = process_namespaces(proc_dir)
     found: dict[str, str] = {}
     for pid, ino in by_pid.items():
         if own is None or ino != own:
             continue
-        try:
-            with open(os.path.join(proc_dir, str(pid), "cgroup")) as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        text = read_untrusted(os.path.join(proc_dir, str(pid), "cgroup"), cap=1 << 16)
+        for line in (text or b"").decode("utf-8", errors="replace").splitlines():
             m = _V2.match(line) or _V1.search(line)
             if m:
                 found.setdefault(m.group(2), m.group(1))
                 break
     root = docker_root()
-    return [HostTask(cid, task, container_name(root, cid)) for cid, task in sorted(found.items())]
-
-
-def docker_root() -> str:
-    """Docker's data root: dockerd's --data-root, else daemon.json's, else the default."""
-    for p in psutil.process_iter(["name", "cmdline"]):
-        if p.info.get("name") != "dockerd":
-            continue
-        argv = p.info.get("cmdline") or []
-        for i, arg in enumerate(argv):
-            if arg == "--data-root" and i + 1 < len(argv):
-                return str(argv[i + 1])
-            if arg.startswith("--data-root="):
-                return str(arg.split("=", 1)[1])
-    try:
-        with open("/etc/docker/daemon.json") as fh:
-            configured = json.load(fh).get("data-root")
-        if isinstance(configured, str):
-            return configured
-    except (OSError, ValueError, AttributeError):
-        pass
-    return "/var/lib/docker"
-
-
-def container_name(root: str, cid: str) -> str | None:
-    try:
-        with open(os.path.join(root, "containers", cid, "config.v2.json")) as fh:
-            config = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    labels = (config.get("Config") or {}).get("Labels") or {}
-    name = labels.get("com.amazonaws.ecs.container-name") or str(config.get("Name") or "").lstrip("/")
-    return name if isinstance(name, str) and name else None
+    tasks = {cid: HostTask(cid, task, container_name(root, cid)) for cid, task in found.items()}
+    for c in host_network_task_containers() or []:
+        if c.container not in tasks:
+            tasks[c.container] = HostTask(c.container, c.task, c.name or container_name(root, c.container),
+                                          in_task_cgroup=False)
+    return [tasks[cid] for cid in sorted(tasks)]
 
 
 def rule_args(address: Network) -> tuple[str, ...]:
@@ -214,9 +192,14 @@ class HostNetworkComponent(Base):
                                "imds.host_network: block needs cgroup v2 (this host has v1: its task "
                                "cgroups under /ecs cannot be matched by path)"
                                + (": these containers reach IMDS" if tasks else ""))
+            outside = [t.label() for t in tasks if not t.in_task_cgroup]
+            if outside:
+                problems = [*problems, f"{'; '.join(outside)} can reach IMDS: the rule matches "
+                            f"{TASK_SLICE} only, and these task containers run outside it (ECS task "
+                            "resource limits off?)"]
             if problems:
                 return Finding(CHECK, DRIFT, self.expected(), actual, "; ".join(problems)
-                               + (f": {names} reach IMDS" if tasks else ""))
+                               + (f": {names} reach IMDS" if tasks and not outside else ""))
             if inode is None:
                 return Finding(CHECK, OK, self.expected(), actual,
                                f"no {TASK_SLICE} yet: no task runs; the rule goes in when it appears")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from ecs_harden.imds import hostnet
+from ecs_harden.imds import dockerview, hostnet
 from ecs_harden.imds.hostnet import HostNetworkComponent, HostTask, host_network_tasks
 from tests.unit.test_imds_plan import V4, FakeBackend
 
@@ -42,8 +45,26 @@ def fake_proc(tmp_path: Path) -> Path:
 def test_host_network_tasks_are_found_by_cgroup_in_the_host_namespace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hostnet, "docker_root", lambda: str(tmp_path / "docker"))
+    monkeypatch.setattr(hostnet, "host_network_task_containers", lambda: None)  # Docker not answering
     tasks = host_network_tasks(str(fake_proc(tmp_path)))
     assert tasks == [HostTask(CID, "1234"), HostTask("c" * 64, "5678")]
+
+
+def test_dockers_own_view_names_the_task_containers_outside_the_task_cgroups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ECS task resource limits off, a host-network task sits in system.slice: the
+    cgroup finds nothing there (OTHER, pid 11), Docker's labels do; under block the rule
+    cannot cover it: drift naming it."""
+    monkeypatch.setattr(hostnet, "docker_root", lambda: str(tmp_path / "docker"))
+    monkeypatch.setattr(hostnet, "host_network_task_containers", lambda: [
+        dockerview.TaskContainer(OTHER, "77aa", "shipper"), dockerview.TaskContainer(CID, "1234", None)])
+    tasks = host_network_tasks(str(fake_proc(tmp_path)))
+    assert HostTask(OTHER, "77aa", "shipper", in_task_cgroup=False) in tasks
+    assert HostTask(CID, "1234") in tasks  # found by its cgroup: covered
+    c, _ = component(tmp_path, "block", tasks)
+    (f,) = c.inspect().findings
+    assert f.status == "drift"
+    assert "shipper (bbbbbbbbbbbb) of task 77aa (outside the task cgroups) can reach IMDS" in f.detail
 
 
 def test_the_container_name_comes_from_the_ecs_label(tmp_path: Path) -> None:
@@ -51,8 +72,35 @@ def test_the_container_name_comes_from_the_ecs_label(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     (d / "config.v2.json").write_text(
         '{"Name": "/ecs-web-1-web-abc", "Config": {"Labels": {"com.amazonaws.ecs.container-name": "web"}}}')
-    assert hostnet.container_name(str(tmp_path), CID) == "web"
-    assert hostnet.container_name(str(tmp_path), OTHER) is None
+    assert dockerview.container_name(str(tmp_path), CID) == "web"
+    assert dockerview.container_name(str(tmp_path), OTHER) is None
+
+
+def test_files_under_dockers_root_are_untrusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO where config.v2.json should be (it blocked `check` until killed), a link, a
+    JSON that is no object, a file past the cap: no name, at once, no exception."""
+    for cid, make in ((CID, "fifo"), (OTHER, "list"), ("c" * 64, "link"), ("d" * 64, "huge")):
+        d = tmp_path / "containers" / cid
+        d.mkdir(parents=True)
+        target = d / "config.v2.json"
+        if make == "fifo":
+            os.mkfifo(target)
+        elif make == "list":
+            target.write_text("[]")
+        elif make == "link":
+            (tmp_path / "elsewhere.json").write_text('{"Name": "/x"}')
+            target.symlink_to(tmp_path / "elsewhere.json")
+        else:
+            target.write_bytes(b" " * (dockerview.CAP + 1))
+        assert dockerview.container_name(str(tmp_path), cid) is None, make
+    # the data root is Docker's answer, else daemon.json (a FIFO there: not read), never a process
+    monkeypatch.setattr(dockerview, "api", lambda path: None)
+    fifo = tmp_path / "daemon.json"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(dockerview, "DAEMON_JSON", str(fifo))
+    assert dockerview.docker_root() == "/var/lib/docker"
+    monkeypatch.setattr(dockerview, "api", lambda path: {"DockerRootDir": "/data/docker"})
+    assert dockerview.docker_root() == "/data/docker"
 
 
 def component(tmp_path: Path, mode: str, tasks: list[HostTask], text: str = "-P OUTPUT ACCEPT\n",
@@ -119,3 +167,39 @@ def test_block_on_cgroup_v1_says_it_cannot(tmp_path: Path) -> None:
     os.remove(tmp_path / "cgroup" / "cgroup.controllers")
     (f,) = c.inspect().findings
     assert f.status == "drift" and "needs cgroup v2" in f.detail
+
+
+def serve_once(path: Path, answer: bytes | None) -> threading.Thread:
+    """A unix socket that answers one request with answer (None: reads, never answers)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        conn.recv(4096)
+        if answer is not None:
+            conn.sendall(answer)
+            conn.close()
+        else:
+            time.sleep(5.0)
+            conn.close()
+        srv.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_dockers_api_is_asked_with_a_timeout_and_a_cap(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.sock"
+    serve_once(ok, b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"DockerRootDir": "/d"}')
+    assert dockerview.api("/info", sockets=(str(tmp_path / "none.sock"), str(ok))) == {"DockerRootDir": "/d"}
+    bad = tmp_path / "bad.sock"
+    serve_once(bad, b"HTTP/1.0 500 Internal Server Error\r\n\r\n{}")
+    assert dockerview.api("/info", sockets=(str(bad),)) is None
+    mute = tmp_path / "mute.sock"
+    serve_once(mute, None)
+    t0 = time.monotonic()
+    assert dockerview.api("/info", sockets=(str(mute),), timeout=0.2) is None
+    assert time.monotonic() - t0 < 3.0  # the timeout, not the server (5 s), ended it
