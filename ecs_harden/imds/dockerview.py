@@ -18,7 +18,7 @@ from urllib.parse import quote
 SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
 DAEMON_JSON = "/etc/docker/daemon.json"
 DEFAULT_ROOT = "/var/lib/docker"
-TIMEOUT = 2.0
+TIMEOUT = 1.0  # imds.host_network runs in the daemon's loop: a wedged dockerd costs this, once
 CAP = 4 << 20  # bytes: an answer or a file larger than this is not read
 TASK_ARN = "com.amazonaws.ecs.task-arn"
 CONTAINER_NAME = "com.amazonaws.ecs.container-name"
@@ -61,12 +61,15 @@ def load_json(data: bytes | None) -> Any:
 
 def api(path: str, sockets: tuple[str, ...] = SOCKETS, timeout: float = TIMEOUT) -> Any:
     """GET path from Docker's API; the decoded JSON, None when Docker does not answer."""
+    asked: set[tuple[int, int]] = set()
     for where in sockets:
         try:
-            if not stat.S_ISSOCK(os.stat(where).st_mode):
-                continue
+            st = os.stat(where)
         except OSError:
             continue
+        if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) in asked:
+            continue  # /var/run is /run: one socket, asked once
+        asked.add((st.st_dev, st.st_ino))
         with contextlib.suppress(OSError, ValueError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(where)
