@@ -3,8 +3,12 @@ the raw PREROUTING guard of every interface, declared exceptions, imds.paths."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,3 +241,63 @@ def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: Ec
         for line in h.docker("ps", "-aq", "--filter", "network=mvnet", check=False).stdout.split():
             h.docker("rm", "-f", line, check=False)
         h.docker("network", "rm", "mvnet", check=False)
+
+
+# As an unprivileged user: N processes, each in a user and network namespace of its own;
+# their pids go to PIDS, the last on its own line at the end.
+MANY = ("pids=$1; n=$2; : > $pids; i=0; while [ $i -lt $n ]; do "
+        "unshare --user --map-root-user --net sleep 900 & echo $! >> $pids; i=$((i+1)); done; "
+        "echo ready >> $pids; wait")
+
+
+def test_thousands_of_a_users_namespaces_never_stall_a_check_or_the_daemon(paths: EcsHost) -> None:
+    """2,000 empty user+net namespaces of an unprivileged user (the scan used to take 8-9 s,
+    serially, in the daemon's loop): `check` answers within 10 s and says how many it did not
+    look at yet; the daemon, its watchdog fed meanwhile, has looked at all of them within
+    three resyncs and names a macvlan child in the last namespace created. Last in the
+    module: the namespaces stay until the module's sandbox goes."""
+    from tests.integration.test_daemon import start_daemon
+
+    h = paths
+    assert h.report("apply")[0] == 0
+    pids = h.dir / "user-ns.pids"
+    h.sandbox.spawn(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", MANY, "sh",
+                     str(pids), "2000"], h.dir / "user-ns.log")
+    deadline = time.monotonic() + 300
+    while not (pids.exists() and pids.read_text().endswith("ready\n")):
+        assert time.monotonic() < deadline, (h.dir / "user-ns.log").read_text()[-2000:]
+        time.sleep(0.5)
+    last = pids.read_text().split()[-2]
+    time.sleep(1)  # the last unshare has made its namespace
+    h.sandbox.sh(f"ip link add mvlast link imds-host type macvlan mode bridge; ip link set mvlast netns {last}")
+    try:
+        t0 = time.monotonic()
+        code, report = h.report("check")
+        took = time.monotonic() - t0
+        f = findings(report)["imds.paths"]
+        assert took < 10 and code in (1, 3), f"check took {took:.1f} s, exit {code}"
+        assert f["status"] in ("warn", "drift"), f
+        assert "not looked at yet" in f["detail"] or "mvlast" in f["detail"], f
+        policy = h.policy("interval: 1\nresync: 5\n", name="many-ns.yaml", probe=True)
+        run = start_daemon(h, policy)
+        try:
+            run.wait_for("READY=1", 60)
+            status = h.dir / "status.json"
+            deadline = time.monotonic() + 3 * 5 + 20  # three resyncs, and what a scan itself takes
+            seen: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                seen = findings(json.loads(status.read_text()))["imds.paths"]
+                if "mvlast" in seen["detail"] and "not looked at yet" not in seen["detail"]:
+                    break
+                time.sleep(0.5)
+            assert "mvlast" in seen["detail"] and "not looked at yet" not in seen["detail"], seen
+            assert seen["status"] == "drift" and "has macvlan mvlast, a child of imds-host" in seen["detail"]
+            assert run.proc.poll() is None  # never killed by its watchdog
+            run.collect(2)
+            assert sum("WATCHDOG=1" in m.split("\n") for m in run.messages) >= 2
+        finally:
+            os.kill(run.pid, signal.SIGKILL)
+            run.proc.wait(timeout=10)
+            run.notify.close()
+    finally:
+        h.sandbox.sh(f"kill {' '.join(pids.read_text().split()[:-1])} 2>/dev/null; true", check=False)
