@@ -275,7 +275,7 @@ def test_thousands_of_a_users_namespaces_never_stall_a_check_or_the_daemon(paths
         code, report = h.report("check")
         took = time.monotonic() - t0
         f = findings(report)["imds.paths"]
-        assert took < 10 and code in (1, 3), f"check took {took:.1f} s, exit {code}"
+        assert took < 10 and code in (0, 3), f"check took {took:.1f} s, exit {code}"
         assert f["status"] in ("warn", "drift"), f
         assert "not looked at yet" in f["detail"] or "mvlast" in f["detail"], f
         policy = h.policy("interval: 1\nresync: 5\n", name="many-ns.yaml", probe=True)
