@@ -36,8 +36,9 @@ COMMENT = "ecs-harden: block IMDS from host-network ECS tasks"
 CGROUP_ROOT = "/sys/fs/cgroup"
 TASK_SLICE = "ecstasks.slice"
 CHAIN = "OUTPUT"
-_V2 = re.compile(r"^0::/ecstasks\.slice/ecstasks-([^/]+)\.slice/(?:.*?)([0-9a-f]{64})")
-_V1 = re.compile(r":/ecs/([^/]+)/(?:.*?)([0-9a-f]{64})")
+_V2 = re.compile(r"^0::(?:/\.\.)*/ecstasks\.slice/ecstasks-([^/]+)\.slice/(?:.*?)([0-9a-f]{64})")
+# Seen from another cgroup namespace (nsenter, a container) a path starts with "/..".
+_V1 = re.compile(r":(?:/\.\.)*/ecs/([^/]+)/(?:.*?)([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)

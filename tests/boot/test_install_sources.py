@@ -143,7 +143,22 @@ OLD_GATE = ("# Written by ecs-harden's user-data: the ECS agent starts only once
             "# is hardened (ECS_HARDEN_GATE_AGENT=false in the user-data: not).\n"
             "[Unit]\nAfter=ecs-harden.service\n[Service]\n"
             "ExecStartPre=/usr/local/bin/ecs-harden --log-level error check --format text\n")
-TASK = "/sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice/docker-" + "ab" * 32 + ".scope"
+CID = "ab" * 32
+# A task's cgroup where the agent makes it: ecstasks.slice on cgroup v2 (AL2023), /ecs/<task>
+# in a v1 hierarchy (what this machine's booted hosts have); its path written to /run.
+MAKE_TASK = f"""
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  d=/sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice/docker-{CID}.scope
+else
+  for h in pids memory systemd; do [ -d /sys/fs/cgroup/$h ] && {{ d=/sys/fs/cgroup/$h/ecs/1234/{CID}; break; }}; done
+fi
+mkdir -p "$d"; echo "$d" > /run/ecs-test-task
+nohup sh -c "echo \\$\\$ > $d/cgroup.procs; exec sleep 300" >/dev/null 2>&1 &
+"""
+DROP_TASK = """
+d=$(cat /run/ecs-test-task); kill $(cat "$d/cgroup.procs") 2>/dev/null; sleep 0.5
+while [ "$d" != /sys/fs/cgroup ] && rmdir "$d" 2>/dev/null; do d=${d%/*}; done
+"""
 
 
 def agent_becomes(host: SourcesHost, want: str, within: float) -> None:
@@ -167,11 +182,14 @@ def test_the_gate_holds_the_agent_for_the_block_never_for_what_the_policy_report
     assert host.run(["cat", GATE]).stdout == OLD_GATE.replace(
         "--log-level error check --format text", "gate")
     # a host-network task: a process of the host's network namespace in a task's cgroup
-    host.sh(f"mkdir -p {TASK}; nohup sh -c 'echo $$ > {TASK}/cgroup.procs; exec sleep 300' >/dev/null 2>&1 &")
+    host.sh(MAKE_TASK)
     try:
         deadline = time.monotonic() + 10
         while (check := host.run(["/usr/local/bin/ecs-harden", "check"], check=False)).returncode != 3:
-            assert time.monotonic() < deadline, check.stdout
+            where = host.sh('d=$(cat /run/ecs-test-task); echo $d; cat $d/cgroup.procs; '
+                            'cat /proc/$(head -1 $d/cgroup.procs)/cgroup; ls -la /proc/$(head -1 $d/cgroup.procs)/ns/net '
+                            '/proc/self/ns/net', check=False)
+            assert time.monotonic() < deadline, where.stdout + where.stderr + check.stdout
             time.sleep(0.5)
         assert "imds.host_network" in check.stdout and "task 1234" in check.stdout, check.stdout
         host.run(["systemctl", "restart", "ecs.service"], check=False)
@@ -188,8 +206,7 @@ def test_the_gate_holds_the_agent_for_the_block_never_for_what_the_policy_report
         host.run(["/usr/local/bin/ecs-harden", "apply"], check=False)
         agent_becomes(host, "active", 30)  # by itself: the agent's own restart passes the gate now
     finally:
-        host.sh(f"kill $(cat {TASK}/cgroup.procs) 2>/dev/null; sleep 0.5; rmdir {TASK} "
-                "/sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice /sys/fs/cgroup/ecstasks.slice", check=False)
+        host.sh(DROP_TASK, check=False)
         host.run(["systemctl", "start", "ecs-harden.service"], check=False)
 
 

@@ -203,3 +203,11 @@ def test_dockers_api_is_asked_with_a_timeout_and_a_cap(tmp_path: Path) -> None:
     t0 = time.monotonic()
     assert dockerview.api("/info", sockets=(str(mute),), timeout=0.2) is None
     assert time.monotonic() - t0 < 3.0  # the timeout, not the server (5 s), ended it
+
+
+def test_task_cgroups_seen_from_another_cgroup_namespace_are_found() -> None:
+    """From a cgroup namespace of its own (nsenter, a container), /proc/PID/cgroup starts
+    the path with /.. segments."""
+    assert hostnet._V1.search("8:pids:/../ecs/1234/" + CID).groups() == ("1234", CID)  # type: ignore[union-attr]
+    assert hostnet._V2.match(f"0::/../ecstasks.slice/ecstasks-9.slice/docker-{CID}.scope").groups() == ("9", CID)  # type: ignore[union-attr]
+    assert hostnet._V1.search("8:pids:/system.slice/docker-" + CID) is None
