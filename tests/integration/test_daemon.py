@@ -402,7 +402,9 @@ def test_deletions_right_after_repairs_are_all_repaired_and_never_reported_ok(
     host = clean
     host.sandbox.run(["iptables-restore", "--noflush"], input=bulk_rules(rules))
     policy = host.dir / "default-policy.yaml"
-    policy.write_text(f"state_dir: {host.dir}/state\nreport:\n  status_file: {host.dir}/status.json\n")
+    # the defaults (interval 5 s, resync 60 s, the probe on); the boot files are other tests' business
+    policy.write_text(f"state_dir: {host.dir}/state\nreport:\n  status_file: {host.dir}/status.json\n"
+                      "imds:\n  persist: false\n")
     os.chmod(policy, 0o600)
     watcher = host.docker("run", "-d", IMAGE, "sh", "-c", WATCHER).stdout.strip()
     run = start_daemon(host, policy)
