@@ -39,7 +39,6 @@ class SlowChecks(Generic[R]):
         self._done: list[Done[R]] = []
         self._lock = threading.Lock()
         self._wanted: dict[tuple[int, int], Callable[[], R]] = {}  # queued or to run again
-        self._running: tuple[int, int] | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="ecs-harden-slow-checks", daemon=True)
         self._thread.start()
@@ -56,12 +55,6 @@ class SlowChecks(Generic[R]):
             self._wanted[key] = run
         if not queued:
             self._jobs.put((generation, index, run))
-
-    def busy(self, generation: int) -> set[int]:
-        """The components of this generation queued or being looked at."""
-        with self._lock:
-            keys = set(self._wanted) | ({self._running} if self._running else set())
-        return {i for g, i in keys if g == generation}
 
     def collect(self) -> list[Done[R]]:
         """What finished since the last call (drains the pipe)."""
@@ -86,7 +79,6 @@ class SlowChecks(Generic[R]):
             key = (generation, index)
             with self._lock:
                 run = self._wanted.pop(key, None)
-                self._running = key if run is not None else None
             if run is None:
                 continue
             started = self.clock()
@@ -95,7 +87,6 @@ class SlowChecks(Generic[R]):
                 if self._closed:
                     return
                 self._done.append(Done(generation, index, started, result))
-                self._running = None
                 if key in self._wanted:
                     self._jobs.put((generation, index, self._wanted[key]))
                 with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending already

@@ -139,22 +139,15 @@ class Daemon:
             with self.parts.lock():
                 repaired = False
                 for i, component in chosen:
-                    if background and component.slow:
-                        self._submit(i, component, changed=False)
-                        continue
                     before = self.counters.repairs
-                    errors += self._reconcile_one(i, component)
+                    errors += self._look(i, component, background=background, changed=False)
                     repaired |= component.wakes_on == FIREWALL and self.counters.repairs > before
                 if PATHS not in groups and repaired:
                     # After a firewall repair the paths are looked at again: the quick
                     # checks now, the slow ones beside the loop (a repair never waits for them).
                     for i, component in enumerate(self.components):
-                        if component.wakes_on != PATHS:
-                            continue
-                        if background and component.slow:
-                            self._submit(i, component, changed=True)
-                        else:
-                            errors += self._reconcile_one(i, component)
+                        if component.wakes_on == PATHS:
+                            errors += self._look(i, component, background=background, changed=True)
         except HardenError as exc:  # the lock: held too long, or refused
             self.log.error("reconcile.lock_failed", error=str(exc))
             errors.append(str(exc))
@@ -174,6 +167,14 @@ class Daemon:
                        duration=round(self.counters.last_duration, 4), errors=len(errors))
         self.publish()
         return not errors
+
+    def _look(self, i: int, component: Component, *, background: bool, changed: bool) -> list[str]:
+        """Reconcile one component now, or a slow one beside the loop (changed: a change
+        it has not seen is known, so its findings are stale until it has looked)."""
+        if background and component.slow:
+            self._submit(i, component, changed=changed)
+            return []
+        return self._reconcile_one(i, component)
 
     def _reconcile_one(self, i: int, component: Component) -> list[str]:
         # A crash of the component is an error finding already (Reconciler.run_component).

@@ -102,11 +102,9 @@ class NftSource(WakeSource):
     name = "nftables"
 
     def __init__(
-        self, events: NftEvents, families: Collection[int], *,
-        ours: Callable[[], set[int]] = lambda: set(proc.recent_pids),
+        self, events: NftEvents, *, ours: Callable[[], set[int]] = lambda: set(proc.recent_pids),
     ):
         self.events = events
-        self.families = set(families)
         self.ours = ours
         self.coalesced: Wake | None = None
         self.pending_since = 0.0
@@ -393,7 +391,7 @@ def _firewall_source(
 ) -> WakeSource:
     if facts.iptables == "nf_tables":
         try:
-            return NftSource(NftEvents(), families)
+            return NftSource(NftEvents())
         except OSError as exc:
             log.warning("nftevents.unavailable", error=str(exc))
     else:

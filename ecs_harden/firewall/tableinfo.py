@@ -43,7 +43,6 @@ class TableProbe:
     order of `slots`."""
 
     def __init__(self, families: Sequence[int]):
-        self.families = tuple(families)
         self.slots: list[tuple[int, str]] = []
         self.targets: list[tuple[socket.socket, int, bytes]] = []
         self.buf = ctypes.create_string_buffer(INFO_SIZE)

@@ -75,12 +75,21 @@ def host_network_tasks(proc_dir: str = PROC) -> list[HostTask]:
             if m:
                 found.setdefault(m.group(2), m.group(1))
                 break
-    root = docker_root()
-    tasks = {cid: HostTask(cid, task, container_name(root, cid)) for cid, task in found.items()}
-    for c in host_network_task_containers() or []:
-        if c.container not in tasks:
-            tasks[c.container] = HostTask(c.container, c.task, c.name or container_name(root, c.container),
-                                          in_task_cgroup=False)
+    docker = {c.container: c for c in host_network_task_containers() or []}
+    root: list[str] = []  # Docker's data root: asked for once, and only when a name must come from its files
+
+    def name(cid: str) -> str | None:
+        labelled = docker[cid].name if cid in docker else None
+        if labelled:
+            return labelled
+        if not root:
+            root.append(docker_root())
+        return container_name(root[0], cid)
+
+    tasks = {cid: HostTask(cid, task, name(cid)) for cid, task in found.items()}
+    for cid, c in docker.items():
+        if cid not in tasks:
+            tasks[cid] = HostTask(cid, c.task, name(cid), in_task_cgroup=False)
     return [tasks[cid] for cid in sorted(tasks)]
 
 

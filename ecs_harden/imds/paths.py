@@ -37,14 +37,20 @@ def ip_json(*args: str, prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
     would read as "nothing there"."""
     argv = [*prefix, "ip", "-j", *args]
     done = proc.run(argv, check=False, timeout=5)
+    loaded = ip_objects(done)
+    if loaded is None:
+        raise RuntimeFailure(f"`ip -j {' '.join(args)}` gave no list: {done.stderr.strip()[:200]}")
+    return loaded
+
+
+def ip_objects(done: proc.Completed) -> list[dict[str, Any]] | None:
+    """What `ip -j` printed, as a list of objects; None when it printed no list."""
     try:
         # strict=False: `ip -j` prints a control byte of an alias or name as it is
         loaded = json.loads(done.stdout, strict=False) if done.returncode == 0 else None
     except ValueError:
-        loaded = None
-    if not isinstance(loaded, list):
-        raise RuntimeFailure(f"`ip -j {' '.join(args)}` gave no list: {done.stderr.strip()[:200]}")
-    return [x for x in loaded if isinstance(x, dict)]
+        return None
+    return [x for x in loaded if isinstance(x, dict)] if isinstance(loaded, list) else None
 
 
 def links(argv_prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -162,16 +168,11 @@ class NamespaceScanner:
 
     def _bypasses(self, pid: int, done: proc.Completed, host_names: dict[int, str]) -> list[Bypass] | None:
         """The bypassing links of one listing; None when it could not be read."""
-        try:
-            loaded = json.loads(done.stdout, strict=False) if done.returncode == 0 else None
-        except ValueError:
-            loaded = None
-        if not isinstance(loaded, list):
+        loaded = ip_objects(done)
+        if loaded is None:
             return None
         out = []
         for link in loaded:
-            if not isinstance(link, dict):
-                continue
             kind = kind_of(link)
             if kind not in BYPASS_KINDS or "link_netnsid" not in link:
                 continue  # a child of a link in its own namespace stays behind that namespace

@@ -66,7 +66,7 @@ class Events:
 
 
 def nft_source() -> NftSource:
-    return NftSource(Events(), {4, 6}, ours=set)  # type: ignore[arg-type]
+    return NftSource(Events(), ours=set)  # type: ignore[arg-type]
 
 
 def test_first_event_acts_at_once_and_a_burst_after_a_reconcile_is_coalesced() -> None:
@@ -218,7 +218,6 @@ class Probe:
     filter, v6 raw); `fail` makes it raise. Reads and commits are noted as the legacy
     backend notes them (tableinfo.note)."""
 
-    families = (4, 6)
     def __init__(self) -> None:
         self.slots = [(4, "filter"), (4, "raw"), (6, "filter"), (6, "raw")]
         self.sig: list[bytes] = [b"a", b"b", b"c", b"d"]
