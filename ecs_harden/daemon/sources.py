@@ -9,6 +9,8 @@ noticing drift is one class here and one line in `open_sources`.
 - PollSource: neither works: run the firewall checks every interval.
 - FileSource: inotify on the kept files' directories, or a stat() poll; holds back
   a file that is still being written.
+- SliceSource: inotify on the cgroup root, for ecstasks.slice made or removed
+  (imds.host_network: block binds its rule to the slice).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from ecs_harden import logs, proc
 from ecs_harden.atomic import Identity, file_identity
-from ecs_harden.component import ECS, FILES, FIREWALL
+from ecs_harden.component import ECS, FILES, FIREWALL, PATHS
 from ecs_harden.daemon.filewatch import FileWatch
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.wakeups import (
@@ -39,6 +41,7 @@ from ecs_harden.daemon.wakeups import (
 )
 from ecs_harden.facts import Facts
 from ecs_harden.firewall.tableinfo import TableProbe
+from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.policy import Policy
 
 Select = typing.Callable[[float], bool]  # sleep at most that long; True when a descriptor is ready
@@ -386,6 +389,39 @@ class FileSource(WakeSource):
             self.watch = None
 
 
+class SliceSource(WakeSource):
+    """ecstasks.slice made or removed (inotify on the cgroup root: mkdir and rmdir there
+    are the only events it sees, a few per day): imds.host_network: block's rule holds
+    on to the slice it was inserted against, so a slice made afresh is bound again, and
+    one removed is made again, at once rather than at the next resync."""
+
+    name = "task slice"
+
+    def __init__(self, watch: FileWatch):
+        self.watch = watch
+
+    def fileno(self) -> int:
+        return self.watch.fileno() if self.watch is not None else -1
+
+    def readable(self, now: float, wake: Wake) -> None:
+        if self.watch is not None and self.watch.drain():
+            wake.add({PATHS}, "task slice made or removed")
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+
+def slice_source(policy: Policy, root: str = CGROUP_ROOT) -> WakeSource | None:
+    if policy.imds.host_network != "block" or not cgroup_v2(root):
+        return None
+    try:
+        return SliceSource(FileWatch([os.path.join(root, TASK_SLICE)]))
+    except OSError as exc:
+        log.warning("slicewatch.unavailable", error=str(exc))
+        return None
+
+
 def _firewall_source(
     facts: Facts, policy: Policy, families: Collection[int], now: float, clock: Callable[[], float]
 ) -> WakeSource:
@@ -407,11 +443,13 @@ def open_sources(
     clock: Callable[[], float],
 ) -> list[WakeSource]:
     """The host's sources: one for the firewall (events, else a probe, else polling),
-    one for the files."""
+    one for the files, and under imds.host_network: block one for the task slice."""
     try:
         watch: FileWatch | None = FileWatch(watched)
     except OSError as exc:
         log.warning("filewatch.unavailable", error=str(exc))
         watch = None
     now = clock()
-    return [_firewall_source(facts, policy, families, now, clock), FileSource(watched, watch, now)]
+    sources = [_firewall_source(facts, policy, families, now, clock), FileSource(watched, watch, now)]
+    slices = slice_source(policy)
+    return sources + ([slices] if slices is not None else [])

@@ -8,6 +8,13 @@ ecstasks.slice (cgroup v2) or /ecs (v1). `-m cgroup --path` resolves the path wh
 rule is inserted and holds on to that cgroup: the rule is only ever inserted live (a
 boot file naming a cgroup that does not exist yet would fail the whole restore), and
 inserted again when systemd has made the slice afresh (its inode changed).
+
+So that no task runs before the rule: under systemd, a missing ecstasks.slice is
+started through systemd (`systemctl start`, never a mkdir behind its back) and the
+rule bound to it before the daemon says it is ready, which is before ecs.service
+starts (ecs-harden.service is ordered before it). The daemon watches the cgroup root
+(daemon.sources.SliceSource): a slice removed is made again and a slice made afresh is
+bound again at once, not at the next resync.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ecs_harden import proc
 from ecs_harden.atomic import read_json_state, write_json_state
 from ecs_harden.component import PATHS, Base, Inspection
+from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
 from ecs_harden.firewall.rule import Network, Rule
 from ecs_harden.imds.block import leading_copies
@@ -57,6 +66,20 @@ class HostTask:
 
 def cgroup_v2(root: str = CGROUP_ROOT) -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
+def systemd_booted() -> bool:
+    """sd_booted(3): this host runs systemd as its init."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def start_task_slice() -> None:
+    """ecstasks.slice through systemd, as the agent's task slices get it (systemd owns the
+    tree: a directory made behind its back would be removed or fought over)."""
+    done = proc.run(["systemctl", "start", TASK_SLICE], timeout=30, check=False)
+    if done.returncode != 0:
+        raise RuntimeFailure(f"systemctl start {TASK_SLICE} failed (exit {done.returncode}): "
+                             f"{(done.stderr or done.stdout).strip()[:300]}")
 
 
 def host_network_tasks(proc_dir: str = PROC) -> list[HostTask]:
@@ -117,6 +140,7 @@ class HostNetworkComponent(Base):
         *,
         cgroup_root: str = CGROUP_ROOT,
         tasks: Callable[[], list[HostTask]] = host_network_tasks,
+        make_slice: Callable[[], None] | None = None,
     ):
         self.bound_file = os.path.join(state_dir, "host-network.json")
         self.mode = mode
@@ -125,6 +149,9 @@ class HostNetworkComponent(Base):
         self.addresses = addresses
         self.cgroup_root = cgroup_root
         self.tasks = tasks
+        # None: no systemd to make the slice with; the rule goes in when a task makes it
+        self.make_slice = make_slice if make_slice is not None else (
+            start_task_slice if cgroup_root == CGROUP_ROOT and systemd_booted() else None)
 
     def backend(self, family: int) -> Backend:
         if family not in self._backends:
@@ -164,9 +191,12 @@ class HostNetworkComponent(Base):
         wanted: dict[int, bool] = {}
         problems: list[str] = []
         bound = self._load_bound()
+        make = self.mode == "block" and v2 and inode is None and self.make_slice is not None
+        if make:
+            problems.append(f"no {TASK_SLICE}: a task started now would run before the rule is bound to it")
         for family, address in self.addresses.items():
             ours, top = self._rules(family)
-            want = wanted[family] = self.mode == "block" and inode is not None
+            want = wanted[family] = self.mode == "block" and (inode is not None or make)
             # not on top, or inserted against a slice that has since been made afresh
             fresh = want and (not any(i < top for i, _ in ours) or bound.get(family) != inode)
             planned: list[Op] = []
@@ -178,13 +208,13 @@ class HostNetworkComponent(Base):
             if want and not any(i < top for i, _ in ours):
                 problems.append(f"no rule at the top of ip{'' if family == 4 else '6'}tables {CHAIN} drops "
                                 f"traffic to {address} from {TASK_SLICE}")
-            elif fresh:
+            elif fresh and not make:
                 problems.append(f"the ip{'' if family == 4 else '6'}tables {CHAIN} rule was inserted against "
                                 f"an earlier {TASK_SLICE} (systemd made it afresh): it matches nothing now")
-        changes = tuple(f"ip{'' if f == 4 else '6'}tables {describe(op)}" for f, fops in ops.items()
-                        for op in fops)
+        changes = ((f"systemctl start {TASK_SLICE}",) if make else ()) + tuple(
+            f"ip{'' if f == 4 else '6'}tables {describe(op)}" for f, fops in ops.items() for op in fops)
         finding = self._judge(tasks, names, v2, inode, problems)
-        plan = _Plan(ops, inode, wanted) if changes else None
+        plan = _Plan(ops, inode, wanted, make) if changes else None
         return Inspection((finding,), changes, frozenset({CHECK}) if changes else frozenset(), plan)
 
     def _rules(self, family: int) -> tuple[list[tuple[int, Rule]], int]:
@@ -231,12 +261,19 @@ class HostNetworkComponent(Base):
         if not isinstance(plan, _Plan):
             return
         bound = self._load_bound()
+        inode = plan.inode
+        if plan.make_slice and self.make_slice is not None:
+            self.make_slice()
+            inode = self._slice_inode()
+            if inode is None:
+                raise RuntimeFailure(f"systemd started {TASK_SLICE} but {self.cgroup_root}/{TASK_SLICE} "
+                                     "is not there")
         for family, ops in plan.ops.items():
             inserts = [op for op in ops if isinstance(op, Insert)]
             if inserts:
                 self.backend(family).commit(inserts)
-                if plan.inode is not None:
-                    bound[family] = plan.inode
+                if inode is not None:
+                    bound[family] = inode
                     self._save_bound(bound)
             if [op for op in ops if isinstance(op, DeleteAt)]:
                 # positions from a fresh read: the insert above moved them
@@ -262,6 +299,7 @@ class _Plan:
     ops: dict[int, list[Op]]
     inode: int | None
     wanted: dict[int, bool]
+    make_slice: bool = False
 
 
 def boot_id() -> str:

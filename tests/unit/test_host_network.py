@@ -211,3 +211,61 @@ def test_task_cgroups_seen_from_another_cgroup_namespace_are_found() -> None:
     assert hostnet._V1.search("8:pids:/../ecs/1234/" + CID).groups() == ("1234", CID)  # type: ignore[union-attr]
     assert hostnet._V2.match(f"0::/../ecstasks.slice/ecstasks-9.slice/docker-{CID}.scope").groups() == ("9", CID)  # type: ignore[union-attr]
     assert hostnet._V1.search("8:pids:/system.slice/docker-" + CID) is None
+
+
+def test_block_makes_a_missing_slice_through_systemd_before_binding_the_rule(tmp_path: Path) -> None:
+    """Under systemd no task may start before the rule: a missing ecstasks.slice is made
+    (by systemd: here a stand-in), and the rule bound to it, in the same repair; removed,
+    it is made again and the rule bound to the new one."""
+    c, be = component(tmp_path, "block", [], slice_=False)
+    made: list[Path] = []
+
+    def make() -> None:
+        made.append(tmp_path / "cgroup" / "ecstasks.slice")
+        made[-1].mkdir()
+
+    c.make_slice = make
+    first = c.inspect()
+    assert first.findings[0].status == "drift" and "no ecstasks.slice" in first.findings[0].detail
+    assert first.changes[0] == "systemctl start ecstasks.slice" and ours(be) == []
+    c.execute(first)
+    assert len(made) == 1 and ours(be) == [f"-A OUTPUT {RULE}"]
+    assert c.inspect().changes == () and c.inspect().findings[0].status == "ok"
+    made[0].rename(tmp_path / "cgroup" / "gone")  # stopped: its cgroup is gone
+    again = c.inspect()
+    assert again.findings[0].status == "drift" and again.changes[0] == "systemctl start ecstasks.slice"
+    c.execute(again)
+    assert len(made) == 2 and ours(be) == [f"-A OUTPUT {RULE}"]  # the rule of the dead slice went
+    assert c.inspect().changes == ()
+    # a slice systemd did not make after all: an error naming it, no rule for nothing
+    made[1].rmdir()
+    c.make_slice = lambda: None
+    with pytest.raises(hostnet.RuntimeFailure, match="is not there"):
+        c.execute(c.inspect())
+
+
+def test_the_slice_watch_wakes_for_the_task_slice_only(tmp_path: Path) -> None:
+    from ecs_harden.component import PATHS
+    from ecs_harden.daemon.sources import slice_source
+    from ecs_harden.daemon.wakeups import Wake
+    from ecs_harden.policy import ImdsPolicy, Policy
+
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    assert slice_source(Policy(imds=ImdsPolicy(host_network="block")), str(root)) is None  # not v2
+    (root / "cgroup.controllers").write_text("")
+    assert slice_source(Policy(), str(root)) is None  # report: nothing to bind
+    source = slice_source(Policy(imds=ImdsPolicy(host_network="block")), str(root))
+    assert source is not None
+    try:
+        (root / "system.slice").mkdir()
+        wake = Wake()
+        source.readable(0.0, wake)
+        assert not wake
+        for change in ((root / "ecstasks.slice").mkdir, (root / "ecstasks.slice").rmdir):
+            change()
+            wake = Wake()
+            source.readable(0.0, wake)
+            assert wake.groups == {PATHS}
+    finally:
+        source.close()

@@ -1,10 +1,11 @@
 """The test VM: a real guest (its own kernel, QEMU under software emulation) booted by
 Vagrant from the box vm/box builds, hardened by deploy/user-data.sh through cloud-init's
-NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted twice.
+NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted once.
 
 The tests run in order on one VM: first boot, the unit under systemd, user-data again,
-a reboot (the block is in force before docker.service starts), and a reboot with the
-unit disabled (the boot restore alone blocks a real container)."""
+host-network tasks, and a reboot under imds.host_network: block (the boot restore puts
+the block in force before the daemon starts; no process of a task slice ever reaches
+IMDS, across the reboot and a forced re-creation of the slice)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ from tests.vm.vagrantlab import HOST_ADDR, VagrantLab, lab_with_box
 
 NEEDED = ("vagrant", "virsh", "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage",
           "debootstrap", "mkfs.ext4", "ssh", "nsenter", "unshare")
-# TEST FIXTURE: what netfilter holds when docker.service starts ('%%': a unit file's '%').
-RECORD_DROP_IN = """# TEST FIXTURE (tests/vm): the ruleset at the moment docker.service starts
+# TEST FIXTURE: what netfilter holds after the boot restore, before the daemon starts.
+RECORD_UNIT = """# TEST FIXTURE (tests/vm): the ruleset the boot restore alone made
+[Unit]
+DefaultDependencies=no
+After=netfilter-persistent.service
+Before=ecs-harden.service docker.service
 [Service]
-ExecStartPre=/bin/sh -c 'mkdir -p /var/log/ecs-test; \
+Type=oneshot
+ExecStart=/bin/sh -c 'mkdir -p /var/log/ecs-test; \
 { cat /proc/sys/kernel/random/boot_id; systemctl is-active ecs-harden; iptables -S; iptables -t raw -S; } \
-> /var/log/ecs-test/before-docker.v4; \
-{ ip6tables -S; ip6tables -t raw -S; } > /var/log/ecs-test/before-docker.v6'
+> /var/log/ecs-test/before-daemon.v4; \
+{ ip6tables -S; ip6tables -t raw -S; } > /var/log/ecs-test/before-daemon.v6'
+[Install]
+WantedBy=multi-user.target
 """
 DROP_V4 = '-d 169.254.169.254/32 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
 DROP_V6 = '-d fd00:ec2::254/128 -i docker+ -m comment --comment "ecs-harden: block IMDS from containers" -j DROP'
@@ -186,29 +194,78 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
 
 
 def _recorded(vm: VagrantLab) -> tuple[list[str], list[str]]:
-    v4 = vm.ssh("sudo cat /var/log/ecs-test/before-docker.v4").stdout.splitlines()
-    v6 = vm.ssh("sudo cat /var/log/ecs-test/before-docker.v6").stdout.splitlines()
+    v4 = vm.ssh("sudo cat /var/log/ecs-test/before-daemon.v4").stdout.splitlines()
+    v6 = vm.ssh("sudo cat /var/log/ecs-test/before-daemon.v6").stdout.splitlines()
     return v4, v6
 
 
-def test_after_a_reboot_the_boot_restore_alone_puts_the_block_in_force_before_docker(vm: VagrantLab) -> None:
-    """One reboot, the unit disabled: what the distribution restores at boot must hold the
-    block, in every chain and both families, before docker.service starts. (That the unit
-    itself starts at boot, ordered before Docker, is the booted systemd's test:
-    tests/boot/test_unit_boot.py; a second VM reboot with it enabled proved nothing more
-    for about 250 s of CI.)"""
-    vm.ssh("sudo mkdir -p /etc/systemd/system/docker.service.d && sudo tee "
-           "/etc/systemd/system/docker.service.d/ecs-test-record.conf >/dev/null && sudo systemctl daemon-reload",
-           input=RECORD_DROP_IN)
-    vm.ssh("sudo systemctl disable ecs-harden.service")
-    vm.timed("reboot, unit disabled", vm.reboot)
-    vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
-    assert vm.ssh("systemctl is-active ecs-harden", check=False).stdout.strip() == "inactive"
-    v4, v6 = _recorded(vm)
-    assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
-    assert v4[1] == "inactive"
-    for chain in ("DOCKER-USER", "FORWARD"):
-        assert v4.count(f"-A {chain} {DROP_V4}") == 1, v4
-        assert v6.count(f"-A {chain} {DROP_V6}") == 1, v6
-    assert v4.count(f"-A PREROUTING {DROP_V4}") == 1 and v6.count(f"-A PREROUTING {DROP_V6}") == 1
-    infra(vm, "--no-daemon")
+def _loop_unit(name: str, where: str) -> str:
+    """TEST FIXTURE: a process that tries IMDS every 0.2 s from boot on, one line a try."""
+    return f"""# TEST FIXTURE (tests/vm): tries IMDS in a loop from {where}
+[Unit]
+After=ecs-harden.service
+[Service]
+Slice={where}
+ExecStart=/bin/sh -c 'mkdir -p /var/log/ecs-test; while :; do \
+if printf "GET / HTTP/1.0\\r\\n\\r\\n" | busybox nc -w 1 169.254.169.254 80 2>/dev/null | grep -q imds-ok; \
+then echo reached; else echo no; fi >> /var/log/ecs-test/{name}.log; sleep 0.2; done'
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _tries(vm: VagrantLab, name: str) -> list[str]:
+    return vm.ssh(f"sudo cat /var/log/ecs-test/{name}.log", check=False).stdout.split()
+
+
+def test_across_a_reboot_the_restore_comes_first_and_no_task_process_ever_reaches_imds(vm: VagrantLab) -> None:
+    """One reboot under imds.host_network: block. What the distribution restores at boot
+    holds the block, in every chain and both families, before the daemon starts (recorded
+    by a unit ordered between them); the daemon makes ecstasks.slice through systemd and
+    binds its rule before it is ready, so a process in a task slice started after it
+    (like the ECS agent's tasks) never reaches IMDS, while the same loop in system.slice
+    does; the slice stopped (systemd removes its cgroup) is made and bound again within a
+    second, and the task started again still never reaches IMDS. (That the unit starts at
+    boot, ordered before Docker, is also the booted systemd's test: tests/boot.)"""
+    units = {"ecs-test-record.service": RECORD_UNIT,
+             "ecs-test-task.service": _loop_unit("task", "ecstasks-1234.slice"),
+             "ecs-test-control.service": _loop_unit("control", "system.slice")}
+    for unit, text in units.items():
+        vm.ssh(f"sudo tee /etc/systemd/system/{unit} >/dev/null", input=text)
+    vm.ssh("sudo systemctl daemon-reload && sudo systemctl enable " + " ".join(units))
+    vm.ssh(SET_MODE.format(mode="block") + " && sudo systemctl reload ecs-harden")
+    try:
+        vm.timed("reboot", vm.reboot)
+        vm.ssh("sudo systemctl is-system-running --wait >/dev/null", check=False, timeout=600)
+        v4, v6 = _recorded(vm)
+        assert v4[0] == vm.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip(), "no record from this boot"
+        assert v4[1] != "active", v4[:2]  # recorded before the daemon ran
+        for chain in ("DOCKER-USER", "FORWARD"):
+            assert v4.count(f"-A {chain} {DROP_V4}") == 1, v4
+            assert v6.count(f"-A {chain} {DROP_V6}") == 1, v6
+        assert v4.count(f"-A PREROUTING {DROP_V4}") == 1 and v6.count(f"-A PREROUTING {DROP_V6}") == 1
+        deadline = time.monotonic() + 120
+        while _tries(vm, "control").count("reached") < 20:
+            assert time.monotonic() < deadline, (_tries(vm, "control")[-20:], _tries(vm, "task")[-20:])
+            time.sleep(2)
+        task = _tries(vm, "task")
+        assert "reached" not in task and len(task) >= 10, task
+        # forced re-creation: the slice stopped (its task with it) is made and bound again by the daemon
+        rebound = vm.ssh(
+            "sudo sh -c 'systemctl stop ecstasks.slice; t0=$(date +%s%N); n=0; while [ $n -lt 1500 ]; do "
+            "i=$(stat -c %i /sys/fs/cgroup/ecstasks.slice 2>/dev/null); "
+            "if [ -n \"$i\" ] && grep -Eq \": $i[,}]\" /var/lib/ecs-harden/host-network.json; then "
+            "echo $(( ($(date +%s%N) - t0) / 1000000 )); exit 0; fi; n=$((n+1)); sleep 0.02; done; exit 1'",
+            check=False)
+        assert rebound.returncode == 0, "the rule was not bound to the new slice within 30 s"
+        vm.timings["ecstasks.slice stopped: made and bound again after (ms)"] = int(rebound.stdout)
+        vm.ssh("sudo systemctl start ecs-test-task.service")
+        time.sleep(8)
+        task = _tries(vm, "task")
+        assert "reached" not in task and len(task) >= 40, task
+        assert _tries(vm, "control")[-5:].count("reached") == 5
+    finally:
+        vm.ssh("sudo systemctl disable --now " + " ".join(units), check=False)
+        vm.ssh(SET_MODE.format(mode="report") + " && sudo systemctl reload ecs-harden && "
+               "sudo /usr/local/bin/ecs-harden apply", check=False)
+    infra(vm)
