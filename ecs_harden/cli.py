@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=("text", "json"), default="text")
 
     fmt(command("facts", "what was detected about this host"))
-    fmt(command("check", "report drift; change nothing"))
+    p = command("check", "report drift; change nothing")
+    fmt(p)
+    p.add_argument("--fresh", action="store_true",
+                   help="probe IMDS now, even when the running daemon probed it recently")
     p = command("apply", "converge once, report what changed")
     fmt(p)
     p.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
@@ -171,7 +174,9 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
     from ecs_harden.reconcile import Reconciler, build_components
 
     found = facts_mod.gather()
-    reconciler = Reconciler(policy, found.platform(), build_components(policy, found), announce=False)
+    fresh = args.command != "check" or bool(getattr(args, "fresh", False))
+    reconciler = Reconciler(policy, found.platform(), build_components(policy, found, fresh=fresh),
+                            announce=False)
     repair = args.command == "apply"
     dry_run = bool(getattr(args, "dry_run", False))
     if repair and not dry_run:

@@ -44,7 +44,8 @@ class CommandError(RuntimeFailure):
 PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child: ours less systemd's private variables, LANG=C."""
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE}
     env.update({"LANG": "C", "LC_ALL": "C"})
     if extra:
@@ -63,7 +64,7 @@ def _start(argv: Sequence[str], *, stdin: bool, env: Mapping[str, str] | None) -
             # What a child prints may carry anyone's bytes (an interface alias a user set in
             # their own namespace): undecodable bytes become U+FFFD, never a crash.
             errors="replace",
-            env=_env(env),
+            env=child_env(env),
         )
     except OSError as exc:
         raise CommandError(argv, 127, "", str(exc)) from exc

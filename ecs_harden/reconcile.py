@@ -22,7 +22,7 @@ from ecs_harden.imds.block import Block
 from ecs_harden.imds.hostnet import HostNetworkComponent
 from ecs_harden.imds.live import LiveBlockComponent, for_policy, guard_of, ipv6_available
 from ecs_harden.imds.paths import PathsComponent
-from ecs_harden.imds.probe import ProbeComponent, task_cgroup_probed
+from ecs_harden.imds.probe import ProbeComponent, daemon_probe, task_cgroup_probed
 from ecs_harden.imds.v1 import ImdsV1Component
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
@@ -43,15 +43,19 @@ def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
     return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
 
 
-def probes(policy: Policy) -> list[Component]:
-    """The active checks: the probe (imds.probe) and IMDSv1 (imds.v1)."""
+def probes(policy: Policy, *, fresh: bool = True) -> list[Component]:
+    """The active checks: the probe (imds.probe) and IMDSv1 (imds.v1). fresh=False: the
+    running daemon's probe is taken when it is recent (`check`)."""
     imds = policy.imds
     v4 = str(imds.ipv4.network_address)
     out: list[Component] = [ImdsV1Component(v4)]
     if imds.probe:
         addresses = {4: v4, **({6: str(imds.ipv6.network_address)} if imds.ipv6 is not None else {})}
         out.insert(0, ProbeComponent(addresses, task_cgroup=lambda: task_cgroup_probed(imds.host_network),
-                                    exceptions=imds.allow_interfaces))
+                                    exceptions=imds.allow_interfaces,
+                                    recent=None if fresh else functools.partial(
+                                        daemon_probe, policy.report.status_file,
+                                        within=policy.resync + policy.interval)))
     return out
 
 
@@ -84,7 +88,7 @@ def restore_service(policy: Policy, facts: Facts) -> ServiceComponent | None:
     return ServiceComponent(flavors.by_name(facts.flavor), families(policy), journal=journal)
 
 
-def build_components(policy: Policy, facts: Facts) -> list[Component]:
+def build_components(policy: Policy, facts: Facts, *, fresh: bool = True) -> list[Component]:
     persistence: list[Component] = [*persisted_files(policy, facts)]
     service = restore_service(policy, facts)
     if service is not None:
@@ -95,7 +99,7 @@ def build_components(policy: Policy, facts: Facts) -> list[Component]:
                        policy.imds.guard_all_interfaces, policy.state_dir,
                        str(policy.imds.ipv4.network_address)),
         host_network(policy, facts),
-        *probes(policy),
+        *probes(policy, fresh=fresh),
         *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),

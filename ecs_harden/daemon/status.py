@@ -57,6 +57,18 @@ def read_status(path: str) -> tuple[dict[str, Any], float]:
     return data, age
 
 
+def observed_age(f: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since the daemon looked at a finding of its status file; None: not said."""
+    if not isinstance(f.get("observed"), str):
+        return None
+    try:
+        seen = datetime.datetime.strptime(f["observed"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+    return (time.time() if now is None else now) - seen
+
+
 def aged_findings(
     data: dict[str, Any], resync: float, interval: float, now: float | None = None
 ) -> list[str]:
@@ -67,13 +79,12 @@ def aged_findings(
     now = time.time() if now is None else now
     aged = []
     for i, f in enumerate(data.get("findings") or []):
-        if not isinstance(f, dict) or not isinstance(f.get("observed"), str) or f.get("status") == STALE:
+        if not isinstance(f, dict) or f.get("status") == STALE:
             continue
-        try:
-            seen = datetime.datetime.strptime(f["observed"], "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
-        except ValueError:
+        age = observed_age(f, now)
+        if age is None:
             continue
+        seen = now - age
         if now - seen > limit:
             last = f"{f.get('status')} at {f['observed']}" + (f": {f['detail']}" if f.get("detail") else "")
             data["findings"][i] = {**f, "status": STALE, "changed": False,

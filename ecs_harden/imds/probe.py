@@ -9,6 +9,11 @@ it exits, or is killed with the daemon (PR_SET_PDEATHSIG), the kernel takes the
 namespace and the veth pair with it. A host end left over from a kill between creating
 the pair and handing its peer over is named PREFIX<n> and deleted at the next probe.
 
+One probe at a time per host: the gate never probes, and `check`, `apply` and the
+daemon take the probe lock (an flock next to the reconcile lock) around a whole run,
+its clean-up of leftovers included, so none deletes another's veths in flight. `check`
+reuses the daemon's probe when it is recent (saying so); `check --fresh` probes now.
+
 The probe's address is the highest free one of the bridge's subnet (Docker allocates
 from the bottom), not in the bridge's neighbour table, so Docker's own NAT treats it as
 a container's.
@@ -29,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ecs_harden import proc
+from ecs_harden import lock, proc
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
@@ -43,6 +48,7 @@ PREFIX, PEER = "ecsh-p", "ecsh-q"
 CGROUP_DIR = "ecs-harden-probe"
 CREDENTIALS = ("169.254.170.2", 80)
 STEP_TIMEOUT = 10.0
+LOCK_TIMEOUT = 20.0  # a probe takes about a second; two are never queued behind a third for long
 CHILD = os.path.abspath(probe_child.__file__)
 Iface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 
@@ -79,6 +85,11 @@ def pick(own: Iface, taken: set[str], tries: int = 32) -> str | None:
     return None
 
 
+def probe_lock_path() -> str:
+    """Beside the reconcile lock (its directory's checks, its test override)."""
+    return os.path.join(os.path.dirname(lock.default_path()), "probe.lock")
+
+
 def leftovers() -> None:
     for link in ip_json("link", "show"):
         name = link.get("ifname")
@@ -96,7 +107,7 @@ class Child:
     def start(self) -> int:
         self.popen = subprocess.Popen(
             list(self.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, preexec_fn=_die_with_parent, close_fds=True)
+            text=True, preexec_fn=_die_with_parent, close_fds=True, env=proc.child_env())
         if self._line() != "ready":
             raise RuntimeFailure("the probe's child did not start")
         return self.popen.pid
@@ -146,6 +157,10 @@ class Prober:
         self.cgroup_root = cgroup_root
 
     def run(self) -> list[Path_]:
+        with lock.ReconcileLock(probe_lock_path(), timeout=LOCK_TIMEOUT):
+            return self._run()
+
+    def _run(self) -> list[Path_]:
         leftovers()
         found = bridges()
         jobs: list[tuple[str, Child, dict[str, Any], Callable[[], None]]] = []
@@ -263,13 +278,18 @@ class ProbeComponent(Base):
 
     def __init__(self, imds: dict[int, str], *, task_cgroup: Callable[[], bool],
                  exceptions: Sequence[str] = (),
-                 prober: Callable[[bool], Sequence[Path_]] | None = None):
+                 prober: Callable[[bool], Sequence[Path_]] | None = None,
+                 recent: Callable[[], Finding | None] | None = None):
         self.imds = imds
+        self.recent = recent
         self.exceptions = tuple(exceptions)
         self.task_cgroup = task_cgroup
         self.prober = prober or (lambda cg: Prober(self.imds, task_cgroup=cg).run())
 
     def inspect(self) -> Inspection:
+        reused = self.recent() if self.recent is not None else None
+        if reused is not None:
+            return Inspection((reused,))
         try:
             paths = self.prober(self.task_cgroup())
         except (RuntimeFailure, OSError) as exc:
@@ -282,3 +302,27 @@ class ProbeComponent(Base):
 
 def task_cgroup_probed(mode: str, cgroup_root: str = CGROUP_ROOT) -> bool:
     return mode == "block" and cgroup_v2(cgroup_root) and os.path.isdir(os.path.join(cgroup_root, TASK_SLICE))
+
+
+def daemon_probe(status_file: str, *, within: float) -> Finding | None:
+    """The running daemon's imds.probe finding when it looked no more than `within`
+    seconds ago, its detail saying whose and when; None otherwise (no daemon, an old or
+    unreadable status file, a probe it could not run)."""
+    from ecs_harden.daemon.status import observed_age, read_status
+
+    try:
+        data, age = read_status(status_file)
+    except (OSError, ValueError):
+        return None
+    if age > within:
+        return None  # no heartbeat: no daemon
+    for f in data.get("findings") or []:
+        if not isinstance(f, dict) or f.get("check") != CHECK or f.get("status") not in (OK, DRIFT):
+            continue
+        seen = observed_age(f)
+        if seen is None or seen > within:
+            return None
+        whose = f"(the daemon's probe, {seen:.0f}s ago; `check --fresh` probes now)"
+        return Finding(CHECK, str(f["status"]), str(f.get("expected", "")), str(f.get("actual", "")),
+                       f"{f.get('detail', '')} {whose}")
+    return None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ecs_harden.errors import RuntimeFailure
 from ecs_harden.imds import dockerview, hostnet
 from ecs_harden.imds.hostnet import HostNetworkComponent, HostTask, host_network_tasks
 from tests.unit.test_imds_plan import V4, FakeBackend
@@ -240,7 +241,7 @@ def test_block_makes_a_missing_slice_through_systemd_before_binding_the_rule(tmp
     # a slice systemd did not make after all: an error naming it, no rule for nothing
     made[1].rmdir()
     c.make_slice = lambda: None
-    with pytest.raises(hostnet.RuntimeFailure, match="is not there"):
+    with pytest.raises(RuntimeFailure, match="is not there"):
         c.execute(c.inspect())
 
 

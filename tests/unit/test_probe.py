@@ -4,6 +4,11 @@ the lab's tests/integration/test_paths.py sends the real packets)."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from pathlib import Path
+
+import pytest
 
 from ecs_harden.imds.probe import Path_, ProbeComponent, judge, pick
 from ecs_harden.imds.v1 import ImdsV1Component
@@ -69,3 +74,74 @@ def test_imds_v1() -> None:
     assert answer(200) == "warn"
     f = ImdsV1Component("169.254.169.254", asker=lambda a: 200).inspect().findings[0]
     assert "--http-tokens required" in f.detail and "hop limit" in f.detail
+
+
+def test_check_takes_the_daemons_recent_probe_and_says_so(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from ecs_harden.imds.probe import daemon_probe
+
+    status = tmp_path / "status.json"
+
+    def write(observed_ago: float, finding_status: str = "ok") -> None:
+        seen = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - observed_ago))
+        status.write_text(json.dumps({"findings": [
+            {"check": "imds.probe", "status": finding_status, "expected": "e", "actual": "a",
+             "detail": "proved by a real connection from each bridge", "observed": seen}]}))
+
+    write(5)
+    f = daemon_probe(str(status), within=61)
+    assert f is not None and f.status == "ok" and f.actual == "a"
+    assert f.detail.startswith("proved by a real connection") and re.search(r"the daemon's probe, [5-7]s ago", f.detail)
+    write(120)
+    assert daemon_probe(str(status), within=61) is None  # too old: probe now
+    write(5, "warn")
+    assert daemon_probe(str(status), within=61) is None  # it could not prove anything
+    write(5)
+    os.utime(status, (time.time() - 300, time.time() - 300))
+    assert daemon_probe(str(status), within=61) is None  # no heartbeat: no daemon
+    assert daemon_probe(str(tmp_path / "none.json"), within=61) is None
+    status.write_text("{not json")
+    assert daemon_probe(str(status), within=61) is None
+    # the component takes it instead of probing
+    write(5)
+    c = ProbeComponent({4: "169.254.169.254"}, task_cgroup=lambda: False, prober=_never,
+                       recent=lambda: daemon_probe(str(status), within=61))
+    assert c.inspect().findings[0].status == "ok"
+
+
+def _never(_: bool) -> list[Path_]:
+    raise AssertionError("probed although the daemon's probe was recent")
+
+
+def test_the_probes_child_gets_no_systemd_private_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecs_harden.imds.probe import Child
+
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    child = Child(["sh", "-c", 'echo ready; read x; echo "{\\"env\\": \\"${NOTIFY_SOCKET:-}${WATCHDOG_USEC:-}\\"}"'])
+    child.start()
+    try:
+        child.send({})
+        assert child.read() == {"env": ""}
+    finally:
+        child.stop()
+
+
+def test_one_probe_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecs_harden import lock
+    from ecs_harden.imds import probe
+
+    monkeypatch.setenv(lock.ENV_VAR, str(tmp_path / "lock" / "reconcile.lock"))
+    monkeypatch.setattr(probe, "LOCK_TIMEOUT", 0.2)
+    held = lock.ReconcileLock(probe.probe_lock_path(), timeout=1)
+    held.acquire()
+    try:
+        c = ProbeComponent({4: "169.254.169.254"}, task_cgroup=lambda: False,
+                           prober=lambda cg: probe.Prober({4: "169.254.169.254"}, task_cgroup=cg).run())
+        f = c.inspect().findings[0]
+        assert f.status == "warn" and "the probe could not run: another process" in f.detail, f
+        assert f"pid {os.getpid()}" in f.detail
+    finally:
+        held.release()
