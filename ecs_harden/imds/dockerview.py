@@ -140,3 +140,22 @@ def host_network_task_containers() -> list[TaskContainer] | None:
     return out
 
 
+
+
+def container_addresses() -> set[str] | None:
+    """Every address Docker has given a running container, on any network (IPv4 and
+    global IPv6); None when Docker does not answer."""
+    found = api("/containers/json")
+    if not isinstance(found, list):
+        return None
+    out: set[str] = set()
+    for c in found:
+        settings = c.get("NetworkSettings") if isinstance(c, dict) else None
+        networks = settings.get("Networks") if isinstance(settings, dict) else None
+        for net in (networks or {}).values() if isinstance(networks, dict) else ():
+            if not isinstance(net, dict):
+                continue
+            for key in ("IPAddress", "GlobalIPv6Address"):
+                if isinstance(net.get(key), str) and net[key]:
+                    out.add(net[key])
+    return out

@@ -14,9 +14,12 @@ daemon take the probe lock (an flock next to the reconcile lock) around a whole 
 its clean-up of leftovers included, so none deletes another's veths in flight. `check`
 reuses the daemon's probe when it is recent (saying so); `check --fresh` probes now.
 
-The probe's address is the highest free one of the bridge's subnet (Docker allocates
-from the bottom), not in the bridge's neighbour table, so Docker's own NAT treats it as
-a container's.
+The probe's address is one no container decides: the highest of the bridge's subnet
+(Docker allocates from the bottom) that Docker has not given a running container (its
+API), that is not in the bridge's neighbour table as in use (reachable, being probed,
+permanent: a container's gratuitous ARPs only make stale entries, which do not count),
+and that nobody answers an ARP probe (RFC 5227, from the probe's own namespace) for at
+probe time. Docker's own NAT treats it as a container's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
 from ecs_harden.imds import probe_child
+from ecs_harden.imds.dockerview import container_addresses
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.imds.paths import ip_json
 from ecs_harden.report import DRIFT, OK, WARN, Finding
@@ -48,6 +52,10 @@ PREFIX, PEER = "ecsh-p", "ecsh-q"
 CGROUP_DIR = "ecs-harden-probe"
 CREDENTIALS = ("169.254.170.2", 80)
 STEP_TIMEOUT = 10.0
+CANDIDATES = 8  # addresses offered to the child's ARP check, best first
+TRIES = 4096  # addresses looked at below the top of a subnet
+# neighbour states of an address in use; STALE, FAILED, INCOMPLETE are anyone's to make
+IN_USE = {"REACHABLE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
 LOCK_TIMEOUT = 20.0  # a probe takes about a second; two are never queued behind a third for long
 CHILD = os.path.abspath(probe_child.__file__)
 Iface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -74,15 +82,24 @@ def bridges() -> dict[str, dict[int, Iface]]:
     return out
 
 
-def pick(own: Iface, taken: set[str], tries: int = 32) -> str | None:
-    """The highest free address of own's network, as address/prefix."""
+def pick(own: Iface, taken: set[str], tries: int = TRIES, count: int = CANDIDATES) -> list[str]:
+    """The highest free addresses of own's network, best first, as address/prefix."""
     net = own.network
-    top = int(net.broadcast_address) - 1
+    top = int(net.broadcast_address) - (1 if own.version == 4 else 0)
+    out: list[str] = []
     for n in range(top, max(top - tries, int(net.network_address)), -1):
         candidate = ipaddress.ip_address(n)
         if candidate != own.ip and str(candidate) not in taken:
-            return f"{candidate}/{net.prefixlen}"
-    return None
+            out.append(f"{candidate}/{net.prefixlen}")
+            if len(out) == count:
+                break
+    return out
+
+
+def in_use(neighbours: Sequence[dict[str, Any]]) -> set[str]:
+    """The addresses of neighbour entries in a state that says somebody has them."""
+    return {str(x.get("dst")) for x in neighbours
+            if isinstance(x, dict) and IN_USE & set(x.get("state") or [])}
 
 
 def probe_lock_path() -> str:
@@ -146,6 +163,7 @@ class Path_:
     where: str  # "docker0", "the task cgroup"
     outcomes: dict[str, str]
     error: str | None = None
+    addresses: tuple[str, ...] = ()  # the probe's own, as chosen in its namespace
 
 
 class Prober:
@@ -155,12 +173,20 @@ class Prober:
         self.imds = imds
         self.task_cgroup = task_cgroup
         self.cgroup_root = cgroup_root
+        self._allocated: set[str] | None = None
+
+    def allocated(self) -> set[str]:
+        """Docker's containers' addresses, asked once a run (none when Docker is down)."""
+        if self._allocated is None:
+            self._allocated = container_addresses() or set()
+        return self._allocated
 
     def run(self) -> list[Path_]:
         with lock.ReconcileLock(probe_lock_path(), timeout=LOCK_TIMEOUT):
             return self._run()
 
     def _run(self) -> list[Path_]:
+        self._allocated = None
         leftovers()
         found = bridges()
         jobs: list[tuple[str, Child, dict[str, Any], Callable[[], None]]] = []
@@ -182,7 +208,10 @@ class Prober:
                 child.send(cfg)
             for where, child, _, _ in jobs:
                 answer = child.read()
-                paths.append(Path_(where, answer.get("outcomes") or {}, answer.get("error")))
+                chosen = answer.get("addresses")
+                chosen = chosen.values() if isinstance(chosen, dict) else ()
+                addresses = tuple(str(a).split("/")[0] for a in chosen)
+                paths.append(Path_(where, answer.get("outcomes") or {}, answer.get("error"), addresses))
         finally:
             for _, child, _, cleanup in jobs:
                 child.stop()
@@ -192,13 +221,13 @@ class Prober:
     def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> tuple[str, Child, dict[str, Any],
                                                                           Callable[[], None]]:
         host, peer = f"{PREFIX}{n}", f"{PEER}{n}"
-        taken = {str(x.get("dst")) for x in ip_json("neigh", "show", "dev", bridge)}
+        taken = in_use(ip_json("neigh", "show", "dev", bridge)) | self.allocated()
         cfg: dict[str, Any] = {"iface": peer, "targets": [[*CREDENTIALS]]}
         for family in (4, 6):
             own = addrs.get(family)
-            address = pick(own, taken) if own is not None else None
-            if own is not None and address is not None and family in self.imds:
-                cfg[f"v{family}"] = {"address": address, "gateway": str(own.ip)}
+            candidates = pick(own, taken) if own is not None else []
+            if own is not None and candidates and family in self.imds:
+                cfg[f"v{family}"] = {"candidates": candidates, "gateway": str(own.ip)}
                 cfg["targets"].append([self.imds[family], 80])
         if "v4" not in cfg:
             raise RuntimeFailure(f"no free address on {bridge}")
@@ -259,7 +288,9 @@ def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str
             unsure.append(f"from {p.where} the credentials endpoint did not answer ({creds}): the "
                           "probe's path may be broken (is the ECS agent up?), so its IMDS result proves less")
         seen = ("reached (declared exception)" if declared else "REACHED") if got else "blocked"
-        states.append(f"{p.where}: IMDS {seen}" + ("" if creds is None else f", credentials {creds}"))
+        source = f" (from {', '.join(p.addresses)})" if p.addresses else ""
+        creds_seen = "" if creds is None else f", credentials {creds}"
+        states.append(f"{p.where}: IMDS {seen}{creds_seen}{source}")
     actual = "; ".join(states) if states else "no bridge with an address to probe"
     if reached:
         return Finding(CHECK, DRIFT, expected, actual,

@@ -1,14 +1,15 @@
 """The inside of an imds.probe: run in a throwaway network namespace (`unshare --net`) or
 in the task cgroup. Says `ready`, reads one JSON line (what to set up, where to connect),
-sets up its end of the veth, opens every TCP connection at once (nothing is sent: a
-connect only), prints one JSON line of outcomes, and exits, which takes the namespace
-and the veth with it."""
+sets up its end of the veth on an address nobody answers ARP for, opens every TCP
+connection at once (nothing is sent: a connect only), prints one JSON line of outcomes,
+and exits, which takes the namespace and the veth with it."""
 
 from __future__ import annotations
 
 import json
 import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,21 +17,68 @@ from typing import Any
 
 # IMDS and the credentials endpoint answer a connect in milliseconds; a dropped SYN never.
 CONNECT_TIMEOUT = 0.5
+# An ARP probe is answered in well under a millisecond on a bridge; a busy host's
+# container may take longer, so wait this long for any answer to any of them.
+ARP_WAIT = 0.15
+ETH_P_ARP = 0x0806
 
 
-def set_up(cfg: dict[str, Any]) -> None:
+def arp_answered(iface: str, addresses: list[str], wait: float = ARP_WAIT) -> set[str]:
+    """The addresses somebody answers an ARP probe for (RFC 5227: sender address
+    0.0.0.0, so no neighbour table learns ours), all asked at once."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((iface, 0))
+        mac = s.getsockname()[4]
+        for address in addresses:
+            who_has = socket.inet_aton(address)
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + bytes(4) + bytes(6) + who_has
+            s.send(b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp)
+        wanted = {socket.inet_aton(a): a for a in addresses}
+        answered: set[str] = set()
+        deadline = time.monotonic() + wait
+        while len(answered) < len(addresses):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([s], [], [], left)[0]:
+                break
+            frame = s.recv(128)
+            if len(frame) >= 42 and frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02":
+                sender = frame[28:32]
+                if sender in wanted:
+                    answered.add(wanted[sender])
+    return answered
+
+
+def choose(iface: str, net: dict[str, Any], v6: bool) -> str:
+    """The first candidate nobody answers for (IPv4: ARP probes; IPv6: the first, added
+    without DAD, which would take a second)."""
+    candidates = [str(c) for c in net["candidates"]]
+    if v6:
+        return candidates[0]
+    taken = arp_answered(iface, [c.split("/")[0] for c in candidates])
+    free = [c for c in candidates if c.split("/")[0] not in taken]
+    if not free:
+        raise OSError(f"every candidate address is answered for on the bridge: {', '.join(candidates)}")
+    return free[0]
+
+
+def set_up(cfg: dict[str, Any]) -> dict[str, str]:
+    """Its end of the veth up, with the chosen addresses and default routes; the addresses."""
     iface = cfg.get("iface")
     if not iface:
-        return
-    steps = [["ip", "link", "set", "lo", "up"], ["ip", "link", "set", iface, "up"]]
+        return {}
+    chosen: dict[str, str] = {}
+    for argv in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", iface, "up"]):
+        subprocess.run(argv, check=True, capture_output=True, timeout=10)
     for family in ("v4", "v6"):
         net = cfg.get(family)
         if net:
             v6 = family == "v6"
-            steps.append(["ip", "addr", "add", net["address"], "dev", iface, *(["nodad"] if v6 else [])])
-            steps.append(["ip", *(["-6"] if v6 else []), "route", "add", "default", "via", net["gateway"]])
-    for argv in steps:
-        subprocess.run(argv, check=True, capture_output=True, timeout=10)
+            chosen[family] = address = choose(iface, net, v6)
+            steps = [["ip", "addr", "add", address, "dev", iface, *(["nodad"] if v6 else [])],
+                     ["ip", *(["-6"] if v6 else []), "route", "add", "default", "via", net["gateway"]]]
+            for argv in steps:
+                subprocess.run(argv, check=True, capture_output=True, timeout=10)
+    return chosen
 
 
 def connect_all(targets: list[list[Any]], timeout: float = CONNECT_TIMEOUT) -> dict[str, str]:
@@ -74,11 +122,11 @@ def main() -> int:
         return 1
     cfg = json.loads(line)
     try:
-        set_up(cfg)
+        chosen = set_up(cfg)
     except (subprocess.SubprocessError, OSError) as exc:
         print(json.dumps({"error": f"setting up the probe's namespace failed: {exc}"}), flush=True)
         return 1
-    print(json.dumps({"outcomes": connect_all(cfg["targets"])}), flush=True)
+    print(json.dumps({"outcomes": connect_all(cfg["targets"]), "addresses": chosen}), flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@ the raw PREROUTING guard of every interface, declared exceptions, imds.paths."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -195,6 +196,64 @@ def test_the_probe_names_the_bridge_that_reaches_imds(paths: EcsHost) -> None:
     assert f["status"] == "drift"
     assert f"from {bridge} a connection to 169.254.169.254 was accepted" in f["detail"]
     assert "docker0: IMDS blocked" in f["actual"]
+
+
+def probe_sources(f: dict[str, Any]) -> dict[str, str]:
+    """Bridge -> the probe's own IPv4 address, from imds.probe's actual."""
+    out = {}
+    for part in f["actual"].split("; "):
+        where, _, rest = part.partition(": ")
+        if "(from " in rest:
+            out[where] = rest.split("(from ", 1)[1].rstrip(")").split(", ")[0]
+    return out
+
+
+def test_no_container_decides_the_probes_address(paths: EcsHost) -> None:
+    """Neighbour entries a container can make (stale) or an operator pinned (permanent) on
+    the top 64 addresses of docker0's subnet do not starve the probe; it never takes the
+    address of an idle container Docker placed at the top of its network (Docker's API),
+    nor one a namespace Docker does not know answers ARP for, neither in the neighbour
+    table."""
+    h = paths
+    pol = h.policy(probe=True, name="probe.yaml")
+    assert h.report("apply", policy=pol)[0] == 0
+    info = json.loads(h.sandbox.run(["ip", "-j", "-4", "addr", "show", "docker0"]).stdout)[0]["addr_info"][0]
+    net = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
+    top = [net.broadcast_address - i for i in range(1, 65)]
+    pinned = {str(a) for i, a in enumerate(top) if i % 2 == 0}
+    idle = top[1]  # the first address the probe would take, were it not answered for
+    h.sandbox.sh("; ".join(
+        f"ip neigh replace {a} dev docker0 lladdr 02:00:00:00:00:{i:02x} nud {'permanent' if i % 2 == 0 else 'stale'}"
+        for i, a in enumerate(top) if a != idle))
+    h.sandbox.sh(f"""
+        ip netns add idle; ip link add idle-h type veth peer name idle-c; ip link set idle-c netns idle
+        ip link set idle-h master docker0 up
+        ip netns exec idle sh -ec 'ip link set lo up; ip addr add {idle}/{net.prefixlen} dev idle-c; ip link set idle-c up'
+        ip neigh del {idle} dev docker0 2>/dev/null || true""")
+    h.docker("network", "create", "--subnet", "10.99.0.0/24", "topnet")
+    try:
+        cid = h.docker("run", "-d", "--network", "topnet", "--ip", "10.99.0.254", "lab/busybox",
+                       "sleep", "600").stdout.strip()
+        topnet = "br-" + h.docker("network", "inspect", "-f", "{{.Id}}", "topnet").stdout.strip()[:12]
+        h.sandbox.sh(f"echo 1 > /proc/sys/net/ipv4/conf/{topnet}/route_localnet")
+        assert "10.99.0.254" not in h.sandbox.run(["ip", "neigh", "show", "dev", topnet]).stdout
+        report = h.report("check", "--fresh", policy=pol)[1]
+        f = findings(report)["imds.probe"]
+        assert f["status"] == "ok", f
+        chosen = probe_sources(f)
+        assert chosen["docker0"] not in pinned | {str(idle)}, chosen
+        assert ipaddress.ip_address(chosen["docker0"]) in net, chosen
+        assert chosen[topnet] == "10.99.0.253", chosen
+        # neither was disturbed: each still answers from its own place
+        assert h.docker("exec", cid, "ping", "-c", "1", "-W", "2", "10.99.0.1", check=False).returncode == 0
+        mac = h.sandbox.run(["ip", "netns", "exec", "idle", "cat", "/sys/class/net/idle-c/address"]).stdout.strip()
+        h.sandbox.run(["ip", "netns", "exec", "idle", "busybox", "ping", "-c", "1", "-W", "2", info["local"]])
+        assert mac in h.sandbox.run(["ip", "neigh", "show", str(idle), "dev", "docker0"]).stdout
+    finally:
+        for line in h.docker("ps", "-aq", "--filter", "network=topnet", check=False).stdout.split():
+            h.docker("rm", "-f", line, check=False)
+        h.docker("network", "rm", "topnet", check=False)
+        h.sandbox.sh("ip netns del idle; ip link del idle-h; ip neigh flush dev docker0 nud all", check=False)
 
 
 def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ecs_harden.imds.probe import Path_, ProbeComponent, judge, pick
+from ecs_harden.imds.probe import Path_, ProbeComponent, in_use, judge, pick
 from ecs_harden.imds.v1 import ImdsV1Component
 
 IMDS = {4: "169.254.169.254", 6: "fd00:ec2::254"}
@@ -19,12 +19,21 @@ BLOCKED = {"169.254.169.254:80": "timeout", "fd00:ec2::254:80": "timeout", "169.
 
 def test_the_probe_address_is_the_highest_free_one_of_the_subnet() -> None:
     own = ipaddress.ip_interface("172.17.0.1/16")
-    assert pick(own, set()) == "172.17.255.254/16"
-    assert pick(own, {"172.17.255.254"}) == "172.17.255.253/16"
+    assert pick(own, set())[:2] == ["172.17.255.254/16", "172.17.255.253/16"]
+    assert pick(own, {"172.17.255.254"})[0] == "172.17.255.253/16"
     small = ipaddress.ip_interface("10.0.0.1/30")  # .1 is the bridge, .2 the only other
-    assert pick(small, set()) == "10.0.0.2/30"
-    assert pick(small, {"10.0.0.2"}) is None
-    assert pick(ipaddress.ip_interface("fd00:dead::1/64"), set()) == "fd00:dead::ffff:ffff:ffff:fffe/64"
+    assert pick(small, set()) == ["10.0.0.2/30"]
+    assert pick(small, {"10.0.0.2"}) == []
+    assert pick(ipaddress.ip_interface("fd00:dead::1/64"), set())[0] == "fd00:dead::ffff:ffff:ffff:ffff/64"
+    # a container's ARP traffic makes stale entries on every top address: not a reason to skip them
+    top = [f"172.17.255.{n}" for n in range(254, 190, -1)]
+    neighbours = [{"dst": a, "state": ["STALE"]} for a in top] + [
+        {"dst": "172.17.255.254", "state": ["REACHABLE"]}, {"dst": "172.17.255.253", "state": ["PERMANENT"]},
+        {"dst": "172.17.255.252", "state": ["FAILED"]}]
+    assert in_use(neighbours) == {"172.17.255.254", "172.17.255.253"}
+    assert pick(own, in_use(neighbours))[0] == "172.17.255.252/16"
+    # every top address somebody's: still candidates further down, never none
+    assert pick(own, set(top))[0] == "172.17.255.190/16"
 
 
 def test_blocked_everywhere_is_ok_and_a_reached_imds_is_drift_naming_the_bridge() -> None:

@@ -36,7 +36,7 @@ def test_contract_directives() -> None:
     # SYS_ADMIN and SYS_PTRACE for the paths checks' namespaces (README, the unit's comment)
     assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
     assert u["Service"]["RestrictNamespaces"] == "net"
-    assert set(u["Service"]["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    assert set(u["Service"]["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
         assert u["Service"][key] == "yes"
 
