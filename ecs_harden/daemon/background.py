@@ -27,6 +27,7 @@ class Done(Generic[R]):
     index: int  # the component's index
     started: float  # wall clock, when the check began looking
     result: R
+    finished: float = 0.0  # wall clock, when it had looked: its findings' `observed`
 
 
 class SlowChecks(Generic[R]):
@@ -86,7 +87,7 @@ class SlowChecks(Generic[R]):
             with self._lock:
                 if self._closed:
                     return
-                self._done.append(Done(generation, index, started, result))
+                self._done.append(Done(generation, index, started, result, self.clock()))
                 if key in self._wanted:
                     self._jobs.put((generation, index, self._wanted[key]))
                 with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending already

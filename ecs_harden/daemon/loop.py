@@ -183,9 +183,10 @@ class Daemon:
         self._record(i, found, started)
         return errs
 
-    def _record(self, i: int, found: list[Finding], started: float) -> None:
+    def _record(self, i: int, found: list[Finding], started: float, looked: float | None = None) -> None:
+        """looked: when a slow check had looked (it may take seconds; `status` ages it from there)."""
         self.findings[i] = found
-        self.observed[i] = started
+        self.observed[i] = looked if looked is not None else started
         if self.unseen.get(i, float("inf")) <= started:
             del self.unseen[i]
         for f in found:
@@ -212,7 +213,7 @@ class Daemon:
         done = [d for d in self.slow.collect() if d.generation == self.generation]
         for d in done:
             found, errs = d.result
-            self._record(d.index, found, d.started)
+            self._record(d.index, found, d.started, d.finished or d.started)
             if errs:
                 self.counters.last_error = errs[-1]
                 self.counters.errors += 1

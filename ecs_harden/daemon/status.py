@@ -57,6 +57,11 @@ def read_status(path: str) -> tuple[dict[str, Any], float]:
     return data, age
 
 
+# A slow check (the probe, the namespace scan) is queued at the resync and may wait behind
+# another and take seconds itself (a busy or emulated host): slack before it is called stale.
+SLOW_GRACE = 15.0
+
+
 def observed_age(f: dict[str, Any], now: float | None = None) -> float | None:
     """Seconds since the daemon looked at a finding of its status file; None: not said."""
     if not isinstance(f.get("observed"), str):
@@ -75,7 +80,7 @@ def aged_findings(
     """Mark stale, in data, each finding the daemon looked at longer ago than a resync
     (and two intervals' slack) says it must have: what was not looked at is not `ok`.
     Returns their check ids."""
-    limit = resync + 2 * interval
+    limit = resync + 2 * interval + SLOW_GRACE
     now = time.time() if now is None else now
     aged = []
     for i, f in enumerate(data.get("findings") or []):
