@@ -9,8 +9,6 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from ecs_harden import flavors, proc
 from ecs_harden.errors import RuntimeFailure
 
@@ -100,6 +98,8 @@ _last: dict[str, Process] = {}
 
 def _still(key: str) -> Process | None:
     """The process found last time, if it still runs (one /proc read instead of a scan)."""
+    import psutil  # here: `gate` (the agent's ExecStartPre) imports this module and needs none of it
+
     p = _last.get(key)
     if p is None or p.pid is None:
         return None
@@ -113,6 +113,8 @@ def _still(key: str) -> Process | None:
 
 def _find(key: str, names: tuple[str, ...], match: Any) -> Process:
     """Scan by name (cheap: /proc/PID/stat), then confirm candidates with match."""
+    import psutil
+
     found = _still(key)
     if found is not None:
         return found

@@ -12,7 +12,6 @@ reconcile of the files picks up directories that appeared and links that moved.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from collections.abc import Sequence
@@ -32,7 +31,8 @@ MASK = (
 
 EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len; then len bytes of name
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own libc (find_library would run `ldconfig -p`: a process, ~10 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 

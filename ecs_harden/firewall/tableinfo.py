@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,8 @@ SO_GET_INFO = 64  # IPT_SO_GET_INFO and IP6T_SO_GET_INFO
 INFO_SIZE = 84  # name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size
 TABLES = ("filter", "raw")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own libc (find_library would run `ldconfig -p`: a process, ~10 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                              ctypes.POINTER(ctypes.c_uint32)]
 

@@ -31,6 +31,15 @@ class XtablesCli:
         # The chains the last snapshot of each table read: the next one reads them all at
         # once (a repair's latency is mostly these process starts, one after the other).
         self._read_last: dict[str, list[str]] = {}
+        self._preloaded: dict[str, dict[str, proc.Completed]] = {}
+
+    def preload(self, table: str, name: str, done: proc.Completed) -> None:
+        """A listing read beforehand (`argv`, run beside others): the next snapshot of the
+        table takes it instead of running it again."""
+        self._preloaded.setdefault(table, {})[name] = done
+
+    def argv(self, name: str, table: str) -> list[str]:
+        return self._argv(name, table)
 
     def _argv(self, name: str, table: str) -> list[str]:
         return [self.binary, "-w", WAIT_SECONDS, "-t", table, "-S", name]
@@ -60,9 +69,9 @@ class XtablesCli:
 
     def snapshot(self, table: str = "filter") -> ChainReader:
         names = self._read_last.get(table, [])
-        ready: dict[str, proc.Completed] = {}
+        ready: dict[str, proc.Completed] = self._preloaded.pop(table, {})
         if len(names) > 1:
-            ready = dict(zip(names, proc.run_many([self._argv(n, table) for n in names])))
+            ready.update(zip(names, proc.run_many([self._argv(n, table) for n in names])))
         seen: list[str] = []
         self._read_last[table] = seen
 
