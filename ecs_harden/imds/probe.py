@@ -9,6 +9,15 @@ it exits, or is killed with the daemon (PR_SET_PDEATHSIG), the kernel takes the
 namespace and the veth pair with it. A host end left over from a kill between creating
 the pair and handing its peer over is named PREFIX<n> and deleted at the next probe.
 
+"Blocked" means one of our DROP rules took the probe's packets: our DROP is silent, so
+no answer alone proves nothing (loss, delay, a dead route look the same). The packet
+counters of our DROP rules where the probe's packets meet them first (raw PREROUTING
+for the bridges, filter OUTPUT for the task cgroup) are read before and after; a path
+that got no answer counts as blocked only when they moved by at least the packets the
+probe sent there. Otherwise the probe tries once more, and then says it cannot tell
+(`warn`). A container trying IMDS at the same moment can only add to the counters:
+then a DROP of ours is demonstrably taking traffic to IMDS at that moment.
+
 One probe at a time per host: the gate never probes, and `check`, `apply` and the
 daemon take the probe lock (an flock next to the reconcile lock) around a whole run,
 its clean-up of leftovers included, so none deletes another's veths in flight. `check`
@@ -29,6 +38,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -56,6 +66,9 @@ CANDIDATES = 8  # addresses offered to the child's ARP check, best first
 TRIES = 4096  # addresses looked at below the top of a subnet
 # neighbour states of an address in use; STALE, FAILED, INCOMPLETE are anyone's to make
 IN_USE = {"REACHABLE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
+ATTEMPTS = 2  # a path with no answer and no count is probed this many times in all
+OURS = ("ecs-harden: block IMDS",)  # the comments of our DROP rules (containers, every interface, tasks)
+_COUNT = re.compile(r" -c (\d+) \d+")
 LOCK_TIMEOUT = 20.0  # a probe takes about a second; two are never queued behind a third for long
 CHILD = os.path.abspath(probe_child.__file__)
 Iface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -100,6 +113,30 @@ def in_use(neighbours: Sequence[dict[str, Any]]) -> set[str]:
     """The addresses of neighbour entries in a state that says somebody has them."""
     return {str(x.get("dst")) for x in neighbours
             if isinstance(x, dict) and IN_USE & set(x.get("state") or [])}
+
+
+TASK_CGROUP = "the task cgroup"
+
+
+def first_drop(family: int, where: str) -> tuple[int, str, str]:
+    """Where a probe's packet meets our DROP rules first: raw PREROUTING from a bridge
+    (the guard, the docker+ copy), filter OUTPUT from the task cgroup."""
+    return (family, "filter", "OUTPUT") if where == TASK_CGROUP else (family, "raw", "PREROUTING")
+
+
+def drop_counts(places: Sequence[tuple[int, str, str]]) -> dict[tuple[int, str, str], int]:
+    """Packets our DROP rules have taken, per (family, table, chain); a place that cannot
+    be read is left out (nothing it took can then be counted)."""
+    argvs = [["iptables" if f == 4 else "ip6tables", "-w", "10", "-t", table, "-v", "-S", chain]
+             for f, table, chain in places]
+    out: dict[tuple[int, str, str], int] = {}
+    for place, done in zip(places, proc.run_many(argvs, timeout=15)):
+        if done.returncode != 0:
+            continue
+        out[place] = sum(int(m.group(1)) for line in done.stdout.splitlines()
+                         if line.startswith("-A ") and line.rstrip().endswith("-j DROP")
+                         and any(c in line for c in OURS) and (m := _COUNT.search(line)))
+    return out
 
 
 def probe_lock_path() -> str:
@@ -160,7 +197,7 @@ class Child:
 
 @dataclass(frozen=True)
 class Path_:
-    where: str  # "docker0", "the task cgroup"
+    where: str  # "docker0", TASK_CGROUP
     outcomes: dict[str, str]
     error: str | None = None
     addresses: tuple[str, ...] = ()  # the probe's own, as chosen in its namespace
@@ -174,6 +211,7 @@ class Prober:
         self.task_cgroup = task_cgroup
         self.cgroup_root = cgroup_root
         self._allocated: set[str] | None = None
+        self._last: list[Path_] = []
 
     def allocated(self) -> set[str]:
         """Docker's containers' addresses, asked once a run (none when Docker is down)."""
@@ -189,34 +227,91 @@ class Prober:
         self._allocated = None
         leftovers()
         found = bridges()
+        done: dict[str, Path_] = {}
+        for attempt in range(ATTEMPTS):
+            undecided = [p.where for p in self._once(found, skip=set(done))]
+            for p in self._last:
+                if p.where not in undecided or attempt == ATTEMPTS - 1:
+                    done[p.where] = p
+            if not undecided:
+                break
+        return sorted(done.values(), key=lambda p: p.where)
+
+    def _once(self, found: dict[str, dict[int, Iface]], skip: set[str]) -> list[Path_]:
+        """One probe of every path not in skip, into self._last; the paths that got no
+        answer the counters of our DROP rules account for."""
         jobs: list[tuple[str, Child, dict[str, Any], Callable[[], None]]] = []
         paths: list[Path_] = []
         try:
             for n, (bridge, addrs) in enumerate(sorted(found.items())):
-                if 4 not in addrs:
-                    continue  # no address to be a container of (an L2-only bridge)
+                if 4 not in addrs or bridge in skip:
+                    continue  # no address to be a container of (an L2-only bridge), or decided
                 try:
                     jobs.append(self._bridge(n, bridge, addrs))
                 except (RuntimeFailure, OSError) as exc:
                     paths.append(Path_(bridge, {}, str(exc)))
-            if self.task_cgroup:
+            if self.task_cgroup and TASK_CGROUP not in skip:
                 try:
                     jobs.append(self._cgroup())
                 except (RuntimeFailure, OSError) as exc:
-                    paths.append(Path_("the task cgroup", {}, str(exc)))
+                    paths.append(Path_(TASK_CGROUP, {}, str(exc)))
+            places = self._places(jobs)
+            before = drop_counts(places)
             for _, child, cfg, _ in jobs:
                 child.send(cfg)
+            answers = []
             for where, child, _, _ in jobs:
                 answer = child.read()
                 chosen = answer.get("addresses")
                 chosen = chosen.values() if isinstance(chosen, dict) else ()
                 addresses = tuple(str(a).split("/")[0] for a in chosen)
-                paths.append(Path_(where, answer.get("outcomes") or {}, answer.get("error"), addresses))
+                answers.append(Path_(where, answer.get("outcomes") or {}, answer.get("error"), addresses))
+            after = drop_counts(places)
         finally:
             for _, child, _, cleanup in jobs:
                 child.stop()
                 cleanup()
-        return sorted(paths, key=lambda p: p.where)
+        judged, undecided = self._account(answers, before, after)
+        self._last = paths + judged
+        return undecided
+
+    def _places(self, jobs: Sequence[tuple[str, Child, dict[str, Any], Callable[[], None]]]) -> list[
+            tuple[int, str, str]]:
+        """Where the probe's packets meet our DROP rules first."""
+        out: list[tuple[int, str, str]] = []
+        for where, _, cfg, _ in jobs:
+            for family in self.imds:
+                place = first_drop(family, where)
+                if (cfg.get("iface") is None or f"v{family}" in cfg) and place not in out:
+                    out.append(place)
+        return out
+
+    def _account(self, answers: list[Path_], before: dict[tuple[int, str, str], int],
+                 after: dict[tuple[int, str, str], int]) -> tuple[list[Path_], list[Path_]]:
+        """Each IMDS target that got no answer becomes "dropped" when our DROP rules where
+        it went counted at least as many packets as were sent there without an answer;
+        the paths with one that stays unaccounted for are undecided."""
+        sent: dict[tuple[int, str, str], int] = {}
+        for p in answers:
+            for family, address in self.imds.items():
+                if p.error is None and p.outcomes.get(f"{address}:80") not in (None, "connected"):
+                    place = first_drop(family, p.where)
+                    sent[place] = sent.get(place, 0) + 1
+        took = {place: place in before and place in after and after[place] - before[place] >= n
+                for place, n in sent.items()}
+        judged, undecided = [], []
+        for p in answers:
+            outcomes = dict(p.outcomes)
+            for family, address in self.imds.items():
+                key = f"{address}:80"
+                if p.error is None and outcomes.get(key) not in (None, "connected"):
+                    place = first_drop(family, p.where)
+                    outcomes[key] = "dropped" if took.get(place) else f"no answer ({outcomes[key]})"
+            q = Path_(p.where, outcomes, p.error, p.addresses)
+            judged.append(q)
+            if any(str(v).startswith("no answer") for v in outcomes.values()):
+                undecided.append(q)
+        return judged, undecided
 
     def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> tuple[str, Child, dict[str, Any],
                                                                           Callable[[], None]]:
@@ -265,7 +360,7 @@ class Prober:
             cleanup()
             raise
         cfg = {"iface": None, "targets": [[a, 80] for a in self.imds.values()]}
-        return "the task cgroup", child, cfg, cleanup
+        return TASK_CGROUP, child, cfg, cleanup
 
 
 def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str] = ()) -> Finding:
@@ -280,14 +375,21 @@ def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str
             states.append(f"{p.where}: not probed")
             continue
         got = [a for a in imds.values() if p.outcomes.get(f"{a}:80") == "connected"]
+        silent = {a: p.outcomes.get(f"{a}:80") for a in imds.values()
+                  if p.outcomes.get(f"{a}:80") not in (None, "connected", "dropped")}
         creds = p.outcomes.get(f"{CREDENTIALS[0]}:{CREDENTIALS[1]}")
         declared = any(iface_covers(e, p.where) for e in exceptions)
         if got and not declared:
             reached.append(f"from {p.where} a connection to {', '.join(got)} was accepted")
-        if creds is not None and creds != "connected" and p.where != "the task cgroup":
+        if silent and not declared:
+            what = ", ".join(f"{a}: {v}" for a, v in silent.items())
+            unsure.append(f"from {p.where} {what}, and no DROP rule of ours counted the probe's packets: "
+                          "loss, delay or a dead route look the same, so the block is not proven from there")
+        if creds is not None and creds != "connected" and p.where != TASK_CGROUP:
             unsure.append(f"from {p.where} the credentials endpoint did not answer ({creds}): the "
                           "probe's path may be broken (is the ECS agent up?), so its IMDS result proves less")
-        seen = ("reached (declared exception)" if declared else "REACHED") if got else "blocked"
+        seen = (("reached (declared exception)" if declared else "REACHED") if got
+                else "undecided" if silent else "blocked")
         source = f" (from {', '.join(p.addresses)})" if p.addresses else ""
         creds_seen = "" if creds is None else f", credentials {creds}"
         states.append(f"{p.where}: IMDS {seen}{creds_seen}{source}")
@@ -299,7 +401,8 @@ def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str
     if unsure:
         return Finding(CHECK, WARN, expected, actual, "; ".join(unsure))
     return Finding(CHECK, OK, expected, actual,
-                   "proved by a real connection from each bridge" if paths else "no bridge to probe yet")
+                   "proved from each bridge: its connects to IMDS were taken by a DROP rule of ours, the "
+                   "credentials endpoint answered" if paths else "no bridge to probe yet")
 
 
 class ProbeComponent(Base):

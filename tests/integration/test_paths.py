@@ -256,6 +256,36 @@ def test_no_container_decides_the_probes_address(paths: EcsHost) -> None:
         h.sandbox.sh("ip netns del idle; ip link del idle-h; ip neigh flush dev docker0 nud all", check=False)
 
 
+def test_a_silent_path_to_imds_is_never_taken_for_the_block(paths: EcsHost) -> None:
+    """Our DROP is silent, and so are loss and a dead route: with every copy of the v4
+    block deleted (the guard too) and IMDS dropping what reaches it, the probe is never
+    `ok` (undecided, `warn`: no DROP of ours counted its packets); with the block in
+    place it is `ok` through 90 % loss on IMDS' side, its packets counted by our DROP."""
+    from tests.integration.test_live_block import delete_every_copy
+
+    h = paths
+    pol = h.policy("imds:\n  guard_all_interfaces: false\n", name="noguard.yaml", probe=True)
+    assert h.report("apply", policy=pol)[0] == 0
+    loss = ("ip netns exec imds iptables -w -I INPUT -p tcp --dport 80 -m statistic --mode random "
+            "--probability {p} -j DROP")
+    h.sandbox.sh(loss.format(p="0.9"))
+    try:
+        for _ in range(3):
+            f = findings(h.report("check", "--fresh", policy=pol)[1])["imds.probe"]
+            assert f["status"] == "ok" and "docker0: IMDS blocked" in f["actual"], f
+        delete_every_copy(h)
+        h.sandbox.sh("ip netns exec imds iptables -w -F INPUT; " + loss.format(p="1"))
+        for _ in range(3):
+            f = findings(h.report("check", "--fresh", policy=pol)[1])["imds.probe"]
+            assert f["status"] == "warn" and "docker0: IMDS undecided" in f["actual"], f
+            assert "no DROP rule of ours counted the probe's packets" in f["detail"], f
+        h.sandbox.sh("ip netns exec imds iptables -w -F INPUT")  # the path works again: IMDS answers
+        f = findings(h.report("check", "--fresh", policy=pol)[1])["imds.probe"]
+        assert f["status"] == "drift" and "docker0: IMDS REACHED" in f["actual"], f
+    finally:
+        h.sandbox.sh("ip netns exec imds iptables -w -F INPUT", check=False)
+
+
 def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> None:
     h = paths
     pol = h.policy(probe=True, name="probe.yaml")

@@ -14,7 +14,7 @@ from ecs_harden.imds.probe import Path_, ProbeComponent, in_use, judge, pick
 from ecs_harden.imds.v1 import ImdsV1Component
 
 IMDS = {4: "169.254.169.254", 6: "fd00:ec2::254"}
-BLOCKED = {"169.254.169.254:80": "timeout", "fd00:ec2::254:80": "timeout", "169.254.170.2:80": "connected"}
+BLOCKED = {"169.254.169.254:80": "dropped", "fd00:ec2::254:80": "dropped", "169.254.170.2:80": "connected"}
 
 
 def test_the_probe_address_is_the_highest_free_one_of_the_subnet() -> None:
@@ -50,7 +50,7 @@ def test_a_silent_credentials_endpoint_or_a_failed_probe_is_a_warning_not_ok() -
     assert judge([Path_("docker0", quiet)], IMDS).status == "warn"
     assert judge([Path_("docker0", {}, "no free address")], IMDS).status == "warn"
     # the task cgroup has no credentials leg: blocked there is ok
-    cg = {"169.254.169.254:80": "timeout", "fd00:ec2::254:80": "timeout"}
+    cg = {"169.254.169.254:80": "dropped", "fd00:ec2::254:80": "dropped"}
     assert judge([Path_("the task cgroup", cg)], IMDS).status == "ok"
     assert judge([Path_("the task cgroup", dict(cg, **{"fd00:ec2::254:80": "connected"}))], IMDS).status == "drift"
 
@@ -154,3 +154,32 @@ def test_one_probe_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert f"pid {os.getpid()}" in f.detail
     finally:
         held.release()
+
+
+def test_no_answer_is_blocked_only_when_our_drop_counted_the_probes_packets() -> None:
+    """Our DROP is silent: a connect with no answer is `dropped` only when the counters of
+    our DROP rules where the packet went moved by at least what was sent there without an
+    answer; otherwise `no answer`, and the finding is undecided (warn), never ok."""
+    from ecs_harden.imds.probe import Prober
+
+    p = Prober({4: "169.254.169.254", 6: "fd00:ec2::254"}, task_cgroup=True)
+    silent = {"169.254.169.254:80": "timeout", "fd00:ec2::254:80": "timeout", "169.254.170.2:80": "connected"}
+    answers = [Path_("docker0", silent), Path_("br-1", silent),
+               Path_("the task cgroup", {"169.254.169.254:80": "timeout", "fd00:ec2::254:80": "timeout"})]
+    raw4, raw6, out4, out6 = (4, "raw", "PREROUTING"), (6, "raw", "PREROUTING"), (4, "filter", "OUTPUT"), (6, "filter", "OUTPUT")
+    before = {raw4: 10, raw6: 0, out4: 5, out6: 0}
+    # v4: both bridges' SYNs counted; v6: one of two; OUTPUT v4 counted, v6 not read
+    after = {raw4: 12, raw6: 1, out4: 6}
+    judged, undecided = p._account(answers, before, after)
+    by = {q.where: q.outcomes for q in judged}
+    assert by["docker0"]["169.254.169.254:80"] == "dropped" and by["br-1"]["169.254.169.254:80"] == "dropped"
+    assert by["docker0"]["fd00:ec2::254:80"] == "no answer (timeout)"
+    assert by["the task cgroup"] == {"169.254.169.254:80": "dropped", "fd00:ec2::254:80": "no answer (timeout)"}
+    assert {q.where for q in undecided} == {"docker0", "br-1", "the task cgroup"}
+    f = judge(judged, p.imds)
+    assert f.status == "warn" and "no DROP rule of ours counted" in f.detail and "IMDS undecided" in f.actual
+    # counted everywhere: ok; an answer is drift whatever the counters say
+    judged, undecided = p._account(answers, before, {raw4: 12, raw6: 2, out4: 6, out6: 1})
+    assert undecided == [] and judge(judged, p.imds).status == "ok"
+    reached = [Path_("docker0", dict(silent, **{"169.254.169.254:80": "connected"}))]
+    assert judge(p._account(reached, before, after)[0], p.imds).status == "drift"
