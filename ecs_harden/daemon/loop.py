@@ -38,7 +38,7 @@ from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, build_components, failed_finding
 from ecs_harden.reconcile import families as families_of
-from ecs_harden.report import ERROR, STALE, Finding, Report, stale_finding
+from ecs_harden.report import ERROR, Finding, Report, stale_finding
 
 Clock = typing.Callable[[], float]
 OpenSources = typing.Callable[
@@ -127,7 +127,7 @@ class Daemon:
     ) -> bool:
         """Reconcile the components of the given groups (live checks: of the given IP
         families); True when no error. The slow checks go to the worker thread unless
-        inline (`run --once`: its report says what every check found)."""
+        inline (the first reconcile: READY says what every check found)."""
         t0 = time.monotonic()
         errors: list[str] = []
         for source in self.sources:
@@ -199,8 +199,7 @@ class Daemon:
         if changed:
             self.unseen.setdefault(i, time.time())
         if i not in self.findings:
-            self.findings[i] = [Finding(self.components[i].name, STALE,
-                                        detail="not looked at yet: it runs beside the daemon's loop")]
+            self.findings[i] = []
 
         def run() -> tuple[list[Finding], list[str]]:
             found, _, errs = self.reconciler.run_component(component, repair=True)
@@ -285,7 +284,7 @@ class Daemon:
         self._configure(policy)
         self._open_sources()
         self.log.info("policy.reloaded", source=policy.source)
-        self.reconcile(why="reload")
+        self.reconcile(why="reload", inline=True)
         self.notifier.send("READY=1")
 
     def run(self, *, once: bool = False) -> int:
@@ -298,11 +297,9 @@ class Daemon:
         self._open_sources()
         sel = selectors.DefaultSelector()
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
-        # READY waits for the block, never for the slow checks (the probe, the namespace
-        # scan): they start beside the loop, `stale` ("not looked at yet") until done.
+        ok = self.reconcile(why="start", inline=True)
         self.slow = SlowChecks(time.time)
         sel.register(self.slow.fileno(), selectors.EVENT_READ, self.slow)
-        ok = self.reconcile(why="start")
         self.notifier.ready(self.summary())
         sched = self._schedule()
         sched.reconciled(ok, self.clock())
