@@ -333,36 +333,6 @@ def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: Ec
         h.docker("network", "rm", "mvnet", check=False)
 
 
-def test_checks_beside_a_daemon_probing_every_second_never_break_a_probe(paths: EcsHost) -> None:
-    """One probe at a time per host: 12 `check --fresh` beside a daemon probing at every
-    one-second resync: each check's own probe proves the block, the daemon's too, and no
-    veth is left. Without --fresh, check takes the daemon's recent probe and says so."""
-    from tests.integration.test_daemon import start_daemon
-
-    h = paths
-    assert h.report("apply")[0] == 0
-    policy = h.policy("interval: 1\nresync: 1\n", name="probing.yaml", probe=True)
-    run = start_daemon(h, policy)
-    try:
-        run.wait_for("READY=1", 60)
-        for i in range(12):
-            report = h.report("check", "--fresh", policy=policy)[1]
-            f = findings(report)["imds.probe"]
-            assert f["status"] == "ok" and "the daemon's probe" not in f["detail"], (i, f)
-        reused = findings(h.report("check", policy=policy)[1])["imds.probe"]
-        assert reused["status"] == "ok" and "the daemon's probe, " in reused["detail"], reused
-        daemon = findings(json.loads((h.dir / "status.json").read_text()))["imds.probe"]
-        assert daemon["status"] == "ok", daemon
-        assert "could not run" not in run.log.read_text()
-    finally:
-        os.kill(run.pid, signal.SIGTERM)
-        run.proc.wait(timeout=30)
-        run.notify.close()
-    # a probe the stop cut short may leave its pair: the next probe deletes it
-    h.report("check", "--fresh", policy=policy)
-    assert h.sandbox.sh("ip -o link | grep -c ecsh- || true").stdout.strip() == "0"
-
-
 # As an unprivileged user: N processes, each in a user and network namespace of its own;
 # their pids go to PIDS, the last on its own line at the end.
 MANY = ("pids=$1; n=$2; : > $pids; i=0; while [ $i -lt $n ]; do "
