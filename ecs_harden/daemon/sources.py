@@ -401,15 +401,14 @@ class SliceSource(WakeSource):
         self.watch = watch
 
     def fileno(self) -> int:
-        return self.watch.fileno() if self.watch is not None else -1
+        return self.watch.fileno()
 
     def readable(self, now: float, wake: Wake) -> None:
-        if self.watch is not None and self.watch.drain():
+        if self.watch.drain():
             wake.add({PATHS}, "task slice made or removed")
 
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close()
+        self.watch.close()
 
 
 def slice_source(policy: Policy, root: str = CGROUP_ROOT) -> WakeSource | None:

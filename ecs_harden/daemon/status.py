@@ -87,13 +87,10 @@ def aged_findings(
         if not isinstance(f, dict) or f.get("status") == STALE:
             continue
         age = observed_age(f, now)
-        if age is None:
-            continue
-        seen = now - age
-        if now - seen > limit:
+        if age is not None and age > limit:
             last = f"{f.get('status')} at {f['observed']}" + (f": {f['detail']}" if f.get("detail") else "")
             data["findings"][i] = {**f, "status": STALE, "changed": False,
-                                   "detail": f"not looked at for {now - seen:.0f}s (more than resync "
+                                   "detail": f"not looked at for {age:.0f}s (more than resync "
                                              f"{resync:g}s + 2 x {interval:g}s); last seen {last}"}
             aged.append(str(f.get("check")))
     return aged
