@@ -4,10 +4,11 @@ under imds.host_network: block from a process in the task cgroup, a TCP connect 
 (v4, v6) must fail and one to the credentials endpoint must succeed. Nothing beyond the
 connect is ever sent.
 
-The namespace belongs to one child process (`unshare --net`, never bind-mounted): when
-it exits, or is killed with the daemon (PR_SET_PDEATHSIG), the kernel takes the
-namespace and the veth pair with it. A host end left over from a kill between creating
-the pair and handing its peer over is named PREFIX<n> and deleted at the next probe.
+A bridge's namespace belongs to one thread of our own process (probe_netns: no
+interpreter is started for it, never bind-mounted): when the thread ends, or the
+process is killed, the kernel takes the namespace and the veth pair with it. The task
+cgroup's probe is a child process (a cgroup holds processes), killed with us
+(PR_SET_PDEATHSIG).
 
 "Blocked" means one of our DROP rules took the probe's packets: our DROP is silent, so
 no answer alone proves nothing (loss, delay, a dead route look the same). The packet
@@ -43,18 +44,21 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Tuple, Union
 
 from ecs_harden import lock, proc
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
+from ecs_harden.firewall.xtables_cli import WAIT_SECONDS, XtablesCli
 from ecs_harden.imds import probe_child
 from ecs_harden.imds.dockerview import container_addresses
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.imds.paths import ip_json
+from ecs_harden.imds.probe_netns import NetnsProbe, ip_batch
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
 CHECK = "imds.probe"
@@ -66,6 +70,7 @@ CANDIDATES = 8  # addresses offered to the child's ARP check, best first
 TRIES = 4096  # addresses looked at below the top of a subnet
 # neighbour states of an address in use; STALE, FAILED, INCOMPLETE are anyone's to make
 IN_USE = {"REACHABLE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
+DAD_WAIT = 3.0  # Duplicate Address Detection takes 1-2 s (a random delay, then one probe)
 ATTEMPTS = 2  # a path with no answer and no count is probed this many times in all
 OURS = ("ecs-harden: block IMDS",)  # the comments of our DROP rules (containers, every interface, tasks)
 _COUNT = re.compile(r" -c (\d+) \d+")
@@ -78,8 +83,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def bridges() -> dict[str, dict[int, Iface]]:
-    """Bridge -> its IPv4 address and its first global IPv6 address (with prefix)."""
+def bridges(tentative_out: set[str] | None = None) -> dict[str, dict[int, Iface]]:
+    """Bridge -> its IPv4 address and its first global IPv6 address (with prefix); the
+    bridges whose IPv6 address is still tentative are added to tentative_out."""
     out: dict[str, dict[int, Iface]] = {}
     for link in ip_json("addr", "show", "type", "bridge"):
         name = link.get("ifname")
@@ -89,10 +95,31 @@ def bridges() -> dict[str, dict[int, Iface]]:
         for a in link.get("addr_info") or []:
             if a.get("scope") != "global" or "local" not in a:
                 continue
+            if a.get("dadfailed"):
+                continue  # never usable
             iface = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
-            found.setdefault(iface.version, iface)
+            first = found.setdefault(iface.version, iface) == iface
+            if first and a.get("tentative") and tentative_out is not None:
+                tentative_out.add(name)
         out[name] = found
     return out
+
+
+def tentative(bridge: str) -> bool:
+    return any(a.get("tentative") and a.get("scope") == "global"
+               for link in ip_json("-6", "addr", "show", "dev", bridge) for a in link.get("addr_info") or [])
+
+
+def settled(names: Sequence[str], wait: float = DAD_WAIT) -> None:
+    """Wait (at most `wait`) until no bridge's global IPv6 address is tentative: on a
+    bridge with no port, Duplicate Address Detection starts only when the probe's veth
+    gives it a carrier, and until it ends the bridge answers no neighbour solicitation
+    (a container's IPv6 could not leave either: the probe would only see silence)."""
+    deadline = time.monotonic() + wait
+    pending = [n for n in names if tentative(n)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pending = [n for n in pending if tentative(n)]
 
 
 def pick(own: Iface, taken: set[str], tries: int = TRIES, count: int = CANDIDATES) -> list[str]:
@@ -127,7 +154,7 @@ def first_drop(family: int, where: str) -> tuple[int, str, str]:
 def drop_counts(places: Sequence[tuple[int, str, str]]) -> dict[tuple[int, str, str], int]:
     """Packets our DROP rules have taken, per (family, table, chain); a place that cannot
     be read is left out (nothing it took can then be counted)."""
-    argvs = [["iptables" if f == 4 else "ip6tables", "-w", "10", "-t", table, "-v", "-S", chain]
+    argvs = [[XtablesCli(f).binary, "-w", WAIT_SECONDS, "-t", table, "-v", "-S", chain]
              for f, table, chain in places]
     out: dict[tuple[int, str, str], int] = {}
     for place, done in zip(places, proc.run_many(argvs, timeout=15)):
@@ -145,6 +172,8 @@ def probe_lock_path() -> str:
 
 
 def leftovers() -> None:
+    """Host ends named like ours: only an older version, killed midway, leaves one (a pair
+    made from a thread's namespace goes with it)."""
     for link in ip_json("link", "show"):
         name = link.get("ifname")
         if isinstance(name, str) and name.startswith(PREFIX):
@@ -153,7 +182,8 @@ def leftovers() -> None:
 
 @dataclass
 class Child:
-    """One probe child: started, told what to do, read."""
+    """The task cgroup's probe: a process (a cgroup holds processes, not threads), started,
+    told what to do, read."""
 
     argv: Sequence[str]
     popen: subprocess.Popen[str] | None = None
@@ -203,15 +233,27 @@ class Path_:
     addresses: tuple[str, ...] = ()  # the probe's own, as chosen in its namespace
 
 
+def _path(where: str, answer: dict[str, Any]) -> Path_:
+    chosen = answer.get("addresses")
+    chosen = chosen.values() if isinstance(chosen, dict) else ()
+    return Path_(where, answer.get("outcomes") or {}, answer.get("error"),
+                 tuple(str(a).split("/")[0] for a in chosen))
+
+
+Place = Tuple[int, str, str]
+_cleaned = False  # leftovers of an older version looked for, once a process
+
+
 class Prober:
-    """Runs the probes: every bridge's (and the task cgroup's) children side by side."""
+    """Runs the probes: every bridge's (a thread's namespace) and the task cgroup's (a
+    child process) side by side."""
 
     def __init__(self, imds: dict[int, str], *, task_cgroup: bool, cgroup_root: str = CGROUP_ROOT):
         self.imds = imds
         self.task_cgroup = task_cgroup
         self.cgroup_root = cgroup_root
         self._allocated: set[str] | None = None
-        self._last: list[Path_] = []
+        self._tentative: set[str] = set()
 
     def allocated(self) -> set[str]:
         """Docker's containers' addresses, asked once a run (none when Docker is down)."""
@@ -224,100 +266,105 @@ class Prober:
             return self._run()
 
     def _run(self) -> list[Path_]:
+        global _cleaned
         self._allocated = None
-        leftovers()
-        found = bridges()
+        if not _cleaned:
+            leftovers()
+            _cleaned = True
+        self._tentative = set()
+        found = bridges(self._tentative)
         done: dict[str, Path_] = {}
         for attempt in range(ATTEMPTS):
-            undecided = [p.where for p in self._once(found, skip=set(done))]
-            for p in self._last:
-                if p.where not in undecided or attempt == ATTEMPTS - 1:
+            judged = self._once(found, skip=set(done))
+            for p in judged:
+                if not _undecided(p) or attempt == ATTEMPTS - 1:
                     done[p.where] = p
-            if not undecided:
+            if not any(_undecided(p) for p in judged):
                 break
         return sorted(done.values(), key=lambda p: p.where)
 
     def _once(self, found: dict[str, dict[int, Iface]], skip: set[str]) -> list[Path_]:
-        """One probe of every path not in skip, into self._last; the paths that got no
-        answer the counters of our DROP rules account for."""
-        jobs: list[tuple[str, Child, dict[str, Any], Callable[[], None]]] = []
+        """One probe of every path not in skip, judged by the counters of our DROP rules."""
+        threads: list[tuple[str, NetnsProbe]] = []
         paths: list[Path_] = []
+        child: Child | None = None
+        cleanup: Callable[[], None] | None = None
         try:
             for n, (bridge, addrs) in enumerate(sorted(found.items())):
                 if 4 not in addrs or bridge in skip:
                     continue  # no address to be a container of (an L2-only bridge), or decided
                 try:
-                    jobs.append(self._bridge(n, bridge, addrs))
-                except (RuntimeFailure, OSError) as exc:
+                    threads.append((bridge, self._bridge(n, bridge, addrs)))
+                except RuntimeFailure as exc:
                     paths.append(Path_(bridge, {}, str(exc)))
+            for _, t in threads:
+                t.start()
+            made = [(bridge, t) for bridge, t in threads if t.made()]
+            if made:
+                ip_batch([f"link set {t.host} master {bridge} up" for bridge, t in made])
+                settled([bridge for bridge, t in made if "v6" in t.cfg and bridge in self._tentative])
+            cg_cfg: dict[str, Any] | None = None
             if self.task_cgroup and TASK_CGROUP not in skip:
                 try:
-                    jobs.append(self._cgroup())
+                    child, cg_cfg, cleanup = self._cgroup()
                 except (RuntimeFailure, OSError) as exc:
                     paths.append(Path_(TASK_CGROUP, {}, str(exc)))
-            places = self._places(jobs)
+            places = self._places([(b, t.cfg) for b, t in made] + ([(TASK_CGROUP, cg_cfg)] if cg_cfg else []))
             before = drop_counts(places)
-            for _, child, cfg, _ in jobs:
-                child.send(cfg)
-            answers = []
-            for where, child, _, _ in jobs:
-                answer = child.read()
-                chosen = answer.get("addresses")
-                chosen = chosen.values() if isinstance(chosen, dict) else ()
-                addresses = tuple(str(a).split("/")[0] for a in chosen)
-                answers.append(Path_(where, answer.get("outcomes") or {}, answer.get("error"), addresses))
+            for _, t in threads:
+                t.go()
+            if child is not None and cg_cfg is not None:
+                child.send(cg_cfg)
+            answers = [_path(TASK_CGROUP, child.read())] if child is not None else []
+            for bridge, t in threads:
+                t.join(STEP_TIMEOUT)
+                answers.append(_path(bridge, t.result))
             after = drop_counts(places)
         finally:
-            for _, child, _, cleanup in jobs:
+            for _, t in threads:
+                t.go()  # a thread still waiting ends now
+            if threads:
+                ip_batch([f"link del {t.host}" for _, t in threads], force=True)
+            if child is not None:
                 child.stop()
+            if cleanup is not None:
                 cleanup()
-        judged, undecided = self._account(answers, before, after)
-        self._last = paths + judged
-        return undecided
+        return paths + self._account(answers, before, after)
 
-    def _places(self, jobs: Sequence[tuple[str, Child, dict[str, Any], Callable[[], None]]]) -> list[
-            tuple[int, str, str]]:
+    def _places(self, cfgs: Sequence[tuple[str, dict[str, Any]]]) -> list[Place]:
         """Where the probe's packets meet our DROP rules first."""
-        out: list[tuple[int, str, str]] = []
-        for where, _, cfg, _ in jobs:
+        out: list[Place] = []
+        for where, cfg in cfgs:
             for family in self.imds:
                 place = first_drop(family, where)
                 if (cfg.get("iface") is None or f"v{family}" in cfg) and place not in out:
                     out.append(place)
         return out
 
-    def _account(self, answers: list[Path_], before: dict[tuple[int, str, str], int],
-                 after: dict[tuple[int, str, str], int]) -> tuple[list[Path_], list[Path_]]:
+    def _account(self, answers: list[Path_], before: dict[Place, int],
+                 after: dict[Place, int]) -> list[Path_]:
         """Each IMDS target that got no answer becomes "dropped" when our DROP rules where
-        it went counted at least as many packets as were sent there without an answer;
-        the paths with one that stays unaccounted for are undecided."""
-        sent: dict[tuple[int, str, str], int] = {}
-        for p in answers:
+        it went counted at least as many packets as were sent there without an answer,
+        else "no answer (...)": the path is undecided."""
+        silent: list[tuple[int, Path_, str, Place]] = []
+        sent: dict[Place, int] = {}
+        for i, p in enumerate(answers):
             for family, address in self.imds.items():
-                if p.error is None and p.outcomes.get(f"{address}:80") not in (None, "connected"):
+                key = f"{address}:80"
+                if p.error is None and p.outcomes.get(key) not in (None, "connected"):
                     place = first_drop(family, p.where)
+                    silent.append((i, p, key, place))
                     sent[place] = sent.get(place, 0) + 1
         took = {place: place in before and place in after and after[place] - before[place] >= n
                 for place, n in sent.items()}
-        judged, undecided = [], []
-        for p in answers:
-            outcomes = dict(p.outcomes)
-            for family, address in self.imds.items():
-                key = f"{address}:80"
-                if p.error is None and outcomes.get(key) not in (None, "connected"):
-                    place = first_drop(family, p.where)
-                    outcomes[key] = "dropped" if took.get(place) else f"no answer ({outcomes[key]})"
-            q = Path_(p.where, outcomes, p.error, p.addresses)
-            judged.append(q)
-            if any(str(v).startswith("no answer") for v in outcomes.values()):
-                undecided.append(q)
-        return judged, undecided
+        outcomes = [dict(p.outcomes) for p in answers]
+        for i, p, key, place in silent:
+            outcomes[i][key] = "dropped" if took[place] else f"no answer ({p.outcomes[key]})"
+        return [Path_(p.where, o, p.error, p.addresses) for p, o in zip(answers, outcomes)]
 
-    def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> tuple[str, Child, dict[str, Any],
-                                                                          Callable[[], None]]:
-        host, peer = f"{PREFIX}{n}", f"{PEER}{n}"
+    def _bridge(self, n: int, bridge: str, addrs: dict[int, Iface]) -> NetnsProbe:
         taken = in_use(ip_json("neigh", "show", "dev", bridge)) | self.allocated()
-        cfg: dict[str, Any] = {"iface": peer, "targets": [[*CREDENTIALS]]}
+        cfg: dict[str, Any] = {"iface": f"{PEER}{n}", "targets": [[*CREDENTIALS]]}
         for family in (4, 6):
             own = addrs.get(family)
             candidates = pick(own, taken) if own is not None else []
@@ -326,23 +373,9 @@ class Prober:
                 cfg["targets"].append([self.imds[family], 80])
         if "v4" not in cfg:
             raise RuntimeFailure(f"no free address on {bridge}")
+        return NetnsProbe(f"{PREFIX}{n}", f"{PEER}{n}", cfg)
 
-        def cleanup() -> None:
-            proc.run(["ip", "link", "del", host], check=False, timeout=5)
-
-        proc.run(["ip", "link", "add", host, "type", "veth", "peer", "name", peer], timeout=5)
-        child = Child(["unshare", "--net", "--", sys.executable, "-I", "-S", CHILD])
-        try:
-            proc.run(["ip", "link", "set", host, "master", bridge, "up"], timeout=5)
-            pid = child.start()
-            proc.run(["ip", "link", "set", peer, "netns", str(pid)], timeout=5)
-        except BaseException:
-            child.stop()
-            cleanup()
-            raise
-        return bridge, child, cfg, cleanup
-
-    def _cgroup(self) -> tuple[str, Child, dict[str, Any], Callable[[], None]]:
+    def _cgroup(self) -> tuple[Child, dict[str, Any], Callable[[], None]]:
         path = os.path.join(self.cgroup_root, TASK_SLICE, CGROUP_DIR)
         os.makedirs(path, exist_ok=True)
         child = Child([sys.executable, "-I", "-S", CHILD])
@@ -359,8 +392,11 @@ class Prober:
             child.stop()
             cleanup()
             raise
-        cfg = {"iface": None, "targets": [[a, 80] for a in self.imds.values()]}
-        return TASK_CGROUP, child, cfg, cleanup
+        return child, {"iface": None, "targets": [[a, 80] for a in self.imds.values()]}, cleanup
+
+
+def _undecided(p: Path_) -> bool:
+    return any(str(v).startswith("no answer") for v in p.outcomes.values())
 
 
 def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str] = ()) -> Finding:

@@ -1,8 +1,7 @@
-"""The inside of an imds.probe: run in a throwaway network namespace (`unshare --net`) or
-in the task cgroup. Says `ready`, reads one JSON line (what to set up, where to connect),
-sets up its end of the veth on an address nobody answers ARP for, opens every TCP
-connection at once (nothing is sent: a connect only), prints one JSON line of outcomes,
-and exits, which takes the namespace and the veth with it."""
+"""The inside of an imds.probe: the address choice and the connects a bridge's namespace
+thread makes (probe_netns), and, run as a script, the task cgroup's child: it says
+`ready`, reads one JSON line (where to connect), opens every TCP connection at once
+(nothing is sent: a connect only), prints one JSON line of outcomes, and exits."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import json
 import select
 import socket
 import struct
-import subprocess
 import sys
 import time
 from typing import Any
@@ -61,26 +59,6 @@ def choose(iface: str, net: dict[str, Any], v6: bool) -> str:
     return free[0]
 
 
-def set_up(cfg: dict[str, Any]) -> dict[str, str]:
-    """Its end of the veth up, with the chosen addresses and default routes; the addresses."""
-    iface = cfg.get("iface")
-    if not iface:
-        return {}
-    chosen: dict[str, str] = {}
-    for argv in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", iface, "up"]):
-        subprocess.run(argv, check=True, capture_output=True, timeout=10)
-    for family in ("v4", "v6"):
-        net = cfg.get(family)
-        if net:
-            v6 = family == "v6"
-            chosen[family] = address = choose(iface, net, v6)
-            steps = [["ip", "addr", "add", address, "dev", iface, *(["nodad"] if v6 else [])],
-                     ["ip", *(["-6"] if v6 else []), "route", "add", "default", "via", net["gateway"]]]
-            for argv in steps:
-                subprocess.run(argv, check=True, capture_output=True, timeout=10)
-    return chosen
-
-
 def connect_all(targets: list[list[Any]], timeout: float = CONNECT_TIMEOUT) -> dict[str, str]:
     """Each [address, port] -> "connected", "refused", "timeout" or the error."""
     pending: dict[socket.socket, str] = {}
@@ -121,12 +99,7 @@ def main() -> int:
     if not line:
         return 1
     cfg = json.loads(line)
-    try:
-        chosen = set_up(cfg)
-    except (subprocess.SubprocessError, OSError) as exc:
-        print(json.dumps({"error": f"setting up the probe's namespace failed: {exc}"}), flush=True)
-        return 1
-    print(json.dumps({"outcomes": connect_all(cfg["targets"]), "addresses": chosen}), flush=True)
+    print(json.dumps({"outcomes": connect_all(cfg["targets"])}), flush=True)
     return 0
 
 
