@@ -14,10 +14,13 @@ waiter that gives up names every holder from /proc/locks (pid, command, uid).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import signal
 import stat
+import threading
 import time
 from types import TracebackType
 
@@ -35,9 +38,17 @@ class LockTimeout(RuntimeFailure):
     """Another ecs-harden process held the lock for longer than we may wait."""
 
 
+class _Expired(Exception):
+    pass
+
+
 def flock_within(fd: int, timeout: float, *, first: float, most: float) -> bool:
-    """Take an exclusive flock on fd, polling (first, doubling up to most seconds between
-    tries) for at most timeout seconds; False when it stayed held by someone else."""
+    """Take an exclusive flock on fd within timeout seconds; False when it stayed held by
+    someone else. The main thread waits in the kernel (woken the moment the holder lets
+    go, so a process that takes the lock again and again cannot starve it), bounded by
+    an interval timer; another thread polls (first, doubling up to most seconds)."""
+    if threading.current_thread() is threading.main_thread() and timeout > 0:
+        return _flock_waiting(fd, timeout)
     deadline = time.monotonic() + timeout
     delay = first
     while True:
@@ -49,6 +60,26 @@ def flock_within(fd: int, timeout: float, *, first: float, most: float) -> bool:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, most)
+
+
+def _flock_waiting(fd: int, timeout: float) -> bool:
+    def expired(signum: int, frame: object) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return True
+    except _Expired:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the timer fired just as it was taken
+        return False
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def default_path() -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ecs_harden import flavors, logs
 from ecs_harden.component import Component
+from ecs_harden.daemon.status import age_limit
 from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
 from ecs_harden.errors import HardenError
@@ -18,6 +19,7 @@ from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.firewall.detect import backend_for
 from ecs_harden.firewall.rule import Network
+from ecs_harden.imds import probe as probe_mod
 from ecs_harden.imds.block import Block
 from ecs_harden.imds.hostnet import HostNetworkComponent
 from ecs_harden.imds.live import LiveBlockComponent, for_policy, guard_of, ipv6_available
@@ -43,9 +45,10 @@ def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
     return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
 
 
-def probes(policy: Policy, *, fresh: bool = True) -> list[Component]:
+def probes(policy: Policy, *, fresh: bool = True, probe_every: float = 0.0) -> list[Component]:
     """The active checks: the probe (imds.probe) and IMDSv1 (imds.v1). fresh=False: the
-    running daemon's probe is taken when it is recent (`check`)."""
+    running daemon's probe is taken when it is recent (`check`); probe_every: the
+    daemon's, kept that long while the bridges stay the same."""
     imds = policy.imds
     v4 = str(imds.ipv4.network_address)
     out: list[Component] = [ImdsV1Component(v4)]
@@ -53,9 +56,10 @@ def probes(policy: Policy, *, fresh: bool = True) -> list[Component]:
         addresses = {4: v4, **({6: str(imds.ipv6.network_address)} if imds.ipv6 is not None else {})}
         out.insert(0, ProbeComponent(addresses, task_cgroup=lambda: task_cgroup_probed(imds.host_network),
                                     exceptions=imds.allow_interfaces,
+                                    every=probe_every,
                                     recent=None if fresh else functools.partial(
                                         daemon_probe, policy.report.status_file,
-                                        within=policy.resync + policy.interval)))
+                                        within=age_limit(policy.resync, policy.interval))))
     return out
 
 
@@ -88,7 +92,8 @@ def restore_service(policy: Policy, facts: Facts) -> ServiceComponent | None:
     return ServiceComponent(flavors.by_name(facts.flavor), families(policy), journal=journal)
 
 
-def build_components(policy: Policy, facts: Facts, *, fresh: bool = True) -> list[Component]:
+def build_components(policy: Policy, facts: Facts, *, fresh: bool = True,
+                     probe_every: float = 0.0) -> list[Component]:
     persistence: list[Component] = [*persisted_files(policy, facts)]
     service = restore_service(policy, facts)
     if service is not None:
@@ -99,11 +104,16 @@ def build_components(policy: Policy, facts: Facts, *, fresh: bool = True) -> lis
                        policy.imds.guard_all_interfaces, policy.state_dir,
                        str(policy.imds.ipv4.network_address)),
         host_network(policy, facts),
-        *probes(policy, fresh=fresh),
+        *probes(policy, fresh=fresh, probe_every=probe_every),
         *persistence,
         EcsConfigComponent(policy),
         AgentRestartComponent(policy, facts.init),
     ]
+
+
+def daemon_components(policy: Policy, facts: Facts) -> list[Component]:
+    """The daemon's: its probe kept while the bridges stay the same (probe.EVERY)."""
+    return build_components(policy, facts, probe_every=probe_mod.EVERY)
 
 
 def failed_finding(f: Finding, why: str) -> Finding:

@@ -36,7 +36,7 @@ from ecs_harden.facts import Facts, iso
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
-from ecs_harden.reconcile import Reconciler, build_components, failed_finding
+from ecs_harden.reconcile import Reconciler, daemon_components, failed_finding
 from ecs_harden.reconcile import families as families_of
 from ecs_harden.report import ERROR, Finding, Report, stale_finding
 
@@ -58,7 +58,7 @@ class Parts:
     paths and the clock)."""
 
     gather: Callable[[], Facts] = facts_mod.gather
-    build: Callable[[Policy, Facts], Sequence[Component]] = build_components
+    build: Callable[[Policy, Facts], Sequence[Component]] = daemon_components
     load: Callable[[Optional[str]], Policy] = policy_mod.load
     lock: Callable[[], AbstractContextManager[object]] = daemon_lock
     sources: OpenSources = open_sources

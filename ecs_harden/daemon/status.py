@@ -74,13 +74,18 @@ def observed_age(f: dict[str, Any], now: float | None = None) -> float | None:
     return (time.time() if now is None else now) - seen
 
 
+def age_limit(resync: float, interval: float) -> float:
+    """How old a finding of the running daemon may be and still be taken as current."""
+    return resync + 2 * interval + SLOW_GRACE
+
+
 def aged_findings(
     data: dict[str, Any], resync: float, interval: float, now: float | None = None
 ) -> list[str]:
     """Mark stale, in data, each finding the daemon looked at longer ago than a resync
     (and two intervals' slack) says it must have: what was not looked at is not `ok`.
     Returns their check ids."""
-    limit = resync + 2 * interval + SLOW_GRACE
+    limit = age_limit(resync, interval)
     now = time.time() if now is None else now
     aged = []
     for i, f in enumerate(data.get("findings") or []):

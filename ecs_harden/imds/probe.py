@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import ipaddress
 import json
 import os
@@ -71,6 +72,7 @@ TRIES = 4096  # addresses looked at below the top of a subnet
 # neighbour states of an address in use; STALE, FAILED, INCOMPLETE are anyone's to make
 IN_USE = {"REACHABLE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
 DAD_WAIT = 3.0  # Duplicate Address Detection takes 1-2 s (a random delay, then one probe)
+EVERY = 300.0  # the daemon's probe: at most this often while the bridges stay the same
 ATTEMPTS = 2  # a path with no answer and no count is probed this many times in all
 OURS = ("ecs-harden: block IMDS",)  # the comments of our DROP rules (containers, every interface, tasks)
 _COUNT = re.compile(r" -c (\d+) \d+")
@@ -442,6 +444,10 @@ def judge(paths: Sequence[Path_], imds: dict[int, str], exceptions: Sequence[str
 
 
 class ProbeComponent(Base):
+    """imds.probe. every > 0 (the daemon): a result is kept that long while the bridges
+    and their addresses stay the same (one `ip` a resync), and the probe runs again at
+    once when they change; every = 0 (`apply`, `check --fresh`): it runs every time."""
+
     wakes_on = PATHS
     name = CHECK
     slow = True
@@ -449,22 +455,44 @@ class ProbeComponent(Base):
     def __init__(self, imds: dict[int, str], *, task_cgroup: Callable[[], bool],
                  exceptions: Sequence[str] = (),
                  prober: Callable[[bool], Sequence[Path_]] | None = None,
-                 recent: Callable[[], Finding | None] | None = None):
+                 recent: Callable[[], Finding | None] | None = None,
+                 every: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 layout: Callable[[], object] = lambda: bridges()):
         self.imds = imds
         self.recent = recent
         self.exceptions = tuple(exceptions)
         self.task_cgroup = task_cgroup
         self.prober = prober or (lambda cg: Prober(self.imds, task_cgroup=cg).run())
+        self.every, self.clock, self.layout = every, clock, layout
+        self._kept: tuple[float, object, Finding] | None = None
 
     def inspect(self) -> Inspection:
         reused = self.recent() if self.recent is not None else None
         if reused is not None:
             return Inspection((reused,))
+        cg = self.task_cgroup()
         try:
-            paths = self.prober(self.task_cgroup())
+            key = (self.layout(), cg) if self.every > 0 else None
+        except (RuntimeFailure, OSError):
+            key = None
+        if self._kept is not None and key is not None:
+            at, kept_key, finding = self._kept
+            if kept_key == key and self.clock() - at < self.every:
+                return Inspection((finding,))
+        try:
+            paths = self.prober(cg)
         except (RuntimeFailure, OSError) as exc:
+            self._kept = None
             return Inspection((Finding(CHECK, WARN, detail=f"the probe could not run: {exc}"),))
-        return Inspection((judge(paths, self.imds, self.exceptions),))
+        found = judge(paths, self.imds, self.exceptions)
+        if key is not None and found.status in (OK, DRIFT):
+            stamp = time.strftime("%H:%M:%SZ", time.gmtime())
+            found = dataclasses.replace(found, detail=f"{found.detail} (probed at {stamp}; again within "
+                                                      f"{self.every:g}s, at once when a bridge changes)")
+            self._kept = (self.clock(), key, found)
+        else:
+            self._kept = None  # undecided or not run: probed again at the next look
+        return Inspection((found,))
 
     def execute(self, inspection: Inspection) -> None:
         return None

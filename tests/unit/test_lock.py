@@ -56,6 +56,36 @@ def test_the_lock_is_free_once_the_holder_is_gone(tmp_path: Path) -> None:
     assert holder.wait(5) == 0
 
 
+AGAIN_AND_AGAIN = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+while True:  # like a daemon probing every second, only harder: free 2 ms in every 200
+    time.sleep(0.2)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    time.sleep(0.002)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+"""
+
+
+def test_a_process_taking_the_lock_again_and_again_cannot_starve_a_waiter(tmp_path: Path) -> None:
+    """The waiter is woken the moment the holder lets go (it waits in the kernel), not at
+    its next poll: a holder that lets go for 2 ms in every 200 ms cannot keep it out."""
+    path = tmp_path / "reconcile.lock"
+    with ReconcileLock(str(path), timeout=1):  # made as the lock makes it
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", AGAIN_AND_AGAIN, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for _ in range(5):  # each within 3 s (it takes 0.2 s), where polling took 5 s on average
+            with ReconcileLock(str(path), timeout=3) as lock:
+                assert lock.fd is not None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_one_holder_at_a_time_in_one_process_too(tmp_path: Path) -> None:
     path = str(tmp_path / "reconcile.lock")
     with ReconcileLock(path, timeout=1), pytest.raises(LockTimeout):

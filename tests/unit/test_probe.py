@@ -184,3 +184,42 @@ def test_no_answer_is_blocked_only_when_our_drop_counted_the_probes_packets() ->
     assert not any(_undecided(q) for q in judged) and judge(judged, p.imds).status == "ok"
     reached = [Path_("docker0", dict(silent, **{"169.254.169.254:80": "connected"}))]
     assert judge(p._account(reached, before, after), p.imds).status == "drift"
+
+
+def test_the_daemons_probe_is_kept_while_the_bridges_stay_the_same_and_no_longer() -> None:
+    """every > 0 (the daemon): one probe per `every` seconds while the bridges and their
+    addresses are what they were; a bridge that comes, goes or changes is probed at once;
+    an undecided or failed probe is never kept."""
+    now = [0.0]
+    layout = ["docker0 172.17.0.1/16"]
+    runs: list[float] = []
+    result = [[Path_("docker0", BLOCKED)]]
+
+    def prober(cg: bool) -> list[Path_]:
+        runs.append(now[0])
+        return result[0]
+
+    c = ProbeComponent(IMDS, task_cgroup=lambda: False, prober=prober, every=300,
+                       clock=lambda: now[0], layout=lambda: layout[0])
+    first = c.inspect().findings[0]
+    assert first.status == "ok" and "probed at" in first.detail
+    now[0] = 299
+    assert c.inspect().findings[0] == first and runs == [0.0]
+    now[0] = 301
+    c.inspect()
+    assert runs == [0.0, 301]
+    now[0] = 302
+    layout[0] = "docker0 172.17.0.1/16, br-1 172.18.0.1/16"  # a network made: probed now
+    c.inspect()
+    assert runs == [0.0, 301, 302]
+    result[0] = [Path_("docker0", dict(BLOCKED, **{"169.254.169.254:80": "no answer (timeout)"}))]
+    now[0] = 603
+    assert c.inspect().findings[0].status == "warn"
+    now[0] = 604
+    c.inspect()
+    assert runs == [0.0, 301, 302, 603, 604]
+    # every = 0 (apply, check --fresh): each inspect probes
+    once = ProbeComponent(IMDS, task_cgroup=lambda: False, prober=prober, clock=lambda: now[0],
+                          layout=lambda: layout[0])
+    once.inspect(), once.inspect()
+    assert runs[-2:] == [604, 604] and len(runs) == 7
