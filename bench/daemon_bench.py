@@ -60,18 +60,19 @@ def docker_shaped_rules(n: int) -> str:
     return "\n".join([*filt, "COMMIT", *nat, "COMMIT"]) + "\n"
 
 
-def policy(sb: Sandbox) -> Path:
+def policy(sb: Sandbox, probe: bool = True) -> Path:
     path = sb.dir / "policy.yaml"
     # The status file where the unit keeps it: on the sandbox's /run tmpfs.
     path.write_text(f"state_dir: {sb.dir}/state\n"
-                    f"ecs_config:\n  path: {sb.dir}/etc-ecs/ecs.config\n")
+                    f"ecs_config:\n  path: {sb.dir}/etc-ecs/ecs.config\n"
+                    + ("" if probe else "imds:\n  probe: false\n"))
     os.chmod(path, 0o600)
     return path
 
 
-def start_daemon(sb: Sandbox) -> tuple[psutil.Process, subprocess.Popen[bytes]]:
+def start_daemon(sb: Sandbox, probe: bool = True) -> tuple[psutil.Process, subprocess.Popen[bytes]]:
     proc = sb.spawn([sys.executable, "-m", "ecs_harden", "--log-format", "json", "--policy",
-                     str(policy(sb)), "run"], sb.dir / "daemon.log", env={"PYTHONPATH": str(PROJECT)})
+                     str(policy(sb, probe)), "run"], sb.dir / "daemon.log", env={"PYTHONPATH": str(PROJECT)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         kids = psutil.Process(proc.pid).children()
@@ -143,6 +144,12 @@ def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
         cold = check_cold(sb)
         daemon.terminate()
         proc.wait(timeout=30)
+        # side by side, the same host: the daemon with the probe off, idle
+        daemon, proc = start_daemon(sb, probe=False)
+        time.sleep(3)
+        cpu_off = idle_cpu(daemon, idle)
+        daemon.terminate()
+        proc.wait(timeout=30)
         # the daemon leaves its rules: take them out, the loop keeps only its own
         sb.sh("for t in filter raw; do iptables-save -t $t | grep -- '^-A .*ecs-harden' | sed 's/^-A/-D/' "
               "| while read -r l; do eval iptables -w -t $t $l; done; done")
@@ -160,7 +167,7 @@ def measure(variant: str, n: int, samples: int, idle: float) -> dict[str, Any]:
         "p50": pct(ok, 0.5) if ok else None, "p99": pct(ok, 0.99) if ok else None,
         "max": max(ok) if ok else None,
         "loop_p50": pct(loop_lat, 0.5), "loop_max": max(loop_lat),
-        "cpu": cpu, "loop_cpu": loop_cpu, "rss": rss, "check": cold, "log_lines": log_lines, "idle": idle,
+        "cpu": cpu, "cpu_off": cpu_off, "loop_cpu": loop_cpu, "rss": rss, "check": cold, "log_lines": log_lines, "idle": idle,
     }
 
 
@@ -174,17 +181,18 @@ def machine() -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = ["| iptables | rules | repair p50 / p99 / max | never repaired | loop repair p50 / max "
-           "| idle CPU daemon / loop | peak RSS | `check` cold | log lines idle |",
+           "| idle CPU daemon / probe off / loop | peak RSS | `check` cold | log lines idle |",
            "|---|---|---|---|---|---|---|---|---|"]
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
 
     for r in rows:
+        cpu_off = f"{r['cpu_off']:.3f} %" if "cpu_off" in r else "-"
         out.append(
             f"| {r['variant']} | {r['rules']:,} | {ms(r['p50'])} / {ms(r['p99'])} / {ms(r['max'])} ms "
             f"| {r.get('lost', 0)} of {r.get('samples', '?')} "
-            f"| {r['loop_p50']:.0f} / {r['loop_max']:.0f} ms | {r['cpu']:.3f} % / {r['loop_cpu']:.2f} % "
+            f"| {r['loop_p50']:.0f} / {r['loop_max']:.0f} ms | {r['cpu']:.3f} % / {cpu_off} / {r['loop_cpu']:.2f} % "
             f"| {r['rss']:.0f} MiB | {r['check']:.2f} s | {r['log_lines']} |"
         )
     return "\n".join(out) + "\n"
@@ -238,7 +246,7 @@ def main() -> int:
         order = {"nft": 0, "legacy": 1}
         rows = sorted(kept + rows, key=lambda r: (order.get(r["variant"], 2), r["rules"]))
     head = (f"Daemon at the default policy (interval 5 s, resync 60 s, the probe on: a docker0 "
-            f"bridge) against the naive 1 s loop; {args.samples} deletions of every copy each, "
+            f"bridge; idle also with `probe: false`, same host) against the naive 1 s loop; {args.samples} deletions of every copy each, "
             f"0.2-1.5 s after the previous repair; {args.idle:.0f} s idle each.\n\n"
             f"Machine: {machine()}.\n\n")
     text = head + table(rows)

@@ -27,7 +27,7 @@ class Done(Generic[R]):
     index: int  # the component's index
     started: float  # wall clock, when the check began looking
     result: R
-    finished: float = 0.0  # wall clock, when it had looked: its findings' `observed`
+    finished: float  # wall clock, when it had looked: its findings' `observed`
 
 
 class SlowChecks(Generic[R]):

@@ -38,7 +38,7 @@ from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
 from ecs_harden.reconcile import Reconciler, daemon_components, failed_finding
 from ecs_harden.reconcile import families as families_of
-from ecs_harden.report import ERROR, Finding, Report, stale_finding
+from ecs_harden.report import ERROR, STALE, Finding, Report, stale_finding
 
 Clock = typing.Callable[[], float]
 OpenSources = typing.Callable[
@@ -127,7 +127,9 @@ class Daemon:
     ) -> bool:
         """Reconcile the components of the given groups (live checks: of the given IP
         families); True when no error. The slow checks go to the worker thread unless
-        inline (the first reconcile: READY says what every check found)."""
+        inline (`run --once`: its exit code says what every check found). READY never
+        waits for them: the block is in place when it is sent; the slow checks' findings
+        are `stale`, not looked at yet, until they have looked."""
         t0 = time.monotonic()
         errors: list[str] = []
         for source in self.sources:
@@ -198,8 +200,9 @@ class Daemon:
         assert self.slow is not None
         if changed:
             self.unseen.setdefault(i, time.time())
-        if i not in self.findings:
-            self.findings[i] = []
+        if i not in self.findings:  # never looked at: shown, and stale, until it has
+            self.findings[i] = [Finding(component.name, STALE)]
+            self.unseen.setdefault(i, 0.0)
 
         def run() -> tuple[list[Finding], list[str]]:
             found, _, errs = self.reconciler.run_component(component, repair=True)
@@ -213,7 +216,7 @@ class Daemon:
         done = [d for d in self.slow.collect() if d.generation == self.generation]
         for d in done:
             found, errs = d.result
-            self._record(d.index, found, d.started, d.finished or d.started)
+            self._record(d.index, found, d.started, d.finished)
             if errs:
                 self.counters.last_error = errs[-1]
                 self.counters.errors += 1
@@ -222,7 +225,8 @@ class Daemon:
 
     def stale(self) -> dict[int, str]:
         """Components whose findings predate a change the daemon knows of: why."""
-        out = {i: "a firewall repair" for i in self.unseen}
+        out = {i: "a firewall repair" if since else "the daemon started (it runs beside the loop)"
+               for i, since in self.unseen.items()}
         held = set().union(*(s.pending() for s in self.sources)) if self.sources else set()
         for i, component in enumerate(self.components):
             if component.wakes_on in held and i not in out:
@@ -284,7 +288,7 @@ class Daemon:
         self._configure(policy)
         self._open_sources()
         self.log.info("policy.reloaded", source=policy.source)
-        self.reconcile(why="reload", inline=True)
+        self.reconcile(why="reload")
         self.notifier.send("READY=1")
 
     def run(self, *, once: bool = False) -> int:
@@ -297,9 +301,9 @@ class Daemon:
         self._open_sources()
         sel = selectors.DefaultSelector()
         rsock = self._signals(sel)  # before READY: a stop right after it must be handled
-        ok = self.reconcile(why="start", inline=True)
         self.slow = SlowChecks(time.time)
         sel.register(self.slow.fileno(), selectors.EVENT_READ, self.slow)
+        ok = self.reconcile(why="start")
         self.notifier.ready(self.summary())
         sched = self._schedule()
         sched.reconciled(ok, self.clock())

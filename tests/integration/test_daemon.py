@@ -292,6 +292,8 @@ def test_metrics_are_rewritten_at_every_heartbeat_with_the_version(daemon: tuple
 def test_sigterm_exits_0_and_leaves_the_block(daemon: tuple[EcsHost, Running]) -> None:
     host, run = daemon
     run.wait_for("READY=1")
+    # READY does not wait for the slow checks: compliant once they have looked
+    until(lambda: metric(host, "ecs_harden_compliant") == 1, 30)
     os.kill(run.pid, signal.SIGTERM)
     assert run.proc.wait(timeout=20) == 0
     run.wait_for("STOPPING=1", timeout=5)

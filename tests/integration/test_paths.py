@@ -334,6 +334,55 @@ def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: Ec
         h.docker("network", "rm", "mvnet", check=False)
 
 
+def test_checks_beside_other_probes_never_break_a_probe(paths: EcsHost) -> None:
+    """One probe at a time per host: 12 `check --fresh`, four at once, beside the daemon and
+    a loop of `apply` probing back to back: each check's own probe proves the block, the
+    daemon's too, and no veth is left. Without --fresh, check takes the daemon's recent
+    probe and says so."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.test_daemon import start_daemon
+
+    h = paths
+    assert h.report("apply")[0] == 0
+    policy = h.policy("interval: 1\nresync: 2\n", name="probing.yaml", probe=True)
+    run = start_daemon(h, policy)
+    stop = h.dir / "stop-probing"
+    stop.unlink(missing_ok=True)
+    (h.dir / "apply-codes").unlink(missing_ok=True)
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "PATH": f"{h.dir}/bin:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+    looping = h.sandbox.spawn(["sh", "-c", f"while [ ! -e {stop} ]; do {sys.executable} -m ecs_harden --policy "
+                               f"{policy} apply >/dev/null 2>&1; echo $? >> {h.dir}/apply-codes; done"],
+                              h.dir / "apply-loop.log", env=env)
+    try:
+        run.wait_for("READY=1", 60)
+        with ThreadPoolExecutor(4) as pool:
+            reports = list(pool.map(lambda _: h.report("check", "--fresh", policy=policy), range(12)))
+        for i, (_, report) in enumerate(reports):
+            f = findings(report)["imds.probe"]
+            assert f["status"] == "ok" and "the daemon's probe" not in f["detail"], (i, f)
+        deadline = time.monotonic() + 30
+        while "imds.probe" not in findings(json.loads((h.dir / "status.json").read_text())) or \
+                findings(json.loads((h.dir / "status.json").read_text()))["imds.probe"]["status"] == "stale":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        daemon = findings(json.loads((h.dir / "status.json").read_text()))["imds.probe"]
+        assert daemon["status"] == "ok", daemon
+        reused = findings(h.report("check", policy=policy)[1])["imds.probe"]
+        assert reused["status"] == "ok" and "the daemon's probe, " in reused["detail"], reused
+        assert "could not run" not in run.log.read_text()
+    finally:
+        stop.touch()
+        looping.wait(timeout=60)
+        os.kill(run.pid, signal.SIGTERM)
+        run.proc.wait(timeout=30)
+        run.notify.close()
+    codes = (h.dir / "apply-codes").read_text().split()
+    assert len(codes) >= 2 and set(codes) == {"0"}, codes
+    assert h.sandbox.sh("ip -o link | grep -c ecsh- || true").stdout.strip() == "0"
+
+
 # As an unprivileged user: N processes, each in a user and network namespace of its own;
 # their pids go to PIDS, the last on its own line at the end.
 MANY = ("pids=$1; n=$2; : > $pids; i=0; while [ $i -lt $n ]; do "
