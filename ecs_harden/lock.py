@@ -46,8 +46,10 @@ def flock_within(fd: int, timeout: float, *, first: float, most: float) -> bool:
     """Take an exclusive flock on fd within timeout seconds; False when it stayed held by
     someone else. The main thread waits in the kernel (woken the moment the holder lets
     go, so a process that takes the lock again and again cannot starve it), bounded by
-    an interval timer; another thread polls (first, doubling up to most seconds)."""
-    if threading.current_thread() is threading.main_thread() and timeout > 0:
+    an interval timer; another thread, or one whose process already runs a timer, polls
+    (first, doubling up to most seconds)."""
+    if (threading.current_thread() is threading.main_thread() and timeout > 0
+            and signal.getitimer(signal.ITIMER_REAL)[0] == 0):  # nobody else's timer running
         return _flock_waiting(fd, timeout)
     deadline = time.monotonic() + timeout
     delay = first
