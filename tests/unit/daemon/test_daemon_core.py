@@ -205,6 +205,7 @@ class Pipe(WakeSource):
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)
         self.held: list[float] = []
+        self.closed = False
 
     def fileno(self) -> int:
         return self.r
@@ -216,6 +217,7 @@ class Pipe(WakeSource):
     def close(self) -> None:
         os.close(self.r)
         os.close(self.w)
+        self.closed = True
 
 
 class Ticks(WakeSource):
@@ -273,8 +275,8 @@ def test_the_loop_reconciles_what_a_source_wakes_and_tells_every_source(tmp_path
     # the start, then the pipe's wake (the ticks wake nothing): each source told of both
     assert [g for g, _ in ticks.seen] == [frozenset({"firewall", "files", "ecs", "paths"}), frozenset({ECS})]
     assert r.daemon.counters.reconciles == 2 and r.component.executed == 0
-    with pytest.raises(OSError):
-        os.fstat(pipe.fileno())  # closed when the daemon stopped
+    # closed when the daemon stopped (its number may already be another descriptor's)
+    assert isinstance(pipe, Pipe) and pipe.closed
 
 
 def test_a_source_that_holds_back_its_group_delays_that_reconcile(tmp_path: Path) -> None:
