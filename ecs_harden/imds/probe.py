@@ -59,14 +59,13 @@ from ecs_harden.imds import probe_child
 from ecs_harden.imds.dockerview import container_addresses
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.imds.paths import ip_json
-from ecs_harden.imds.probe_netns import NetnsProbe, ip_batch
+from ecs_harden.imds.probe_netns import STEP_TIMEOUT, NetnsProbe, ip_batch
 from ecs_harden.report import DRIFT, OK, WARN, Finding
 
 CHECK = "imds.probe"
 PREFIX, PEER = "ecsh-p", "ecsh-q"
 CGROUP_DIR = "ecs-harden-probe"
 CREDENTIALS = ("169.254.170.2", 80)
-STEP_TIMEOUT = 10.0
 CANDIDATES = 8  # addresses offered to the child's ARP check, best first
 TRIES = 4096  # addresses looked at below the top of a subnet
 # neighbour states of an address in use; STALE, FAILED, INCOMPLETE are anyone's to make
