@@ -188,14 +188,9 @@ ecs_harden_user_data() (
     tmp=$(mktemp /etc/ecs-harden/.policy.yaml.XXXXXX)
     printf '%s\n' "$ECS_HARDEN_POLICY_YAML" > "$tmp"
     chmod 0600 "$tmp"
-    rc=0
-    /usr/local/bin/ecs-harden --policy "$tmp" --log-level error check --format json >/dev/null || rc=$?
-    if [ "$rc" -eq 2 ]; then
+    if ! /usr/local/bin/ecs-harden --log-level error validate "$tmp" >/dev/null; then
         rm -f "$tmp"
         fail "the policy in this user-data is invalid (see the error above); nothing was changed"
-    elif [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
-        rm -f "$tmp"
-        fail "ecs-harden check exited $rc with the new policy (see above); nothing was changed"
     fi
     if cmp -s "$tmp" /etc/ecs-harden/policy.yaml; then rm -f "$tmp"
     else mv -f "$tmp" /etc/ecs-harden/policy.yaml; say "wrote /etc/ecs-harden/policy.yaml"; fi

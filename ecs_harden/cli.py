@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls and heartbeats (overrides the policy)")
     p.add_argument("--once", action="store_true", help="reconcile once, write the status file, exit")
     fmt(command("status", "the daemon's last report (status file)"))
+    p = command("validate", "check a policy file and print the policy it makes; no probe, no scan, "
+                "no side effects; exit 0 when valid, 2 when not")
+    fmt(p)
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="the policy to check ('-' for standard input; default: the policy the "
+                        "daemon reads, with its ownership checks)")
     command("gate", "the ECS agent's ExecStartPre: exit 3 only while the IMDS block is not in force "
             "or an ecs.config flag is wrong under mode: enforce; no probe, no scan, no write")
     p = command("prepare", "create the directories and files the sandboxed unit writes "
@@ -137,6 +143,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _facts(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "validate":
+        return _validate(args)
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)
@@ -152,6 +160,39 @@ def _dispatch(args: argparse.Namespace) -> int:
         return Daemon(policy, args.policy, interval=args.interval).run(once=args.once)
     print(f"ecs-harden: unknown command {args.command}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """The policy a file makes, or the first thing wrong in it (PolicyError: exit 2). A FILE
+    named here is a copy being staged (a template, a user-data heredoc): its contents are
+    checked, and how the daemon would refuse it where it is is said, not an error."""
+    from ecs_harden.policy.published import render
+
+    warning: str | None = None
+    if args.file is None:
+        path, explicit = policy_mod.resolve_path(args.policy)
+        data = policy_mod.read_trusted(path, explicit=explicit)
+        policy = policy_mod.Policy() if data is None else policy_mod.parse(data, source=path)
+    elif args.file == "-":
+        path = "<stdin>"
+        policy = policy_mod.parse(sys.stdin.buffer.read(), source=path)
+    else:
+        path = args.file
+        try:
+            data = policy_mod.read_trusted(path)
+        except policy_mod.UntrustedPolicy as exc:
+            warning = f"in place, the daemon would refuse it: {exc}"
+            data = policy_mod.read_plain(path)
+        policy = policy_mod.parse(data or b"", source=path)
+    if args.format == "json":
+        print(json.dumps({"file": path, "valid": True, "warning": warning,
+                          "policy": policy_mod.to_json(policy)}, indent=2))
+    else:
+        print(f"{path}: valid")
+        if warning:
+            print(f"warning: {warning}")
+        print(render(policy), end="")
+    return EXIT_OK
 
 
 def _facts(args: argparse.Namespace) -> int:

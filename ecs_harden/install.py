@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,8 +37,12 @@ from ecs_harden.policy import Policy
 
 UNIT = "ecs-harden.service"
 UNIT_DIR = "/etc/systemd/system"
-# The README, where the unit's Documentation= points: the operator's reference on the host.
+# The operator's documentation (the README, where the unit's Documentation= points, and
+# docs/ beside it, so the README's links work on the host) and the man page.
 DOC_DIR = "/usr/local/share/doc/ecs-harden"
+MAN_DIR = "/usr/local/share/man/man8"
+# Where the wheel put them (its data files, pyproject.toml): the venv's share/.
+SHARE = os.path.join(sys.prefix, "share")
 PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd")
 VERSION_FILE = "installed-version"  # in state_dir: the version the running unit was started with
 # iptables-persistent asks whether to save the current rules: no (a dump would freeze
@@ -104,19 +109,35 @@ def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
     with open(os.path.join(PACKAGED, "al2", f"{UNIT}.d-al2.conf"), "rb") as f:
         al2 = f.read()
     drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
-    files: dict[str, bytes | None] = {}
-    readme = _readme()
-    if readme is not None:
-        files[os.path.join(DOC_DIR, "README.md")] = readme
     return {
-        **files,
         os.path.join(UNIT_DIR, UNIT): unit,
         os.path.join(drop_ins, "al2.conf"): al2 if flavor.name == "amzn2" else None,
         os.path.join(drop_ins, "paths.conf"): unitpaths.drop_in(policy, flavor.name).encode(),
     }
 
 
-def _readme() -> bytes | None:
+def shipped_docs() -> dict[str, bytes | None]:
+    """The docs and the man page as the wheel shipped them into the venv's share/, at their
+    places on the host; without them (a source checkout), the README from the package's
+    metadata only."""
+    files: dict[str, bytes | None] = {}
+    for src, dest in ((os.path.join(SHARE, "doc", "ecs-harden"), DOC_DIR),
+                      (os.path.join(SHARE, "man", "man8"), MAN_DIR)):
+        for top, _dirs, names in os.walk(src):
+            for name in sorted(names):
+                if src.endswith("man8") and not name.startswith("ecs-harden."):
+                    continue
+                with open(os.path.join(top, name), "rb") as f:
+                    files[os.path.join(dest, os.path.relpath(os.path.join(top, name), src))] = f.read()
+    readme = os.path.join(DOC_DIR, "README.md")
+    if readme not in files:
+        body = _metadata_readme()
+        if body is not None:
+            files[readme] = body
+    return files
+
+
+def _metadata_readme() -> bytes | None:
     """The README as the installed package carries it (its metadata's description)."""
     try:
         from importlib.metadata import PackageNotFoundError, metadata
@@ -127,9 +148,19 @@ def _readme() -> bytes | None:
 
 
 def install_unit(policy: Policy, flavor: type[Flavor], result: Result, *, dry_run: bool) -> bool:
+    """The unit's files; True when one changed (then systemd reloads and the unit restarts)."""
+    return _write(unit_files(policy, flavor), result, dry_run=dry_run)
+
+
+def install_docs(result: Result, *, dry_run: bool) -> None:
+    """The docs and the man page: a changed page restarts nothing."""
+    _write(shipped_docs(), result, dry_run=dry_run)
+
+
+def _write(files: dict[str, bytes | None], result: Result, *, dry_run: bool) -> bool:
     """Write what differs; True when something did."""
     changed = False
-    for path, want in unit_files(policy, flavor).items():
+    for path, want in files.items():
         have = read_bytes(path)
         if have == want:
             if want is not None:
@@ -221,6 +252,7 @@ def install(
     if restore and policy.imds.persist:
         install_restore(flavor, result, dry_run=dry_run)
     files_changed = install_unit(policy, flavor, result, dry_run=dry_run)
+    install_docs(result, dry_run=dry_run)
     gates_changed = migrate_gates(result, dry_run=dry_run)
     create_writable(policy, flavor, result, dry_run=dry_run)
     new_version = _version_changed(policy)

@@ -10,6 +10,28 @@ from typing import Any
 # agent's ExecStartPre) logs nothing and must start fast.
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+# syslog priorities (sd-daemon(3)'s `<N>` prefixes): journald files each line at its level,
+# so `journalctl -p err -u ecs-harden` shows the errors.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+              "critical": 2, "fatal": 2}
+
+
+def stderr_is_the_journal() -> bool:
+    """Whether stderr is journald's stream: $JOURNAL_STREAM names its device and inode
+    (systemd.exec(5)); a child that inherited the variable but not the stream does not match."""
+    import os
+
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(part) for part in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _priority_prefix(_logger: Any, method: str, line: Any) -> Any:
+    return f"<{PRIORITIES.get(method, 6)}>{line}"
 
 
 def configure(fmt: str | None = None, level: str = "info") -> None:
@@ -23,13 +45,16 @@ def configure(fmt: str | None = None, level: str = "info") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    if stderr_is_the_journal():  # never on a terminal, a pipe or in a report on stdout
+        processors.append(_priority_prefix)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),

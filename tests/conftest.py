@@ -22,3 +22,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except ValueError:
             continue
         item.add_marker(TIERS.get(top, "quick"))
+
+
+# -- where the run's time goes: printed at the end of every run (TESTING.md) ----------
+_SPENT: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _SPENT[path] = _SPENT.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if sum(_SPENT.values()) < 60:  # a quick tier or a single file: nothing worth a table
+        return
+    tiers: dict[str, float] = {}
+    for path, spent in _SPENT.items():
+        parts = Path(path).parts
+        tier = "/".join(parts[:2]) if parts[:1] == ("tests",) and len(parts) > 2 else path
+        tiers[tier] = tiers.get(tier, 0.0) + spent
+    total = sum(_SPENT.values())
+    write = terminalreporter.write_line
+    terminalreporter.section("where the time went (setup + call + teardown)")
+    for name, spent in sorted(tiers.items(), key=lambda kv: -kv[1]):
+        write(f"{spent:8.1f} s {100 * spent / total:5.1f} %  {name}")
+    write("")
+    for path, spent in sorted(_SPENT.items(), key=lambda kv: -kv[1])[:15]:
+        write(f"{spent:8.1f} s {100 * spent / total:5.1f} %  {path}")
+    write(f"{total:8.1f} s in all")

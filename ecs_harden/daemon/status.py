@@ -131,23 +131,34 @@ def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | N
         for status in STATUSES:
             value = 1 if f.status == status else 0
             lines.append(f'ecs_harden_finding{{check="{_label(f.check)}",status="{status}"}} {value}')
+    by_check = sorted(c.repairs_by_check.items())
     lines += [
-        "# HELP ecs_harden_repairs_total Repairs made since the daemon started.",
+        "# HELP ecs_harden_repairs_total Repairs made since the daemon started, by check.",
         "# TYPE ecs_harden_repairs_total counter",
-        f"ecs_harden_repairs_total {c.repairs}",
-        "# HELP ecs_harden_check_repairs_total Repairs made since the daemon started, by check.",
-        "# TYPE ecs_harden_check_repairs_total counter",
-        *(f'ecs_harden_check_repairs_total{{check="{_label(k)}"}} {v}'
-          for k, v in sorted(c.repairs_by_check.items())),
+        *(f'ecs_harden_repairs_total{{check="{_label(k)}"}} {v}' for k, v in by_check),
+        "# HELP ecs_harden_reconciles_total Reconciles since the daemon started.",
+        "# TYPE ecs_harden_reconciles_total counter",
+        f"ecs_harden_reconciles_total {c.reconciles}",
         "# HELP ecs_harden_reconcile_errors_total Reconciles that ended with an error (lock, commit, crash).",
         "# TYPE ecs_harden_reconcile_errors_total counter",
         f"ecs_harden_reconcile_errors_total {c.errors}",
-        "# HELP ecs_harden_reconcile_duration_seconds How long the last reconcile took.",
-        "# TYPE ecs_harden_reconcile_duration_seconds gauge",
-        f"ecs_harden_reconcile_duration_seconds {c.last_duration:.6f}",
+        "# HELP ecs_harden_last_reconcile_duration_seconds How long the last reconcile took.",
+        "# TYPE ecs_harden_last_reconcile_duration_seconds gauge",
+        f"ecs_harden_last_reconcile_duration_seconds {c.last_duration:.6f}",
         "# HELP ecs_harden_last_reconcile_timestamp_seconds When the last reconcile finished.",
         "# TYPE ecs_harden_last_reconcile_timestamp_seconds gauge",
         f"ecs_harden_last_reconcile_timestamp_seconds {c.last_reconcile:.3f}",
+        "# HELP ecs_harden_start_time_seconds When the daemon started (Unix time).",
+        "# TYPE ecs_harden_start_time_seconds gauge",
+        f"ecs_harden_start_time_seconds {c.started:.3f}",
+        # The 0.3 names, written until 0.5.0 (CHANGELOG, Breaking): alerts have a release to move.
+        "# HELP ecs_harden_check_repairs_total DEPRECATED (removed in 0.5.0): use ecs_harden_repairs_total.",
+        "# TYPE ecs_harden_check_repairs_total counter",
+        *(f'ecs_harden_check_repairs_total{{check="{_label(k)}"}} {v}' for k, v in by_check),
+        "# HELP ecs_harden_reconcile_duration_seconds DEPRECATED (removed in 0.5.0): use "
+        "ecs_harden_last_reconcile_duration_seconds.",
+        "# TYPE ecs_harden_reconcile_duration_seconds gauge",
+        f"ecs_harden_reconcile_duration_seconds {c.last_duration:.6f}",
     ]
     return "\n".join(lines) + "\n"
 

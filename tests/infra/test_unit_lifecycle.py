@@ -92,6 +92,30 @@ def test_reload_rereads_the_policy(host: Any, harden: Harden) -> None:
     assert show(host, "MainPID") == pid
 
 
+def test_an_invalid_policy_on_reload_is_an_error_in_the_journal(host: Any, harden: Harden) -> None:
+    """Log lines carry their syslog priority: `journalctl -p err` shows the failed reload,
+    not the info lines around it; the daemon keeps running its previous policy."""
+    pid = show(host, "MainPID")
+    backup = f"{harden.policy_file}.lifecycle-backup"
+    host.check_output(f"cp -p {harden.policy_file} {backup}")
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    try:
+        host.check_output(f"printf '\\nnot_a_key: 1\\n' >> {harden.policy_file}")
+        host.check_output("systemctl reload ecs-harden")
+
+        def errors() -> str:
+            return str(host.run(f"journalctl -p err -u ecs-harden --no-pager -o cat --since '{since}'").stdout)
+
+        until(lambda: "policy.reload_failed" in errors(), 30, "the failed reload at priority err")
+        assert "not_a_key" in errors() and "daemon.started" not in errors()
+        infos = host.run(f"journalctl -p info -u ecs-harden --no-pager -o cat --since '{since}'").stdout
+        assert "policy.reload_failed" in infos  # err is above info: both filters show it
+        assert show(host, "MainPID") == pid and show(host, "ActiveState") == "active"
+    finally:
+        host.check_output(f"mv -f {backup} {harden.policy_file}")
+        host.check_output("systemctl reload ecs-harden")
+
+
 def test_stop_leaves_every_rule(host: Any, policy: dict[str, Any], facts: dict[str, Any]) -> None:
     host.check_output("systemctl stop ecs-harden")
     try:

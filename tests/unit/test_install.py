@@ -44,6 +44,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     h = Host()
     monkeypatch.setattr(install, "UNIT_DIR", str(tmp_path / "systemd"))
     monkeypatch.setattr(install, "DOC_DIR", str(tmp_path / "doc"))
+    monkeypatch.setattr(install, "MAN_DIR", str(tmp_path / "man8"))
+    monkeypatch.setattr(install, "SHARE", str(tmp_path / "no-share"))
     monkeypatch.setattr(install, "systemd_running", lambda: True)
     monkeypatch.setattr(install, "restore_installed", lambda flavor: h.restore)
     monkeypatch.setattr(proc, "run", h.run)
@@ -191,3 +193,29 @@ def test_install_creates_what_the_sandboxed_daemon_writes(tmp_path: Path, monkey
     again = install.Result()
     install.create_writable(pol, fl, again, dry_run=False)
     assert again.changed == []
+
+
+def test_the_shipped_docs_and_man_page_land_where_the_readme_links_work_and_restart_nothing(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    share = tmp_path / "share"  # as the wheel's data files put them into the venv
+    (share / "doc" / "ecs-harden" / "docs").mkdir(parents=True)
+    (share / "man" / "man8").mkdir(parents=True)
+    (share / "doc" / "ecs-harden" / "README.md").write_text("# ecs-harden\n[install](docs/install.md)\n")
+    (share / "doc" / "ecs-harden" / "docs" / "install.md").write_text("# Install\n")
+    (share / "doc" / "ecs-harden" / "docs" / "policy.schema.json").write_text("{}\n")
+    (share / "man" / "man8" / "ecs-harden.8").write_text(".TH ECS-HARDEN 8\n")
+    (share / "man" / "man8" / "someone-else.8").write_text(".TH OTHER 8\n")
+    monkeypatch.setattr(install, "SHARE", str(share))
+    fl = flavors.by_name("amzn2023")
+    install.install(policy(tmp_path), now=True, flavor=fl)
+    assert (tmp_path / "doc" / "README.md").read_text().startswith("# ecs-harden")
+    assert (tmp_path / "doc" / "docs" / "install.md").read_text() == "# Install\n"
+    assert (tmp_path / "doc" / "docs" / "policy.schema.json").read_text() == "{}\n"
+    assert sorted(p.name for p in (tmp_path / "man8").iterdir()) == ["ecs-harden.8"]
+    # a newer page (same version) is written, and restarts nothing
+    (share / "doc" / "ecs-harden" / "docs" / "install.md").write_text("# Install, again\n")
+    host.runs.clear()
+    again = install.install(policy(tmp_path), now=True, flavor=fl)
+    assert again.changed == [f"write {tmp_path / 'doc' / 'docs' / 'install.md'}"]
+    assert systemctl(host) == []

@@ -147,7 +147,7 @@ def test_env_var_names_the_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_missing_default_file_means_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(policy.ENV_VAR, raising=False)
-    monkeypatch.setattr(policy, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
+    monkeypatch.setattr(policy.trusted, "DEFAULT_PATH", str(tmp_path / "absent.yaml"))
     assert policy.load(None) == policy.Policy()
 
 

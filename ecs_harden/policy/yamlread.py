@@ -1,175 +1,18 @@
-"""The policy file: YAML in, a frozen Policy out, or an error naming the key and the line."""
+"""The policy's YAML reader: a frozen Policy out, or every error of the file at once, each
+naming its key path and line. Which keys exist and how each is read is the schema's."""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import os
-import re
-import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 import yaml
 
 from ecs_harden.errors import PolicyError
-
-DEFAULT_PATH = "/etc/ecs-harden/policy.yaml"
-ENV_VAR = "ECS_HARDEN_POLICY"
-
-DEFAULT_SETTINGS: tuple[tuple[str, str | None], ...] = (
-    ("ECS_AWSVPC_BLOCK_IMDS", "true"),
-    ("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST", "false"),
-)
-
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IFACE_RE = re.compile(r"^[^\s/!:+]{1,15}\+?$|^\+$")
-
-
-HOST_NETWORK_MODES = ("block", "report", "allow")
-
-IMDS_V4 = ipaddress.IPv4Network("169.254.169.254/32")
-IMDS_V6 = ipaddress.IPv6Network("fd00:ec2::254/128")
-
-
-# Each field is declared once, here, with the parser of its YAML value (_Reader's method
-# of that name, given the node and the key path): the allowed keys, the types and the
-# error's line all follow from these declarations.
-def _parsed_by(method: str, *args: Any) -> Any:
-    return {"parse": (method, args)}
-
-
-@dataclass(frozen=True)
-class ImdsPolicy:
-    interfaces: tuple[str, ...] = field(default=("docker+",), metadata=_parsed_by("interfaces"))
-    ipv4: ipaddress.IPv4Network = field(default=IMDS_V4, metadata=_parsed_by("network", 4))
-    ipv6: ipaddress.IPv6Network | None = field(default=IMDS_V6, metadata=_parsed_by("network", 6, True))
-    persist: bool = field(default=True, metadata=_parsed_by("boolean"))
-    # Paths (SPEC "Paths"): the raw PREROUTING guard of forwarded traffic from any
-    # interface, the exceptions to it, host-network task containers, the active probe.
-    guard_all_interfaces: bool = field(default=True, metadata=_parsed_by("boolean"))
-    allow_interfaces: tuple[str, ...] = field(default=(), metadata=_parsed_by("exceptions"))
-    host_network: str = field(default="report", metadata=_parsed_by("choice", HOST_NETWORK_MODES))
-    probe: bool = field(default=True, metadata=_parsed_by("boolean"))
-
-
-@dataclass(frozen=True)
-class EcsConfigPolicy:
-    path: str = field(default="/etc/ecs/ecs.config", metadata=_parsed_by("abspath"))
-    settings: tuple[tuple[str, str | None], ...] = field(
-        default=DEFAULT_SETTINGS, metadata=_parsed_by("settings"))
-    restart_agent: str = field(default="never", metadata=_parsed_by("choice", ("never", "on-change")))
-
-
-@dataclass(frozen=True)
-class ReportPolicy:
-    status_file: str = field(default="/run/ecs-harden/status.json", metadata=_parsed_by("abspath"))
-    textfile: str | None = field(default=None, metadata=_parsed_by("textfile"))
-
-
-@dataclass(frozen=True)
-class Policy:
-    mode: str = field(default="enforce", metadata=_parsed_by("choice", ("enforce", "report")))
-    interval: float = field(default=5.0, metadata=_parsed_by("seconds"))
-    resync: float = field(default=60.0, metadata=_parsed_by("seconds"))
-    state_dir: str = field(default="/var/lib/ecs-harden", metadata=_parsed_by("abspath"))
-    # backups kept per file under state_dir/backups
-    backups: int = field(default=10, metadata=_parsed_by("count"))
-    imds: ImdsPolicy = field(default_factory=ImdsPolicy, metadata=_parsed_by("section", ImdsPolicy))
-    ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy,
-                                        metadata=_parsed_by("section", EcsConfigPolicy))
-    report: ReportPolicy = field(default_factory=ReportPolicy, metadata=_parsed_by("section", ReportPolicy))
-    source: str = "built-in defaults"  # not a key: where the policy came from
-
-    @property
-    def enforce(self) -> bool:
-        return self.mode == "enforce"
-
-
-def resolve_path(cli_path: str | None) -> tuple[str, bool]:
-    """The policy path and whether it was named explicitly (then it must exist)."""
-    if cli_path:
-        return cli_path, True
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return env, True
-    return DEFAULT_PATH, False
-
-
-class UntrustedPolicy(PolicyError):
-    """A policy file ecs-harden refuses to read at all (not root's, writable by others,
-    a symlink): nothing in it is used, not even where the status file is."""
-
-
-def load(cli_path: str | None = None) -> Policy:
-    path, explicit = resolve_path(cli_path)
-    data = read_trusted(path, explicit=explicit)
-    return Policy() if data is None else parse(data, source=path)
-
-
-def read_trusted(path: str, *, explicit: bool = True) -> bytes | None:
-    """The policy's bytes, read from a descriptor opened with O_NOFOLLOW and checked with
-    fstat (no gap between check and read), below directories that only root can change;
-    None for a missing default file."""
-    from ecs_harden.trust import untrusted_directories
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        if explicit:
-            raise PolicyError(f"{path}: policy file not found") from None
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UntrustedPolicy(
-                f"{path}: refusing a policy that is a symlink; install the file itself there"
-            ) from None
-        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
-    try:
-        _check_ownership(path, os.fstat(fd))
-        why = untrusted_directories(path)
-        if why:
-            raise UntrustedPolicy(f"{path}: refusing the policy: {why}")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def salvage_status_file(cli_path: str | None = None) -> str:
-    """Where the daemon writes its status, from a policy that does not load: its
-    report.status_file if the YAML still says so plainly, else the default. Only from a
-    file that passed the ownership checks (read_trusted): never from a refused one."""
-    path, _ = resolve_path(cli_path)
-    try:
-        data = read_trusted(path)
-        value = yaml.safe_load(data or b"")["report"]["status_file"]
-    except Exception:  # any way of being broken means: fall back to the default
-        return ReportPolicy.status_file
-    return value if isinstance(value, str) and os.path.isabs(value) else ReportPolicy.status_file
-
-
-def _check_ownership(path: str, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise UntrustedPolicy(f"{path}: policy is not a regular file")
-    if st.st_uid != 0:
-        raise UntrustedPolicy(
-            f"{path}: refusing a policy owned by uid {st.st_uid}; it must be owned by root"
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UntrustedPolicy(
-            f"{path}: refusing a policy writable by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod go-w {path}"
-        )
+from ecs_harden.policy.schema import DEFAULT_SETTINGS, IFACE_RE, KEY_RE, Policy
 
 
 def parse(data: bytes | str, source: str = "<policy>") -> Policy:
@@ -387,7 +230,7 @@ class _Reader:
             fix = value.rstrip("*?") + "+"
             raise self.fail(item, key, f"{value!r} would match no interface: iptables' wildcard is "
                             f"'+' at the end, not a shell glob; write {fix!r}")
-        if not _IFACE_RE.match(value):
+        if not IFACE_RE.match(value):
             raise self.fail(item, key, f"{value!r} is not an iptables interface pattern "
                             "(at most 15 characters, no spaces or '/', '+' only at the end)")
         if value in before:
@@ -414,7 +257,7 @@ class _Reader:
         merged = dict(DEFAULT_SETTINGS)
         for name, vnode in self.mapping(node, key, ()).items():
             path = f"{key}.{name}"
-            if not _KEY_RE.match(name):
+            if not KEY_RE.match(name):
                 raise self.fail(vnode, path, "is not a valid environment variable name")
             value = self.scalar(vnode, path)
             if value is not None and not isinstance(value, str):
