@@ -73,9 +73,13 @@ def test_a_staged_copy_is_checked_for_its_contents_the_policy_in_place_for_its_o
 
 
 def test_it_needs_no_privilege(harden: Harden) -> None:
-    """Nothing privileged is done: no probe, no namespace, no firewall read."""
-    cp = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                         "-m", "ecs_harden", "validate", "-"],
+    """Nothing privileged is done: no probe, no namespace, no firewall read.
+    Every capability is dropped (bounding set empty, no_new_privs); the uid stays, so the
+    interpreter is reachable wherever it is installed (pyenv's live under /root, mode 0700)."""
+    unprivileged = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs"]
+    proof = subprocess.run([*unprivileged, "unshare", "--net", "true"], capture_output=True, timeout=30, check=False)
+    assert proof.returncode != 0, "the sandbox should have taken the privilege to make a namespace"
+    cp = subprocess.run([*unprivileged, sys.executable, "-m", "ecs_harden", "validate", "-"],
                         input="imds:\n  probe: true\n  host_network: block\n",
                         capture_output=True, text=True, timeout=60, check=False,
                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
