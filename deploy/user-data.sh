@@ -121,7 +121,7 @@ ecs_harden_user_data() (
 
     # 1. The release tarball, fetched into a temporary directory and its sha256 checked
     # before anything on the host is changed.
-    [ -n "$ECS_HARDEN_FROM" ] || fail "ECS_HARDEN_FROM is empty: set it to the release tarball (s3://, https:// or a path on the host; README, Fleet quick start)"
+    [ -n "$ECS_HARDEN_FROM" ] || fail "ECS_HARDEN_FROM is empty: set it to the release tarball (s3://, https:// or a path on the host; docs/user-data.md)"
     [[ "$ECS_HARDEN_SHA256" =~ ^[0-9a-f]{64}$ ]] || fail "ECS_HARDEN_SHA256 must be the tarball's sha256 (64 hex digits, from SHA256SUMS), not '${ECS_HARDEN_SHA256}'"
     name=${ECS_HARDEN_FROM##*/}
     [[ "$name" =~ ^ecs-harden-([^-]+)-py([0-9]+\.[0-9]+)-([a-z0-9_]+)\.tar\.gz$ ]] \

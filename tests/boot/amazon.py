@@ -1,7 +1,7 @@
 """EMULATED Amazon Linux 2023 and 2 hosts from the Debian test image (no Amazon Linux
 image can be fetched here): what tests/boot/scripts/amazon-linux needs in its /dress
-directory. What each part emulates, and how, is said where it is made; the README
-("Tests", "Amazon Linux, emulated") sums it up.
+directory. What each part emulates, and how, is said where it is made; TESTING.md
+(its Layout, tests/boot) sums it up.
 
 - AL2023: iptables-nft, python3 is 3.9, dnf; AL2: iptables-legacy, python3 is 3.7 and
   3.8 comes from amazon-linux-extras, yum. The Pythons are pyenv's builds for this
@@ -9,7 +9,7 @@ directory. What each part emulates, and how, is said where it is made; the READM
 - dnf, yum, rpm, amazon-linux-extras: tests/boot/amazon/pkgtool (a stand-in).
 - iptables-services: its units (the package's text), an init script reduced to what
   they use (tests/lab/files/iptables.init) and its sample rules files, byte for byte.
-- systemd is the image's 252 on both: AL2's 219 cannot be had here (README).
+- systemd is the image's 252 on both: AL2's 219 cannot be had here (TESTING.md).
 - Docker is the image's docker.io, running for real (in a cgroup tree of the host's
   own, tests/boot/cgroups.py), with the test box's fake IMDS and credentials endpoint.
 """

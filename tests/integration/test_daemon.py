@@ -274,7 +274,7 @@ def metric(host: EcsHost, name: str) -> float:
 
 
 def test_metrics_are_rewritten_at_every_heartbeat_with_the_version(daemon: tuple[EcsHost, Running]) -> None:
-    """Between reconciles (resync 60 s) the heartbeat timestamp still moves: the README's
+    """Between reconciles (resync 60 s) the heartbeat timestamp still moves: docs/metrics.md's
     staleness alert relies on it."""
     host, run = daemon
     run.wait_for("READY=1")

@@ -33,7 +33,7 @@ def test_contract_directives() -> None:
     assert "network-pre.target" in u["Unit"]["Wants"].split()
     assert u["Service"]["ProtectSystem"] == "strict"
     caps = set(u["Service"]["CapabilityBoundingSet"].split())
-    # SYS_ADMIN and SYS_PTRACE for the paths checks' namespaces (README, the unit's comment)
+    # SYS_ADMIN and SYS_PTRACE for the paths checks' namespaces (docs/daemon.md, the unit's comment)
     assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
     assert u["Service"]["RestrictNamespaces"] == "net"
     assert set(u["Service"]["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET"}
@@ -78,7 +78,7 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
     cp = subprocess.run(["systemd-analyze", "security", "--offline=true", str(_local_copy(tmp_path))],
                         capture_output=True, text=True, check=False)
     line = next(ln for ln in cp.stdout.splitlines() if "Overall exposure level" in ln)
-    print(line)  # recorded in the README
+    print(line)  # recorded in docs/daemon.md
     exposure = float(line.split(":")[1].split()[0])
     assert exposure < 4.0
 

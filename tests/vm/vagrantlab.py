@@ -253,7 +253,7 @@ class VagrantLab:
 
 
 def record_timings(timings: dict[str, float]) -> None:
-    """Merge into .cache/vm-timings.json (what the README and the notes quote)."""
+    """Merge into .cache/vm-timings.json (what TESTING.md and the notes quote)."""
     path = CACHE / "vm-timings.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     saved.update(timings)
