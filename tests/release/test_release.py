@@ -80,6 +80,13 @@ def test_each_installs_offline_into_a_fresh_venv_of_its_python_and_runs(
                            capture_output=True, text=True)
     assert facts.returncode == 0, facts.stderr
     assert json.loads(facts.stdout)["flavor"]
+    # the operator's docs, the policy's JSON Schema and the man page ride in the wheel
+    # (`ecs-harden install` copies them to /usr/local/share)
+    share = venv / "share"
+    assert (share / "man" / "man8" / "ecs-harden.8").read_bytes() == (PROJECT / "docs" / "ecs-harden.8").read_bytes()
+    assert json.loads((share / "doc" / "ecs-harden" / "docs" / "policy.schema.json").read_text())["properties"]
+    assert (share / "doc" / "ecs-harden" / "README.md").read_text().startswith("# ecs-harden")
+    assert (share / "doc" / "ecs-harden" / "LICENSE").read_text().strip().startswith("Apache License")
     info = (top / "BUILD-INFO").read_text()
     assert f"for Python {minor} on x86_64" in info and "compiled: python_iptables" in info
 
