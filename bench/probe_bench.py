@@ -32,10 +32,10 @@ INSIDE = r"""
 import json, os, resource, sys, time
 from ecs_harden import policy as policy_mod
 from ecs_harden.facts import gather
-from ecs_harden.reconcile import build_components, daemon_components
+from ecs_harden.assembly import build, daemon_components
 pol = policy_mod.load(sys.argv[1])
 wanted = ("imds.probe", "imds.paths", "imds.host_network", "imds.v1")
-components = [c for c in build_components(pol, gather()) if c.name in wanted]
+components = [c for c in build(pol, gather()) if c.name in wanted]
 kept = [c for c in daemon_components(pol, gather()) if c.name == "imds.probe"]
 kept[0].name = "imds.probe (kept)"
 out = {}

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Optional, Tuple
 
 from ecs_harden.errors import RefusedLink, RuntimeFailure, read_only_hint
@@ -146,7 +147,7 @@ def read_json_state(path: str) -> dict[str, object]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def write_json_state(path: str, value: dict[str, object]) -> None:
+def write_json_state(path: str, value: Mapping[str, object]) -> None:
     import json
 
     ensure_dir(os.path.dirname(path))

@@ -212,11 +212,12 @@ def _facts(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
-    from ecs_harden.reconcile import Reconciler, build_components
+    from ecs_harden.assembly import build
+    from ecs_harden.reconcile import Reconciler
 
     found = facts_mod.gather()
     fresh = args.command != "check" or bool(getattr(args, "fresh", False))
-    reconciler = Reconciler(policy, found.platform(), build_components(policy, found, fresh=fresh),
+    reconciler = Reconciler(policy, found.platform(), build(policy, found, fresh=fresh),
                             announce=False)
     repair = args.command == "apply"
     dry_run = bool(getattr(args, "dry_run", False))
@@ -273,31 +274,20 @@ def _prepare(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
 
 
 def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[str]:
-    from ecs_harden.reconcile import host_network, live_blocks, persisted_files, restore_service
+    """Each component takes away what it put on the host, in the assembly's order reversed."""
+    from ecs_harden.assembly import build
 
     log = logs.get("ecs_harden.remove")
     removed: list[str] = []
-    for component in live_blocks(policy, found):
+    for component in reversed(build(policy, found)):
         for line in component.remove():
-            removed.append(f"ip{'' if component.family == 4 else '6'}tables {line}")
-            log.warning("rule.removed", family=component.family, rule=line)
-    for line in host_network(policy, found).remove():
-        removed.append(line)
-        log.warning("rule.removed", rule=line)
-    # The restore ecs-harden enabled goes first: a sample put back must never be restored.
-    service = restore_service(policy, found)
-    for line in service.remove() if service is not None else []:
-        removed.append(line)
-        log.warning("restore.disabled", service=line)
-    for persisted in persisted_files(policy, found):
-        for line in persisted.remove():
             removed.append(line)
-            log.warning("persisted.removed", family=persisted.family, rule=line)
+            log.warning("removed", component=component.name, what=line)
     return removed
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ecs_harden.daemon.status import aged_findings, read_status
+    from ecs_harden.statusfile import aged_findings, read_status
 
     # The daemon matters most when the policy on disk is broken: show it anyway.
     invalid: str | None = None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,13 +44,6 @@ MAN_DIR = "/usr/local/share/man/man8"
 SHARE = os.path.join(sys.prefix, "share")
 PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd")
 VERSION_FILE = "installed-version"  # in state_dir: the version the running unit was started with
-# iptables-persistent asks whether to save the current rules: no (a dump would freeze
-# Docker's chains into the boot file; ecs-harden merges its own lines instead).
-DEBCONF = "".join(
-    f"iptables-persistent iptables-persistent/autosave_v{v} boolean false\n" for v in (4, 6)
-)
-
-
 @dataclass
 class Result:
     changed: list[str] = field(default_factory=list)
@@ -67,16 +59,6 @@ def restore_installed(flavor: type[Flavor]) -> bool:
     return bool(states) and all(st != "not-found" for st in states)
 
 
-def package_argv(package: str) -> tuple[list[str], dict[str, str]]:
-    """How this host installs a package: its package manager, not its flavor's name."""
-    for tool in ("dnf", "yum"):
-        if shutil.which(tool):
-            return [tool, "install", "-y", "-q", package], {}
-    if shutil.which("apt-get"):
-        return ["apt-get", "install", "-y", "-q", package], {"DEBIAN_FRONTEND": "noninteractive"}
-    raise RuntimeFailure(f"cannot install {package}: no dnf, yum or apt-get on this host")
-
-
 def install_restore(flavor: type[Flavor], result: Result, *, dry_run: bool) -> None:
     package = flavor.restore_package
     if package is None or not flavor.restore_services:
@@ -87,17 +69,20 @@ def install_restore(flavor: type[Flavor], result: Result, *, dry_run: bool) -> N
     if restore_installed(flavor):
         result.unchanged.append(f"{package} (the boot restore) is installed")
         return
-    argv, env = package_argv(package)
-    result.changed.append(f"install {package} (the boot restore) with {argv[0]}")
+    steps = flavor.install_steps(package)
+    if steps is None:
+        raise RuntimeFailure(f"cannot install {package}: none of {', '.join(flavor.package_tools)} "
+                             f"(the {flavor.name} package tools) is on this host")
+    tool = steps[-1].argv[0]
+    result.changed.append(f"install {package} (the boot restore) with {tool}")
     if dry_run:
         return
-    if argv[0] == "apt-get":
-        proc.run(["debconf-set-selections"], input=DEBCONF, timeout=60)
-        proc.run(["apt-get", "update", "-q"], check=False, timeout=600, env=env)
-    done = proc.run(argv, check=False, timeout=1200, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise RuntimeFailure(f"{' '.join(argv)} exited {done.returncode}: {' / '.join(tail)}")
+    for step in steps:
+        done = proc.run(list(step.argv), input=step.input, check=False, timeout=step.timeout,
+                        env=dict(step.env))
+        if done.returncode != 0 and step.must_succeed:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise RuntimeFailure(f"{' '.join(step.argv)} exited {done.returncode}: {' / '.join(tail)}")
     if not restore_installed(flavor):
         raise RuntimeFailure(f"{package} installed, but {', '.join(flavor.restore_services)} not found")
 
@@ -106,14 +91,17 @@ def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
     """Every file of the unit and what it must hold (None: must not exist)."""
     with open(os.path.join(PACKAGED, UNIT), "rb") as f:
         unit = f.read()
-    with open(os.path.join(PACKAGED, "al2", f"{UNIT}.d-al2.conf"), "rb") as f:
-        al2 = f.read()
     drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
-    return {
-        os.path.join(UNIT_DIR, UNIT): unit,
-        os.path.join(drop_ins, "al2.conf"): al2 if flavor.name == "amzn2" else None,
-        os.path.join(drop_ins, "paths.conf"): unitpaths.drop_in(policy, flavor.name).encode(),
-    }
+    files: dict[str, bytes | None] = {os.path.join(UNIT_DIR, UNIT): unit}
+    # The packaged drop-ins (systemd/<name>/): this flavor's, and none of another's.
+    for name in sorted(os.listdir(PACKAGED)):
+        packaged = os.path.join(PACKAGED, name, f"{UNIT}.d-{name}.conf")
+        if os.path.isfile(packaged):
+            with open(packaged, "rb") as f:
+                ours = f.read() if flavor.unit_drop_in == name else None
+            files[os.path.join(drop_ins, f"{name}.conf")] = ours
+    files[os.path.join(drop_ins, "paths.conf")] = unitpaths.drop_in(policy, flavor.name).encode()
+    return files
 
 
 def shipped_docs() -> dict[str, bytes | None]:

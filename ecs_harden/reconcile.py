@@ -4,116 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ecs_harden import flavors, logs
-from ecs_harden.component import Component
-from ecs_harden.daemon.status import age_limit
-from ecs_harden.ecsconfig.agent import AgentRestartComponent
-from ecs_harden.ecsconfig.component import EcsConfigComponent
+from ecs_harden import logs
+from ecs_harden.component import AnyComponent
 from ecs_harden.errors import HardenError
-from ecs_harden.facts import Facts
 from ecs_harden.findinglog import FindingLog
-from ecs_harden.firewall.detect import backend_for
-from ecs_harden.firewall.rule import Network
-from ecs_harden.imds import probe as probe_mod
-from ecs_harden.imds.block import Block
-from ecs_harden.imds.hostnet import HostNetworkComponent
-from ecs_harden.imds.live import LiveBlockComponent, for_policy, guard_of, ipv6_available
-from ecs_harden.imds.paths import PathsComponent
-from ecs_harden.imds.probe import ProbeComponent, daemon_probe, task_cgroup_probed
-from ecs_harden.imds.v1 import ImdsV1Component
-from ecs_harden.journal import ChangeJournal
-from ecs_harden.persist.files import PersistedFileComponent
-from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, OK, Finding, Report
-
-
-def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
-    return for_policy(policy, facts.iptables)
-
-
-def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
-    addresses: dict[int, Network] = {4: policy.imds.ipv4}
-    if policy.imds.ipv6 is not None and ipv6_available():
-        addresses[6] = policy.imds.ipv6
-    backends = {f: functools.partial(backend_for, facts.iptables, f) for f in addresses}
-    return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
-
-
-def probes(policy: Policy, *, fresh: bool = True, probe_every: float = 0.0) -> list[Component]:
-    """The active checks: the probe (imds.probe) and IMDSv1 (imds.v1). fresh=False: the
-    running daemon's probe is taken when it is recent (`check`); probe_every: the
-    daemon's, kept that long while the bridges stay the same."""
-    imds = policy.imds
-    v4 = str(imds.ipv4.network_address)
-    out: list[Component] = [ImdsV1Component(v4)]
-    if imds.probe:
-        addresses = {4: v4, **({6: str(imds.ipv6.network_address)} if imds.ipv6 is not None else {})}
-        out.insert(0, ProbeComponent(addresses, task_cgroup=lambda: task_cgroup_probed(imds.host_network),
-                                    exceptions=imds.allow_interfaces,
-                                    every=probe_every,
-                                    recent=None if fresh else functools.partial(
-                                        daemon_probe, policy.report.status_file,
-                                        within=age_limit(policy.resync, policy.interval))))
-    return out
-
-
-def families(policy: Policy) -> tuple[int, ...]:
-    return (4, 6) if policy.imds.ipv6 is not None else (4,)
-
-
-def persisted_files(policy: Policy, facts: Facts) -> list[PersistedFileComponent]:
-    if not policy.imds.persist:
-        return []
-    flavor = flavors.by_name(facts.flavor)
-    journal = ChangeJournal(policy.state_dir, policy.backups)
-    out = []
-    for family in families(policy):
-        address = policy.imds.ipv4 if family == 4 else policy.imds.ipv6
-        assert address is not None
-        blocks = [Block(i, address) for i in policy.imds.interfaces]
-        out.append(PersistedFileComponent(
-            family, flavor.rules_file(family), flavor.name, blocks, policy.imds.interfaces, journal,
-            sample_package=flavor.restore_package if flavor.ships_sample else None,
-            guard=guard_of(policy, address),
-        ))
-    return out
-
-
-def restore_service(policy: Policy, facts: Facts) -> ServiceComponent | None:
-    if not policy.imds.persist:
-        return None
-    journal = ChangeJournal(policy.state_dir, policy.backups)
-    return ServiceComponent(flavors.by_name(facts.flavor), families(policy), journal=journal)
-
-
-def build_components(policy: Policy, facts: Facts, *, fresh: bool = True,
-                     probe_every: float = 0.0) -> list[Component]:
-    persistence: list[Component] = [*persisted_files(policy, facts)]
-    service = restore_service(policy, facts)
-    if service is not None:
-        persistence.append(service)
-    return [
-        *live_blocks(policy, facts),
-        PathsComponent(policy.imds.interfaces, policy.imds.allow_interfaces,
-                       policy.imds.guard_all_interfaces, policy.state_dir,
-                       str(policy.imds.ipv4.network_address)),
-        host_network(policy, facts),
-        *probes(policy, fresh=fresh, probe_every=probe_every),
-        *persistence,
-        EcsConfigComponent(policy),
-        AgentRestartComponent(policy, facts.init),
-    ]
-
-
-def daemon_components(policy: Policy, facts: Facts) -> list[Component]:
-    """The daemon's: its probe kept while the bridges stay the same (probe.EVERY)."""
-    return build_components(policy, facts, probe_every=probe_mod.EVERY)
 
 
 def failed_finding(f: Finding, why: str) -> Finding:
@@ -142,7 +42,7 @@ class Reconciler:
         self,
         policy: Policy,
         platform: dict[str, Any],
-        components: Sequence[Component],
+        components: Sequence[AnyComponent],
         finding_log: FindingLog | None = None,
         *,
         announce: bool = True,
@@ -157,7 +57,7 @@ class Reconciler:
         self.announce = announce
         self._in_a_row: dict[str, int] = {}  # failures of an event and component, consecutive
 
-    def _failed(self, event: str, component: Component, error: str) -> None:
+    def _failed(self, event: str, component: AnyComponent, error: str) -> None:
         """A failed repair or transaction (a commit that lost a race, the xtables lock
         busy) is retried at once and usually holds then: the first of a row is a
         warning; it is an error from the second in a row on, what stays broken."""
@@ -170,7 +70,7 @@ class Reconciler:
         if why or (event in TRANSIENT and n == 2):
             self.log.error(event, component=component.name, error=error, failures_in_a_row=n)
 
-    def _succeeded(self, event: str, component: Component) -> None:
+    def _succeeded(self, event: str, component: AnyComponent) -> None:
         self._in_a_row.pop(f"{event}:{component.name}", None)
         self.finding_log.clear(f"{event}:{component.name}")
 
@@ -214,7 +114,7 @@ class Reconciler:
         return repair and not dry_run and self.policy.enforce
 
     def run_component(
-        self, component: Component, *, repair: bool, dry_run: bool = False
+        self, component: AnyComponent, *, repair: bool, dry_run: bool = False
     ) -> tuple[list[Finding], list[str], list[str]]:
         """Findings, changes made (or planned, with dry_run) and errors for one component."""
         repair = self.may_repair(repair=repair, dry_run=dry_run)
@@ -236,7 +136,7 @@ class Reconciler:
             return [Finding(component.name, ERROR, detail=error)], [], [error]
 
     def _run_component(
-        self, component: Component, *, repair: bool, dry_run: bool = False
+        self, component: AnyComponent, *, repair: bool, dry_run: bool = False
     ) -> tuple[list[Finding], list[str], list[str]]:
         try:
             first = component.inspect()

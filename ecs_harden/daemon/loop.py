@@ -24,21 +24,22 @@ from typing import Optional
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
 from ecs_harden import policy as policy_mod
-from ecs_harden.component import ECS, FILES, FIREWALL, PATHS, Component
+from ecs_harden.assembly import daemon_components
+from ecs_harden.assembly import families as families_of
+from ecs_harden.component import AnyComponent
 from ecs_harden.daemon.background import SlowChecks
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import PolicyState, StatusPublisher
 from ecs_harden.daemon.sources import WakeSource, open_sources
-from ecs_harden.daemon.status import Counters
 from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import Facts, iso
 from ecs_harden.findinglog import FindingLog
 from ecs_harden.lock import DAEMON_TIMEOUT, ReconcileLock
 from ecs_harden.policy import Policy
-from ecs_harden.reconcile import Reconciler, daemon_components, failed_finding
-from ecs_harden.reconcile import families as families_of
+from ecs_harden.reconcile import Reconciler, failed_finding
 from ecs_harden.report import ERROR, STALE, Finding, Report, stale_finding
+from ecs_harden.statusfile import Counters
 
 Clock = typing.Callable[[], float]
 OpenSources = typing.Callable[
@@ -58,7 +59,7 @@ class Parts:
     paths and the clock)."""
 
     gather: Callable[[], Facts] = facts_mod.gather
-    build: Callable[[Policy, Facts], Sequence[Component]] = daemon_components
+    build: Callable[[Policy, Facts], Sequence[AnyComponent]] = daemon_components
     load: Callable[[Optional[str]], Policy] = policy_mod.load
     lock: Callable[[], AbstractContextManager[object]] = daemon_lock
     sources: OpenSources = open_sources
@@ -135,21 +136,22 @@ class Daemon:
         for source in self.sources:
             source.before(groups, families)
         chosen = [(i, c) for i, c in enumerate(self.components) if c.wakes_on in groups
-                  and not (c.wakes_on == FIREWALL and c.family is not None and c.family not in families)]
+                  and (c.family is None or c.family in families)]
         background = self.slow is not None and not inline
         try:
             with self.parts.lock():
-                repaired = False
+                again: set[str] = set()
                 for i, component in chosen:
                     before = self.counters.repairs
                     errors += self._look(i, component, background=background, changed=False)
-                    repaired |= component.wakes_on == FIREWALL and self.counters.repairs > before
-                if PATHS not in groups and repaired:
-                    # After a firewall repair the paths are looked at again: the quick
-                    # checks now, the slow ones beside the loop (a repair never waits for them).
-                    for i, component in enumerate(self.components):
-                        if component.wakes_on == PATHS:
-                            errors += self._look(i, component, background=background, changed=True)
+                    if self.counters.repairs > before:
+                        again |= component.after_repair
+                # What a repair says must be looked at again (after a firewall repair: the
+                # paths): the quick checks now, the slow ones beside the loop (a repair
+                # never waits for them).
+                for i, component in enumerate(self.components):
+                    if component.wakes_on in again - set(groups):
+                        errors += self._look(i, component, background=background, changed=True)
         except HardenError as exc:  # the lock: held too long, or refused
             self.log.error("reconcile.lock_failed", error=str(exc))
             errors.append(str(exc))
@@ -170,7 +172,7 @@ class Daemon:
         self.publish()
         return not errors
 
-    def _look(self, i: int, component: Component, *, background: bool, changed: bool) -> list[str]:
+    def _look(self, i: int, component: AnyComponent, *, background: bool, changed: bool) -> list[str]:
         """Reconcile one component now, or a slow one beside the loop (changed: a change
         it has not seen is known, so its findings are stale until it has looked)."""
         if background and component.slow:
@@ -178,7 +180,7 @@ class Daemon:
             return []
         return self._reconcile_one(i, component)
 
-    def _reconcile_one(self, i: int, component: Component) -> list[str]:
+    def _reconcile_one(self, i: int, component: AnyComponent) -> list[str]:
         # A crash of the component is an error finding already (Reconciler.run_component).
         started = time.time()
         found, _, errs = self.reconciler.run_component(component, repair=True)
@@ -196,7 +198,7 @@ class Daemon:
                 self.counters.repairs += 1
                 self.counters.repairs_by_check[f.check] = self.counters.repairs_by_check.get(f.check, 0) + 1
 
-    def _submit(self, i: int, component: Component, *, changed: bool) -> None:
+    def _submit(self, i: int, component: AnyComponent, *, changed: bool) -> None:
         assert self.slow is not None
         if changed:
             self.unseen.setdefault(i, time.time())
@@ -400,6 +402,5 @@ class Daemon:
         sched.due(wake, now)
         for source in self.sources:
             source.due(now, wake)
-        if wake.groups & {FILES, ECS}:
-            for source in self.sources:
-                source.hold(wake, now)
+        for source in self.sources:
+            source.hold(wake, now)

@@ -10,11 +10,11 @@ from typing import Any
 
 from ecs_harden import logs
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.status import Counters, metrics_text, report_text, write_metrics, write_status
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import iso
 from ecs_harden.policy import Policy
 from ecs_harden.report import DRIFT, ERROR, STALE, Report
+from ecs_harden.statusfile import Counters, metrics_text, report_text, write_metrics, write_status
 
 
 @dataclass

@@ -37,7 +37,7 @@ class AgentRestartComponent(Base):
     def commands(self) -> tuple[tuple[str, ...], ...]:
         return RESTART_COMMANDS.get(self.init, RESTART_COMMANDS["sysvinit"])
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[bool]:
         agent = self.find_agent()
         expected = "agent started after ecs.config last changed"
         if not agent.running or agent.started is None:
@@ -62,8 +62,8 @@ class AgentRestartComponent(Base):
             return Inspection((finding,))
         return Inspection((finding,), (f"restart the ECS agent: {how}",), frozenset({CHECK}), True)
 
-    def execute(self, inspection: Inspection) -> None:
-        if inspection.plan is not True:
+    def execute(self, inspection: Inspection[bool]) -> None:
+        if not inspection.plan:
             return
         cmds = self.commands()
         for i, argv in enumerate(cmds):

@@ -108,7 +108,7 @@ class EcsConfigComponent(Base):
     def watches(self) -> tuple[str, ...]:
         return (self.path,)
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[_Plan]:
         try:
             old = read_bytes(self.path)
         except RefusedLink as exc:
@@ -136,9 +136,9 @@ class EcsConfigComponent(Base):
             _Plan(old, new),
         )
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[_Plan]) -> None:
         plan = inspection.plan
-        if not isinstance(plan, _Plan):
+        if plan is None:
             return
         if read_bytes(self.path) != plan.old:
             raise RuntimeFailure(f"{self.path}: changed while being repaired; will retry")

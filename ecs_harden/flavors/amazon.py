@@ -14,6 +14,7 @@ def _is_amazon(osr: OsRelease) -> bool:
 
 class Amzn2023(Rhel):
     name: ClassVar[str] = "amzn2023"
+    package_tools: ClassVar[tuple[str, ...]] = ("dnf",)
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:
@@ -23,7 +24,10 @@ class Amzn2023(Rhel):
 class Amzn2(Rhel):
     name: ClassVar[str] = "amzn2"
     usual_iptables: ClassVar[str | None] = "legacy"
-    install_command: ClassVar[str | None] = "yum install -y iptables-services"
+    package_tools: ClassVar[tuple[str, ...]] = ("yum",)
+    # systemd 219: no `+` for ExecStartPre, ReadWriteDirectories= (not ReadWritePaths=)
+    unit_drop_in: ClassVar[str | None] = "al2"
+    writable_paths_key: ClassVar[str] = "ReadWriteDirectories"
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:
@@ -36,8 +40,9 @@ class Amzn1(Amzn2):
     name: ClassVar[str] = "amzn1"
     restore_services: ClassVar[tuple[str, ...]] = ("iptables", "ip6tables")
     restore_package: ClassVar[str | None] = "iptables"
-    install_command: ClassVar[str | None] = "yum install -y iptables"
     service_manager: ClassVar[str] = "sysv"
+    unit_drop_in: ClassVar[str | None] = None  # no systemd
+    writable_paths_key: ClassVar[str] = "ReadWritePaths"
     ships_sample: ClassVar[bool] = False  # the 2018.03 AMI's iptables package has no sample
 
     @classmethod

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,17 @@ class OsRelease:
         return tuple(self.fields.get("ID_LIKE", "").lower().split())
 
 
+@dataclass(frozen=True)
+class Step:
+    """One command of a package install, as the flavor's package manager wants it."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    input: Optional[str] = None  # typing: evaluated at run time on 3.8
+    must_succeed: bool = True
+    timeout: float = 1200
+
+
 class Flavor:
     """A distribution family. Subclasses override only what differs."""
 
@@ -53,12 +65,17 @@ class Flavor:
     # Units (or sysvinit services) that restore those files at boot, v4 then v6.
     restore_services: ClassVar[tuple[str, ...]] = ()
     restore_package: ClassVar[str | None] = None
-    install_command: ClassVar[str | None] = None
+    # The package tools of the family, the first found on the host used (RHEL 7: yum only).
+    package_tools: ClassVar[tuple[str, ...]] = ()
     # How restore services are enabled for boot: "systemd" (systemctl) or "sysv" (chkconfig).
     service_manager: ClassVar[str] = "systemd"
     # The restore package lays down a sample rules file of its own (persist.samples),
     # which is replaced, not refused.
     ships_sample: ClassVar[bool] = False
+    # Its systemd: the packaged unit drop-in it needs (ecs_harden/systemd/<name>/), and how
+    # a unit names the paths it may write under ProtectSystem= (systemd 231 renamed it).
+    unit_drop_in: ClassVar[str | None] = None
+    writable_paths_key: ClassVar[str] = "ReadWritePaths"
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:
@@ -67,6 +84,22 @@ class Flavor:
     @classmethod
     def rules_file(cls, family: int) -> str | None:
         return cls.rules_v4 if family == 4 else cls.rules_v6
+
+    @classmethod
+    def install_command(cls) -> str | None:
+        """What an operator types to install the boot restore (the findings say it)."""
+        if cls.restore_package is None or not cls.package_tools:
+            return None
+        return f"{cls.package_tools[0]} install -y {cls.restore_package}"
+
+    @classmethod
+    def install_steps(cls, package: str,
+                      which: Callable[[str], str | None] = shutil.which) -> list[Step] | None:
+        """How this host installs a package: the family's tool that is on it; None: none is."""
+        for tool in cls.package_tools:
+            if which(tool):
+                return [Step((tool, "install", "-y", "-q", package))]
+        return None
 
     @classmethod
     def services_for(cls, families: tuple[int, ...]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ class Rhel(Flavor):
     rules_v6: ClassVar[str | None] = "/etc/sysconfig/ip6tables"
     restore_services: ClassVar[tuple[str, ...]] = ("iptables.service", "ip6tables.service")
     restore_package: ClassVar[str | None] = "iptables-services"
-    install_command: ClassVar[str | None] = "dnf install -y iptables-services"
+    package_tools: ClassVar[tuple[str, ...]] = ("dnf", "yum")
     ships_sample: ClassVar[bool] = True
 
     @classmethod

@@ -182,7 +182,7 @@ class HostNetworkComponent(Base):
                     f"from cgroup {TASK_SLICE})")
         return f"no host-network task container (imds.host_network: {self.mode})"
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[_Plan]:
         tasks = self.tasks()
         names = "; ".join(t.label() for t in tasks)
         v2 = cgroup_v2(self.cgroup_root)
@@ -256,9 +256,9 @@ class HostNetworkComponent(Base):
                        "host's network, no FORWARD rule sees them; set imds.host_network: block (cgroup v2) "
                        "or run them in bridge or awsvpc mode")
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[_Plan]) -> None:
         plan = inspection.plan
-        if not isinstance(plan, _Plan):
+        if plan is None:
             return
         bound = self._load_bound()
         inode = plan.inode

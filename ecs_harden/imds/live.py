@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-from ecs_harden.component import FIREWALL, Base, Inspection
+from ecs_harden.component import FIREWALL, PATHS, Base, Inspection
 from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
@@ -59,6 +59,7 @@ class BlockState:
 
 class LiveBlockComponent(Base):
     wakes_on = FIREWALL
+    after_repair = frozenset({PATHS})  # a verdict of the paths reads the ruleset this repaired
     family: int
 
     def __init__(
@@ -139,7 +140,7 @@ class LiveBlockComponent(Base):
                 places[(table, name)] = chain.rules if chain else ()
         return places
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[_Plan]:
         if self.family == 6 and not ipv6_available():
             return Inspection((Finding(
                 self.name, OK, self.expected(), "no IPv6",
@@ -223,13 +224,13 @@ class LiveBlockComponent(Base):
                         else "the guard of every interface (imds.guard_all_interfaces is false)")
                 problems.append(f"{what} is still in raw {GUARD_CHAIN}: `{rule.text()}`")
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[_Plan]) -> None:
         """First the inserts that make the block effective, in a commit of their own that
         depends on nothing else on the host; then, from a fresh read, the tidying (copies
         that are not the one on top), deleted by position checked at the commit. A tidy
         that fails leaves an effective block and says why."""
         planned = inspection.plan
-        if not isinstance(planned, _Plan):
+        if planned is None:
             return
         inserts = [op for op in planned.ops if not isinstance(op, DeleteAt)]
         if inserts:
@@ -252,7 +253,7 @@ class LiveBlockComponent(Base):
     def remove(self) -> list[str]:
         ops = self.removal_ops()
         self.backend.commit(ops)
-        return [describe(op) for op in ops]
+        return [f"ip{'' if self.family == 4 else '6'}tables {describe(op)}" for op in ops]
 
 
 def opening_run(place: tuple[str, str], rules: Sequence[Rule], blocks: Sequence[Block],

@@ -286,7 +286,7 @@ class PathsComponent(Base):
     def _since(self) -> dict[str, str]:
         return {k: v for k, v in read_json_state(self.since_file).items() if isinstance(v, str)}
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[dict[str, str]]:
         try:
             host = self.host_links()
         except RuntimeFailure as exc:
@@ -314,7 +314,6 @@ class PathsComponent(Base):
                               frozenset(), new)
         return Inspection(tuple(findings))
 
-    def execute(self, inspection: Inspection) -> None:
-        if not isinstance(inspection.plan, dict):
-            return
-        write_json_state(self.since_file, inspection.plan)
+    def execute(self, inspection: Inspection[dict[str, str]]) -> None:
+        if inspection.plan is not None:
+            write_json_state(self.since_file, inspection.plan)

@@ -61,6 +61,7 @@ from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.imds.paths import ip_json
 from ecs_harden.imds.probe_netns import STEP_TIMEOUT, NetnsProbe, ip_batch
 from ecs_harden.report import DRIFT, OK, WARN, Finding
+from ecs_harden.statusfile import observed_age, read_status
 
 CHECK = "imds.probe"
 PREFIX, PEER = "ecsh-p", "ecsh-q"
@@ -465,7 +466,7 @@ class ProbeComponent(Base):
         self.every, self.clock, self.layout = every, clock, layout
         self._kept: tuple[float, object, Finding] | None = None
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[None]:
         reused = self.recent() if self.recent is not None else None
         if reused is not None:
             return Inspection((reused,))
@@ -493,7 +494,7 @@ class ProbeComponent(Base):
             self._kept = None  # undecided or not run: probed again at the next look
         return Inspection((found,))
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[None]) -> None:
         return None
 
 
@@ -505,8 +506,6 @@ def daemon_probe(status_file: str, *, within: float) -> Finding | None:
     """The running daemon's imds.probe finding when it looked no more than `within`
     seconds ago, its detail saying whose and when; None otherwise (no daemon, an old or
     unreadable status file, a probe it could not run)."""
-    from ecs_harden.daemon.status import observed_age, read_status
-
     try:
         data, age = read_status(status_file)
     except (OSError, ValueError):

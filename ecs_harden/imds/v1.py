@@ -42,7 +42,7 @@ class ImdsV1Component(Base):
         self.address = address
         self.asker = asker
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[None]:
         expected = "IMDS refuses a request without a token (HttpTokens: required)"
         status = self.asker(self.address)
         if status is None:
@@ -60,5 +60,5 @@ class ImdsV1Component(Base):
         return Inspection((Finding(CHECK, OK, expected, f"{status} without a token",
                                    f"IMDS answered {status} to a request without a token"),))
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[None]) -> None:
         return None

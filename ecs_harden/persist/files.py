@@ -77,7 +77,7 @@ class PersistedFileComponent(Base):
         self._validated: dict[tuple[Identity, int], str | None] = {}
         # The last steady inspection and the file's identity then: judging a file that
         # did not change gives the same answer, so the daemon's resync skips it.
-        self._steady: tuple[Identity, Inspection] | None = None
+        self._steady: tuple[Identity, Inspection[_Plan]] | None = None
 
     def watches(self) -> tuple[str, ...]:
         return (self.path,) if self.path else ()
@@ -96,7 +96,7 @@ class PersistedFileComponent(Base):
             self._validated = {key: restore_test(self.family, data) if data.strip() else None}
         return self._validated[key]
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[_Plan]:
         if self.path is None:
             return self._inspect()
         key = file_identity(self.path)
@@ -106,7 +106,7 @@ class PersistedFileComponent(Base):
         self._steady = None if inspection.changes else (key, inspection)
         return inspection
 
-    def _inspect(self) -> Inspection:
+    def _inspect(self) -> Inspection[_Plan]:
         if self.path is None:
             return Inspection((Finding(
                 self.name, ERROR, self.expected(), "no mechanism",
@@ -137,7 +137,7 @@ class PersistedFileComponent(Base):
         verb = "create" if old is None else "merge the block into"
         return Inspection((finding,), (f"{verb} {self.path}",), frozenset({self.name}), _Plan(old, new))
 
-    def _replace_sample(self, old: bytes, how: str) -> Inspection:
+    def _replace_sample(self, old: bytes, how: str) -> Inspection[_Plan]:
         assert self.path is not None
         finding = Finding(
             self.name, DRIFT, self.expected(), "the package's sample",
@@ -198,9 +198,9 @@ class PersistedFileComponent(Base):
         return Finding(self.name, OK, self.expected(), actual,
                        f"{self.path} restores an effective block at boot, before Docker starts{done}")
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[_Plan]) -> None:
         plan = inspection.plan
-        if not isinstance(plan, _Plan) or self.path is None:
+        if plan is None or self.path is None:
             return
         complaint = restore_test(self.family, plan.new)
         if complaint is not None:

@@ -92,7 +92,7 @@ class ServiceComponent(Base):
         self.clock = clock
         # A steady answer, kept while nothing it depends on changed (at most CACHE_FOR):
         # the daemon's resync then costs no `systemctl` process.
-        self._cached: tuple[object, float, Inspection] | None = None
+        self._cached: tuple[object, float, Inspection[tuple[tuple[str, ...], ...]]] | None = None
 
     def expected(self) -> str:
         return (", ".join(self.services) or "a boot restore service") + " enabled for boot"
@@ -128,7 +128,7 @@ class ServiceComponent(Base):
             out += [f"{path}: {r}" for r in rejects]
         return out
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[tuple[tuple[str, ...], ...]]:
         rules = tuple(p for p in (self.flavor.rules_file(f) for f in self.families) if p)
         key = enablement_signature(rules)
         now = self.clock()
@@ -139,7 +139,7 @@ class ServiceComponent(Base):
         self._cached = (key, now, inspection) if steady else None
         return inspection
 
-    def _inspect(self) -> Inspection:
+    def _inspect(self) -> Inspection[tuple[tuple[str, ...], ...]]:
         if not self.services:
             return Inspection((Finding(
                 CHECK, ERROR, self.expected(), "no mechanism",
@@ -159,7 +159,7 @@ class ServiceComponent(Base):
             return Inspection((Finding(
                 CHECK, ERROR, self.expected(), actual,
                 f"{', '.join(missing)} not installed (package {self.flavor.restore_package}): "
-                f"run `{self.flavor.install_command}`, then ecs-harden apply",
+                f"run `{self.flavor.install_command()}`, then ecs-harden apply",
             ),))
         off = [s for s, st in states.items() if not st.startswith("enabled")]
         # Enabled already: the sample too is what boot restores until it is replaced.
@@ -198,9 +198,9 @@ class ServiceComponent(Base):
             argvs,
         )
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[tuple[tuple[str, ...], ...]]) -> None:
         argvs = inspection.plan
-        if not isinstance(argvs, tuple):
+        if argvs is None:
             return
         breaking = self.breaking_rules(samples_too=True)
         if breaking:  # the sample was not replaced (its own check says why): never enable it

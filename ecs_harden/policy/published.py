@@ -4,6 +4,7 @@ ships, the policy as YAML (what `validate` prints), and the key-by-key reference
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 import yaml
@@ -97,3 +98,69 @@ def _value_words(key: Key) -> str:
         return "one of " + ", ".join(f"`{c}`" for c in key.args[0]) + ": "
     return {"seconds": "seconds > 0: ", "count": "a whole number >= 0: ", "boolean": "true or false: ",
             "abspath": "an absolute path: "}.get(key.method, "")
+
+
+# -- the Ansible role's copies: a variable ecs_harden_<key> per key -----------------------
+
+ROLE_MARK = "# -- made by scripts/gen-docs from ecs_harden/policy/schema.py: do not edit below --"
+_SPEC_TYPES = {"choice": "str", "boolean": "bool", "seconds": "float", "count": "int", "abspath": "path",
+               "textfile": "path", "network": "str", "interfaces": "list", "exceptions": "list",
+               "settings": "dict"}
+
+
+def role_var(key: Key) -> str:
+    return "ecs_harden_" + key.path.replace(".", "_")
+
+
+def _leaves() -> list[Key]:
+    return [k for k in keys() if k.method != "section"]
+
+
+def role_defaults() -> str:
+    """The policy part of the role's defaults/main.yml: each key's default."""
+    lines = [ROLE_MARK, "# The policy (docs/policy-reference.md), key for key: ecs_harden_<key>, nested keys"
+             " joined by \"_\"."]
+    for key in _leaves():
+        lines.append(f"{role_var(key)}: {json.dumps(plain(key.default))}")
+    return "\n".join(lines) + "\n"
+
+
+def role_argument_specs() -> str:
+    """The policy part of the role's meta/argument_specs.yml (main's options)."""
+    lines = [f"      {ROLE_MARK}"]
+    for key in _leaves():
+        if key.method not in _SPEC_TYPES:
+            raise ValueError(f"{key.path}: no argument_specs type for the parser {key.method!r}")
+        lines += [f"      {role_var(key)}:", f"        type: {_SPEC_TYPES[key.method]}"]
+        if _SPEC_TYPES[key.method] == "list":
+            lines.append("        elements: str")
+        if key.method == "choice":
+            lines.append(f"        choices: {json.dumps(list(key.args[0]))}")
+        if key.default is not None:
+            lines.append(f"        default: {json.dumps(plain(key.default))}")
+        words = textwrap.wrap(key.doc[:1].upper() + key.doc[1:] + ".", 90)
+        lines += ["        description: >-", *(f"          {w}" for w in words)]
+    return "\n".join(lines) + "\n"
+
+
+def role_template() -> str:
+    """The role's templates/policy.yaml.j2: every key from its variable."""
+    lines = ["# {{ ansible_managed }}",
+             "# ecs-harden policy (docs/policy-reference.md); the role's variables ecs_harden_<key>.",
+             "# Made by scripts/gen-docs from ecs_harden/policy/schema.py: do not edit."]
+    for key in keys():
+        depth = key.path.count(".")
+        pad, name, var = "  " * depth, key.path.rsplit(".", 1)[-1], role_var(key)
+        if key.method == "section":
+            lines.append(f"{pad}{name}:")
+        elif key.method == "settings":
+            lines += [f"{pad}{name}:",
+                      f"{{% for key, value in {var}.items() %}}",
+                      f"{pad}  {{{{ key }}}}: {{{{ (value | string if value is not none else none)"
+                      " | to_json }}",
+                      "{% endfor %}"]
+        elif key.method in ("count", "seconds"):  # numbers even when given as text (-e)
+            lines.append(f"{pad}{name}: {{{{ {var} | {'int' if key.method == 'count' else 'float'} }}}}")
+        else:
+            lines.append(f"{pad}{name}: {{{{ {var} | to_json }}}}")
+    return "\n".join(lines) + "\n"

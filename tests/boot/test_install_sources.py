@@ -139,6 +139,23 @@ def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: Sources
     assert again.returncode == 0 and "unchanged: ecs-harden" in again.stdout, again.stdout[-3000:]
 
 
+def test_on_a_hardened_host_a_wrong_checksum_or_an_unreachable_url_changes_nothing(host: SourcesHost) -> None:
+    """An upgrade that cannot be had leaves the installed release, its files and its
+    running daemon as they were."""
+    state = ("sha256sum /etc/ecs/ecs.config /etc/sysconfig/iptables /etc/sysconfig/ip6tables "
+             "/etc/ecs-harden/policy.yaml /usr/local/bin/ecs-harden; /usr/local/bin/ecs-harden --version; "
+             "systemctl show -p MainPID -p ActiveState ecs-harden.service; iptables-save | grep -c ecs-harden")
+    before = host.sh(state).stdout
+    assert "ActiveState=active" in before, before
+    wrong = "0" * 64
+    url = f"https://127.0.0.1:9/releases/{host.tarball.name}"
+    for source, sha256, why in ((host.s3_url, wrong, f"sha256 is {host.sha256}, not the pinned {wrong}"),
+                                (url, host.sha256, f"cannot fetch {url}")):
+        cp = host.user_data(source, sha256)
+        assert cp.returncode == 1 and "ecs-harden: FAILED: " in cp.stdout and why in cp.stdout, cp.stdout[-3000:]
+        assert host.sh(state).stdout == before
+
+
 OLD_GATE = ("# Written by ecs-harden's user-data: the ECS agent starts only once this host\n"
             "# is hardened (ECS_HARDEN_GATE_AGENT=false in the user-data: not).\n"
             "[Unit]\nAfter=ecs-harden.service\n[Service]\n"

@@ -391,18 +391,16 @@ WATCHER = (f"while :; do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {IMDS
            "case \"$r\" in *imds-ok*) cut -d' ' -f1 /proc/uptime;; esac; sleep 0.05; done")
 
 
-@pytest.mark.parametrize("rules", [1000, 10000])
-def test_deletions_right_after_repairs_are_all_repaired_and_never_reported_ok(
-    clean: EcsHost, rules: int,
-) -> None:
+def test_deletions_right_after_repairs_are_all_repaired_and_never_reported_ok(clean: EcsHost) -> None:
     """Issue 24: on legacy iptables a deletion landing shortly after a repair was never
     seen again (the change signal's baseline predated the repair), while the status
     said compliant. 30 single-commit deletions of every copy, 0.2-1.5 s after the
     previous repair, at the default policy (interval 5 s, resync 60 s, the probe on)
-    with 1k and 10k Docker-shaped rules: each one repaired; no container connection
-    answered later than 1 s after a deletion; status never 0 while the block lacks."""
+    with 10k Docker-shaped rules (the bench runs 1k and 10k, 50 deletions each): each
+    one repaired; no container connection answered later than 1 s after a deletion;
+    status never 0 while the block lacks."""
     host = clean
-    host.sandbox.run(["iptables-restore", "--noflush"], input=bulk_rules(rules))
+    host.sandbox.run(["iptables-restore", "--noflush"], input=bulk_rules(10000))
     policy = host.dir / "default-policy.yaml"
     # the defaults (interval 5 s, resync 60 s, the probe on); the boot files are other tests' business
     policy.write_text(f"state_dir: {host.dir}/state\nreport:\n  status_file: {host.dir}/status.json\n"

@@ -58,8 +58,9 @@ def test_flavor_contract(flavor: type[flavors.Flavor]) -> None:
         return
     assert flavor.rules_v4 and flavor.rules_v4.startswith("/etc/")
     assert flavor.rules_v6 and flavor.rules_v6.startswith("/etc/")
-    assert flavor.restore_services and flavor.install_command
-    assert flavor.restore_package and flavor.restore_package in flavor.install_command
+    command = flavor.install_command()
+    assert flavor.restore_services and command
+    assert flavor.restore_package and command.endswith(f" install -y {flavor.restore_package}")
     assert flavor.usual_iptables in ("legacy", "nf_tables")
 
 

@@ -75,7 +75,7 @@ def test_empty_host_creates_docker_user_both_copies_and_the_guard() -> None:
     assert insp.findings[0].status == "drift"
     assert "chain DOCKER-USER does not exist" in insp.findings[0].detail
     assert "no guard for docker+ in raw PREROUTING" in insp.findings[0].detail
-    assert insp.plan.ops == (  # type: ignore[attr-defined]
+    assert insp.plan is not None and insp.plan.ops == (
         NewChain("DOCKER-USER"),
         Insert("DOCKER-USER", 1, Block("docker+", V4).args()),
         Insert("FORWARD", 1, Block("docker+", V4).args()),
@@ -91,7 +91,8 @@ def test_guard_below_another_raw_rule_is_moved_up() -> None:
     insp = c.inspect()
     assert "not at the top of raw PREROUTING" in insp.findings[0].detail
     # The insert first, on its own; the old copy (now third) goes in a commit of its own.
-    assert [type(o).__name__ for o in insp.plan.ops] == ["Insert"]  # type: ignore[attr-defined]
+    assert insp.plan is not None
+    assert [type(o).__name__ for o in insp.plan.ops] == ["Insert"]
     c.execute(insp)
     assert [[type(o).__name__ for o in ops] for ops in be.committed] == [["Insert"], ["DeleteAt"]]
     assert be.raw.splitlines()[1:] == [f"-A PREROUTING {OURS}", "-A PREROUTING -j ACCEPT"]
@@ -121,8 +122,9 @@ def test_duplicates_are_deleted_by_position_keeping_the_copy_on_top() -> None:
     insp = c.inspect()
     assert "3 copies of the DROP for docker+ in DOCKER-USER" in insp.findings[0].detail
     # One copy opens DOCKER-USER already: no insert, the two below are deleted by position.
-    ops = list(insp.plan.ops)  # type: ignore[attr-defined]
-    assert [(type(o), o.chain, o.position) for o in ops] == [
+    assert insp.plan is not None
+    ops = list(insp.plan.ops)
+    assert [(type(o), o.chain, getattr(o, "position", None)) for o in ops] == [
         (DeleteAt, "DOCKER-USER", 2), (DeleteAt, "DOCKER-USER", 3)]
     c.execute(insp)
     assert be.committed == [ops]

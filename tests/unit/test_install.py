@@ -134,17 +134,31 @@ def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *tools: str) -> None:
     monkeypatch.setenv("PATH", str(bindir))
 
 
-def test_the_package_manager_is_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stub(tmp_path, monkeypatch, "yum")
-    assert install.package_argv("iptables-services")[0][0] == "yum"  # AL2
+def test_the_package_tool_is_the_flavors_found_on_the_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stub(tmp_path, monkeypatch, "dnf", "yum")
-    assert install.package_argv("iptables-services")[0][:2] == ["dnf", "install"]  # AL2023, RHEL 8/9
+    amzn2, amzn2023, rhel, debian = (flavors.by_name(n) for n in ("amzn2", "amzn2023", "rhel", "debian"))
+    assert [s.argv for s in amzn2.install_steps("iptables-services") or []] == [
+        ("yum", "install", "-y", "-q", "iptables-services")]  # AL2: yum, even beside a dnf
+    assert [s.argv[0] for s in amzn2023.install_steps("iptables-services") or []] == ["dnf"]
+    stub(tmp_path, monkeypatch, "yum")
+    assert [s.argv[0] for s in rhel.install_steps("iptables-services") or []] == ["yum"]  # RHEL 7
+    assert amzn2023.install_steps("iptables-services") is None
     stub(tmp_path, monkeypatch, "apt-get")
-    argv, env = install.package_argv("iptables-persistent")
-    assert argv[0] == "apt-get" and env == {"DEBIAN_FRONTEND": "noninteractive"}
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(RuntimeFailure, match="no dnf, yum or apt-get"):
-        install.package_argv("iptables-services")
+    steps = debian.install_steps("iptables-persistent") or []
+    assert [s.argv[0] for s in steps] == ["debconf-set-selections", "apt-get", "apt-get"]
+    assert "autosave_v4 boolean false" in (steps[0].input or "") and not steps[1].must_succeed
+    assert steps[2].env == {"DEBIAN_FRONTEND": "noninteractive"}
+    assert debian.install_command() == "DEBIAN_FRONTEND=noninteractive apt-get install -y iptables-persistent"
+    assert amzn2.install_command() == "yum install -y iptables-services"
+
+
+def test_no_package_tool_of_the_flavor_is_a_clear_error(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub(tmp_path, monkeypatch, "apt-get")
+    host.restore = False
+    with pytest.raises(RuntimeFailure, match=r"none of dnf \(the amzn2023 package tools\) is on this host"):
+        install.install(policy(tmp_path), flavor=flavors.by_name("amzn2023"))
 
 
 def test_a_missing_restore_package_is_installed_debian_told_not_to_save(

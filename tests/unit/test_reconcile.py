@@ -24,13 +24,13 @@ class Fake(Base):
         self.executed = 0
         self.fail = fail
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[bool]:
         if self.fixed:
             return Inspection((Finding("fake.check", OK, "x", "x"),))
         return Inspection((Finding("fake.check", DRIFT, "x", "y", "y is not x"),), ("fix it",),
                           frozenset({"fake.check"}), True)
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[bool]) -> None:
         self.executed += 1
         if self.fail is not None:
             raise self.fail
@@ -84,7 +84,7 @@ class Flaky(Fake):
         super().__init__()
         self.fails = fails
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[bool]) -> None:
         self.executed += 1
         if self.executed <= self.fails:
             raise RuntimeFailure("the ruleset changed under the commit (generation 41, now 42)")

@@ -2,10 +2,13 @@
 Vagrant from the box vm/box builds, hardened by deploy/user-data.sh through cloud-init's
 NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted once.
 
-The tests run in order on one VM: first boot, the unit under systemd, user-data again,
-host-network tasks, and a reboot under imds.host_network: block (the boot restore puts
-the block in force before the daemon starts; no process of a task slice ever reaches
-IMDS, across the reboot and a forced re-creation of the slice)."""
+The tests run in order on one VM, each on what the one before left: first boot,
+user-data again, host-network tasks, a reboot under imds.host_network: block (the boot
+restore puts the block in force before the daemon starts; no process of a task slice
+ever reaches IMDS, across the reboot and a forced re-creation of the slice), and the
+testinfra suite once at the end. What a booted systemd-nspawn host proves as well (a
+wrong checksum or an unreachable source changing nothing, the unit's stop and kill -9)
+is proven there (tests/boot), where it costs seconds instead of minutes."""
 
 from __future__ import annotations
 
@@ -106,14 +109,6 @@ def test_user_data_hardens_the_host_on_first_boot(vm: VagrantLab) -> None:
     assert vm.ssh("/opt/ecs-harden/bin/python -c 'import ecs_harden'").returncode == 0
 
 
-def test_the_testinfra_suite_passes(vm: VagrantLab) -> None:
-    infra(vm)
-
-
-def test_the_unit_under_real_systemd(vm: VagrantLab) -> None:
-    infra(vm, "--disruptive", "-m", "disruptive")
-
-
 def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
     files = "/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 /etc/ecs-harden/policy.yaml"
     before = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
@@ -122,22 +117,6 @@ def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
     assert "ecs-harden: done: compliant" in again.stdout
     after = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
     assert after == before
-
-
-def test_a_wrong_checksum_or_an_unreachable_source_changes_nothing(vm: VagrantLab) -> None:
-    files = ("/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/iptables/rules.v6 /etc/ecs-harden/policy.yaml "
-             "/etc/systemd/system/ecs-harden.service")
-    state = f"sudo sha256sum {files}; /usr/local/bin/ecs-harden --version; systemctl is-active ecs-harden"
-    before = vm.ssh(state).stdout
-    url, sha256 = vm.release
-    wrong = "0" * 64
-    cases = [(ours(url, wrong), f"sha256 is {sha256}, not the pinned {wrong}"),
-             (ours(f"https://{HOST_ADDR}:9/{url.rsplit('/', 1)[1]}", sha256), "cannot fetch https://")]
-    for script, why in cases:
-        cp = vm.ssh("sudo bash -s", input=script, check=False, timeout=900)
-        assert cp.returncode == 1, cp.stdout[-3000:] + cp.stderr[-2000:]
-        assert "ecs-harden: FAILED: " in cp.stdout and why in cp.stdout, cp.stdout[-3000:]
-        assert vm.ssh(state).stdout == before
 
 
 HOST_NET_TASK = "ecs-test-hostnet"
@@ -271,4 +250,16 @@ def test_across_a_reboot_the_restore_comes_first_and_no_task_process_ever_reache
         vm.ssh("sudo systemctl disable --now " + " ".join(units), check=False)
         vm.ssh(SET_MODE.format(mode="report") + " && sudo systemctl reload ecs-harden && "
                "sudo /usr/local/bin/ecs-harden apply", check=False)
-    infra(vm)
+
+
+def test_the_testinfra_suite_passes_after_all_of_it(vm: VagrantLab) -> None:
+    """The testinfra suite once, on the state everything above left (first boot, user-data
+    again, host-network tasks, the reboot): the host's checks, and from the unit's life
+    cycle the failed reload at priority err in the journal (`journalctl -p err`). The
+    rest of the life cycle (stop, kill -9, the sandbox) is the booted hosts' run of the
+    same suite (tests/boot/test_amazon_linux.py), and Debian's unit the booted systemd's
+    (tests/boot/test_unit_boot.py): the VM adds nothing to them but minutes."""
+    infra(vm, "--disruptive", "-k", "not test_unit_lifecycle or an_invalid_policy_on_reload")
+    runs = vm.pytest(["--disruptive", "-k", "not test_unit_lifecycle or an_invalid_policy_on_reload",
+                      "--collect-only", "-q"])
+    assert "test_an_invalid_policy_on_reload_is_an_error_in_the_journal" in runs.stdout, runs.stdout[-3000:]

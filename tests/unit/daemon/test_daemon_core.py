@@ -41,7 +41,7 @@ class Drifting(Base):
         self.fail_inspect: Exception | None = None
         self.fail_execute: Exception | None = None
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[bool]:
         if self.fail_inspect is not None:
             raise self.fail_inspect
         if self.fixed:
@@ -49,7 +49,7 @@ class Drifting(Base):
         return Inspection((Finding(f"{self.name}.check", DRIFT, "x", "y", "y is not x"),), ("fix",),
                           frozenset({f"{self.name}.check"}), True)
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[bool]) -> None:
         self.executed += 1
         if self.fail_execute is not None:
             raise self.fail_execute
@@ -300,6 +300,7 @@ def test_a_source_that_holds_back_its_group_delays_that_reconcile(tmp_path: Path
 
 class Firewall(Drifting):
     wakes_on = FIREWALL
+    after_repair = frozenset({PATHS})
 
 
 class SlowPaths(Base):
@@ -313,13 +314,13 @@ class SlowPaths(Base):
         self.release = threading.Event()
         self.looks = 0
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> Inspection[bool]:
         self.looks += 1
         if self.looks > 1:  # the first look is the start's, inline
             assert self.release.wait(10)
         return Inspection((Finding("slow.check", OK, "x", "x", f"look {self.looks}"),))
 
-    def execute(self, inspection: Inspection) -> None:
+    def execute(self, inspection: Inspection[bool]) -> None:
         pass
 
 

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from ecs_harden import __version__
-from ecs_harden.daemon.status import Counters, metrics_text, read_status, write_status
 from ecs_harden.report import Finding, Report
+from ecs_harden.statusfile import Counters, metrics_text, read_status, write_status
 
 REPORT = Report(
     "enforce", {"flavor": "debian", "init": "systemd", "iptables": "nf_tables"},
