@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.boot.image import CACHE, PROJECT
+from tests.boot.image import CACHE, PROJECT, cache_lock
 
 SCRIPT = PROJECT / "scripts" / "release"
 
@@ -29,6 +29,11 @@ def source_hash() -> str:
 def artifact(minor: str) -> tuple[Path, str]:
     """The tarball for Python minor (built now if this source state has none) and its
     sha256 as SHA256SUMS says."""
+    with cache_lock("release"):
+        return _artifact(minor)
+
+
+def _artifact(minor: str) -> tuple[Path, str]:
     out = CACHE / f"release-{source_hash()}"
     sums = out / "SHA256SUMS"
     found = [p for p in out.glob(f"ecs-harden-*-py{minor}-*.tar.gz")] if out.exists() else []

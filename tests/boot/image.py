@@ -3,11 +3,14 @@ wheelhouse of ecs-harden and its dependencies for installing into it offline."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -23,8 +26,23 @@ def recipe_hash() -> str:
     return h.hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Held while a cached thing is looked for and built: ./run-tests runs two pytest
+    processes at once (TESTING.md), and both may want the same image or tarball."""
+    CACHE.mkdir(exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def rootfs() -> Path:
     """The image's root filesystem, built once per recipe version (a few minutes)."""
+    with cache_lock("image"):
+        return _rootfs()
+
+
+def _rootfs() -> Path:
     dest = CACHE / f"image-{recipe_hash()}"
     done = dest / "rootfs.done"
     if not done.exists():
@@ -39,9 +57,10 @@ def rootfs() -> Path:
 def wheelhouse(dest: Path) -> Path:
     """ecs-harden's wheel and its dependencies' wheels, as user-data would fetch them."""
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-         "-w", str(dest), str(PROJECT)],
-        check=True,
-    )
+    with cache_lock("wheel"):  # pip builds in the source tree (build/, egg-info): one at a time
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+             "-w", str(dest), str(PROJECT)],
+            check=True,
+        )
     return dest

@@ -285,6 +285,44 @@ def test_a_silent_path_to_imds_is_never_taken_for_the_block(paths: EcsHost) -> N
         h.sandbox.sh("ip netns exec imds iptables -w -F INPUT", check=False)
 
 
+def test_behind_600_ms_of_delay_the_probe_is_never_ok_without_the_block(paths: EcsHost) -> None:
+    """IMDS 600 ms away each way (a TUN delay line, tests/lab/delayline.py: this kernel
+    has no netem): with the block in place the probe is `ok` through the delay (our DROP
+    counted its packets); with every copy of the v4 block deleted it is never `ok`
+    (`warn`, undecided, or `drift` when a connect got through in time)."""
+    from tests.integration.test_live_block import delete_every_copy
+
+    h = paths
+    pol = h.policy(probe=True, name="probe.yaml")
+    assert h.report("apply", policy=pol)[0] == 0
+    log = h.dir / "delayline.log"
+    line = h.sandbox.spawn([sys.executable, "-m", "tests.lab.delayline", "dl-host", "dl-imds", "imds", "0.6"],
+                           log, env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in (log.read_text() if log.exists() else ""):
+            assert line.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+            time.sleep(0.1)
+        h.sandbox.sh(f"ip link set dl-host up; ip route add {IMDS_V4}/32 dev dl-host; "
+                     "ip netns exec imds sh -ec 'ip link set dl-imds up; ip route add 172.16.0.0/12 dev dl-imds'")
+        # the path really is slow: the host's own connect takes the delay at least once
+        took = h.sandbox.run([sys.executable, "-c", "import socket, time; t = time.monotonic(); "
+                              f"socket.create_connection(('{IMDS_V4}', 80), timeout=10).close(); "
+                              "print(time.monotonic() - t)"]).stdout
+        assert float(took) >= 0.55, took
+        for _ in range(3):
+            f = findings(h.report("check", "--fresh", policy=pol)[1])["imds.probe"]
+            assert f["status"] == "ok" and "docker0: IMDS blocked" in f["actual"], f
+        delete_every_copy(h)
+        for _ in range(3):
+            f = findings(h.report("check", "--fresh", policy=pol)[1])["imds.probe"]
+            assert f["status"] in ("warn", "drift") and "docker0: IMDS blocked" not in f["actual"], f
+    finally:
+        h.sandbox.sh("ip link del dl-host", check=False)
+        line.wait(timeout=30)
+    assert line.returncode is not None
+
+
 def test_a_probe_killed_midway_leaves_no_namespace_or_veth(paths: EcsHost) -> None:
     """kill -9 while the probe's pair is on docker0 (its namespace a thread's): the kernel
     takes the namespace and the pair; the next probe finds nothing of the last one's."""

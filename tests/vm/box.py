@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.boot.image import CACHE, PROJECT, recipe_hash, rootfs
+from tests.boot.image import CACHE, PROJECT, cache_lock, recipe_hash, rootfs
 
 BOX_RECIPE = PROJECT / "vm" / "box"
 
@@ -25,6 +25,11 @@ def box_hash() -> str:
 def box() -> tuple[Path, float]:
     """The directory holding ecs-test.box, vmlinuz, initrd.img and id_ed25519, and the
     seconds it took to build (0 when cached)."""
+    with cache_lock("box"):
+        return _box()
+
+
+def _box() -> tuple[Path, float]:
     dest = CACHE / f"box-{box_hash()}"
     if (dest / "box.done").exists():
         return dest, 0.0
