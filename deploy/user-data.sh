@@ -100,14 +100,9 @@ ecs_harden_user_data() (
     # shellcheck source=/dev/null
     like=$(. /etc/os-release && echo "${ID_LIKE:-}")
 
-    # Which Python is all this script needs to know of the distribution; which restore
-    # package, unit and drop-ins is `ecs-harden install`'s business.
-    python=python3
-    case "$id:$version" in
-        amzn:2)    python=python3.8 ;;
-        amzn:*)    case "$version" in 2023*) ;; *) fail "Amazon Linux $version: no Python >= 3.8 for ecs-harden (use AL2023 or AL2)" ;; esac ;;
-    esac
-    say "distribution $id $version${like:+ (like $like)}, $python"
+    # Nothing here depends on the distribution: the Python is the one the tarball is for,
+    # and the restore package, the unit and its drop-ins are `ecs-harden install`'s business.
+    say "distribution $id $version${like:+ (like $like)}"
 
     pkg_install() {
         say "installing $*"
@@ -127,6 +122,7 @@ ecs_harden_user_data() (
     [[ "$name" =~ ^ecs-harden-([^-]+)-py([0-9]+\.[0-9]+)-([a-z0-9_]+)\.tar\.gz$ ]] \
         || fail "ECS_HARDEN_FROM: '$name' is not a release tarball name (ecs-harden-VERSION-pyX.Y-ARCH.tar.gz)"
     want_version=${BASH_REMATCH[1]} want_python=${BASH_REMATCH[2]} want_arch=${BASH_REMATCH[3]}
+    python=python$want_python  # as every distribution names it (AL2023: python3.9, AL2: python3.8)
     [ "$want_arch" = "$(uname -m)" ] || fail "$name is for $want_arch; this host is $(uname -m)"
     dist=$(mktemp -d /var/tmp/ecs-harden-dist.XXXXXX)
     # shellcheck disable=SC2064  # $dist is fixed now
@@ -152,19 +148,17 @@ ecs_harden_user_data() (
     say "verified $name (sha256 $got)"
 
     # 2. Python and the venv.
-    if [ "$python" = python3.8 ] && ! command -v python3.8 >/dev/null; then
+    if [ "$python" = python3.8 ] && ! command -v python3.8 >/dev/null && command -v amazon-linux-extras >/dev/null; then
         say "installing python3.8 from amazon-linux-extras"
         amazon-linux-extras install -y python3.8
     fi
-    command -v "$python" >/dev/null || fail "$python not found"
-    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
-        || fail "$($python -V 2>&1) is too old: ecs-harden needs Python >= 3.8"
+    if ! command -v "$python" >/dev/null; then
+        have=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+        fail "$name is for Python $want_python; this host has no $python${have:+ (its python3 is $have: use the py$have tarball)}"
+    fi
     if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
         command -v apt-get >/dev/null && pkg_install python3-venv
     fi
-    have_python=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    [ "$want_python" = "$have_python" ] \
-        || fail "$name is for Python $want_python; this host's $python is $have_python (use the py$have_python tarball)"
     tar -xzf "$dist/$name" -C "$dist"
     wheels="$dist/${name%.tar.gz}/wheels"
     [ -d "$wheels" ] || fail "$name holds no ${name%.tar.gz}/wheels directory"
