@@ -44,6 +44,8 @@ MAN_DIR = "/usr/local/share/man/man8"
 SHARE = os.path.join(sys.prefix, "share")
 PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "systemd")
 VERSION_FILE = "installed-version"  # in state_dir: the version the running unit was started with
+
+
 @dataclass
 class Result:
     changed: list[str] = field(default_factory=list)

@@ -30,11 +30,12 @@ class Debian(Flavor):
     @classmethod
     def install_steps(cls, package: str,
                       which: Callable[[str], str | None] = shutil.which) -> list[Step] | None:
-        if not which("apt-get"):
+        (apt,) = cls.package_tools
+        if not which(apt):
             return None
         return [Step(("debconf-set-selections",), input=PRESEED, timeout=60),
-                Step(("apt-get", "update", "-q"), APT_ENV, must_succeed=False, timeout=600),
-                Step(("apt-get", "install", "-y", "-q", package), APT_ENV)]
+                Step((apt, "update", "-q"), APT_ENV, must_succeed=False, timeout=600),
+                Step((apt, "install", "-y", "-q", package), APT_ENV)]
 
     @classmethod
     def matches(cls, osr: OsRelease) -> bool:
