@@ -131,7 +131,8 @@ ecs_harden_user_data() (
         s3://*)
             command -v aws >/dev/null || fail "no aws CLI to fetch $ECS_HARDEN_FROM (on ECS AMIs it is there; else use https:// or a local path)"
             say "fetching $ECS_HARDEN_FROM"
-            aws s3 cp --only-show-errors ${ECS_HARDEN_S3_ENDPOINT:+--endpoint-url "$ECS_HARDEN_S3_ENDPOINT"} \
+            # standard retries: a refused or reset connection at boot is tried again
+            AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=6 aws s3 cp --only-show-errors ${ECS_HARDEN_S3_ENDPOINT:+--endpoint-url "$ECS_HARDEN_S3_ENDPOINT"} \
                 "$ECS_HARDEN_FROM" "$dist/$name" || fail "cannot fetch $ECS_HARDEN_FROM (aws s3 cp exited $?): nothing was installed" ;;
         https://*|http://*)
             say "fetching $ECS_HARDEN_FROM"
