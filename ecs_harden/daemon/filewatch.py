@@ -29,6 +29,15 @@ MASK = (
     | 0x00000400  # IN_DELETE_SELF
 )
 
+# A lock file's users (legacy iptables takes /run/xtables.lock for every change and
+# closes it when done): its closes, and its creation.
+CLOSES = (
+    0x00000008  # IN_CLOSE_WRITE
+    | 0x00000010  # IN_CLOSE_NOWRITE
+    | 0x00000100  # IN_CREATE
+    | 0x00000080  # IN_MOVED_TO
+)
+
 EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len; then len bytes of name
 
 # The interpreter's own libc (find_library would run `ldconfig -p`: a process, ~10 ms).
@@ -54,8 +63,9 @@ def directories(paths: Sequence[str]) -> list[str]:
 
 
 class FileWatch:
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], mask: int = MASK):
         self.paths = list(paths)
+        self.mask = mask
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -82,7 +92,7 @@ class FileWatch:
         # add_watch on a watched directory returns its watch again; on one that was
         # removed and made anew it makes a new one.
         for d in directories(self.paths):
-            if _libc.inotify_add_watch(self.fd, os.fsencode(d), MASK) < 0:
+            if _libc.inotify_add_watch(self.fd, os.fsencode(d), self.mask) < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"inotify_add_watch {d}: {os.strerror(err)}")
 

@@ -5,7 +5,8 @@ timers (daemon.wakeups), and knows nothing of what is behind them: a new way of
 noticing drift is one class here and one line in `open_sources`.
 
 - NftSource: nf_tables notifications, coalesced after our own reconciles.
-- ProbeSource: legacy iptables has none; probe the tables' signatures instead.
+- ProbeSource: legacy iptables has none; probe the tables' signatures instead (at once
+  when a writer closes the xtables lock).
 - PollSource: neither works: run the firewall checks every interval.
 - FileSource: inotify on the kept files' directories, or a stat() poll; holds back
   a file that is still being written.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Collection, Sequence
 from ecs_harden import logs, proc
 from ecs_harden.atomic import Identity, file_identity
 from ecs_harden.component import ECS, FILES, FIREWALL, PATHS
-from ecs_harden.daemon.filewatch import FileWatch
+from ecs_harden.daemon.filewatch import CLOSES, FileWatch
 from ecs_harden.daemon.nftevents import NftEvents, Overflow
 from ecs_harden.daemon.wakeups import (
     ALL,
@@ -32,14 +33,17 @@ from ecs_harden.daemon.wakeups import (
     COALESCE,
     COALESCE_MAX,
     FILE_POLL,
+    LOCK_BURST,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
+    PROBES_UNLOCKED,
     QUIET,
     SETTLE,
     SETTLE_MAX,
     Wake,
 )
 from ecs_harden.facts import Facts
+from ecs_harden.firewall.libiptc import LOCK_PATH as XTABLES_LOCK
 from ecs_harden.firewall.tableinfo import TableProbe
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.policy import Policy
@@ -161,9 +165,13 @@ class NftSource(WakeSource):
 
 
 class ProbeSource(WakeSource):
-    """Legacy iptables: no notifications; the tables' signatures are probed
-    PROBES_PER_INTERVAL times per `interval` and a changed table wakes its family's
-    checks at once. The baseline is what the reconcile itself read and committed
+    """Legacy iptables: no notifications; the tables' signatures are probed and a
+    changed table wakes its family's checks at once. Every legacy iptables command
+    takes the xtables lock and closes it when done, after its commit: with inotify on
+    the lock (`lock`), a close is probed at once (in a burst, a change is acted on at
+    most every LOCK_BURST) and the timer only covers writers that take no lock
+    (PROBES_UNLOCKED per interval); without it, the timer probes PROBES_PER_INTERVAL
+    times per interval. The baseline is what the reconcile itself read and committed
     (firewall.tableinfo: noted by the legacy backend, under the xtables lock), never a
     signature taken before or after other work; a table seen in two states in one
     reconcile is looked at again at the next tick. What the signature cannot show (a
@@ -173,12 +181,15 @@ class ProbeSource(WakeSource):
     name = "legacy probe"
 
     def __init__(self, probe: TableProbe, *, interval: float, now: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, lock: FileWatch | None = None):
         self.probe: TableProbe | None = probe
         self.clock = clock
         self.interval = interval
-        self.every = max(PROBE_MIN, interval / PROBES_PER_INTERVAL)
+        self.lock = lock
+        ticks = PROBES_PER_INTERVAL if lock is None else PROBES_UNLOCKED
+        self.every = max(PROBE_MIN, interval / ticks)
         self.next = now + self.every
+        self.changed_at = -float("inf")  # the last tick that found a change
         self.baseline: tuple[bytes | None, ...] = tuple(None for _ in probe.slots)
         self._pre: tuple[bytes | None, ...] = self.baseline
         self._families: set[int] = set()
@@ -192,11 +203,23 @@ class ProbeSource(WakeSource):
     def deadline(self) -> float | None:
         return self.next
 
+    def fileno(self) -> int:
+        return self.lock.fileno() if self.lock is not None and self.probe is not None else -1
+
+    def readable(self, now: float, wake: Wake) -> None:
+        """A writer closed the xtables lock: probe now, or (a burst: Docker starting
+        containers) LOCK_BURST after the last change found."""
+        if self.lock is not None and self.lock.drain():
+            self.next = min(self.next, max(now, self.changed_at + LOCK_BURST))
+
     def _give_up(self, exc: OSError) -> None:
         log.warning("tableprobe.failed", error=str(exc))
         if self.probe is not None:
             self.probe.close()
         self.probe = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def due(self, now: float, wake: Wake) -> None:
         if now < self.next:
@@ -212,6 +235,7 @@ class ProbeSource(WakeSource):
             self._give_up(exc)
             changed = set(BOTH)
         if changed:
+            self.changed_at = now
             wake.add({FIREWALL}, "legacy table changed", changed)
 
     def before(self, groups: Collection[str], families: Collection[int]) -> None:
@@ -263,7 +287,7 @@ class ProbeSource(WakeSource):
             self.next = now + every
             try:
                 if probe.signature() != baseline:
-                    self.next = now  # let the loop see it at once
+                    self.next = now  # let the loop see it (and its time) at once
                     return ticked
             except OSError:
                 self.next = now
@@ -277,6 +301,9 @@ class ProbeSource(WakeSource):
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 class PollSource(WakeSource):
@@ -431,10 +458,20 @@ def _firewall_source(
             log.warning("nftevents.unavailable", error=str(exc))
     else:
         try:
-            return ProbeSource(TableProbe(list(families)), interval=policy.interval, now=now, clock=clock)
+            probe = TableProbe(list(families))
         except OSError as exc:
             log.warning("tableprobe.unavailable", error=str(exc))
+        else:
+            return ProbeSource(probe, interval=policy.interval, now=now, clock=clock, lock=_lock_watch())
     return PollSource(policy.interval, now)
+
+
+def _lock_watch() -> FileWatch | None:
+    try:
+        return FileWatch([XTABLES_LOCK], mask=CLOSES)
+    except OSError as exc:
+        log.warning("xtableslock.unwatched", error=str(exc), path=XTABLES_LOCK)
+        return None
 
 
 def open_sources(

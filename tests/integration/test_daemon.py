@@ -363,6 +363,38 @@ def test_delete_insert_above_and_flush_repaired_well_before_interval(
     assert not host.reaches(IMDS_V4)
 
 
+@pytest.fixture
+def unhurried_daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
+    """interval 60 s, resync 300 s: only a change signal can repair within seconds."""
+    text = f"interval: 60\nresync: 300\nreport:\n  status_file: {clean.dir}/status.json\n"
+    yield from daemon_with(clean, text, "unhurried-policy.yaml")
+
+
+def test_legacy_sees_a_change_when_the_writer_closes_the_xtables_lock_and_one_without_the_lock_too(
+    unhurried_daemon: tuple[EcsHost, Running],
+) -> None:
+    """Legacy: `iptables -D` (it takes the xtables lock) is probed at its close, before
+    any timer would have looked (60 s / 22 = 2.7 s without the lock watch, 60 s / 5 =
+    12 s with it); a deletion through libiptc without the lock (python-iptables) is
+    still seen by the timer, long before the resync."""
+    host, run = unhurried_daemon
+    if host.variant != "legacy":
+        pytest.skip("nf_tables sends events")
+    run.wait_for("READY=1")
+    time.sleep(1)  # past the start's own looks
+    for pause in (0.3, 1.1, 0.6, 1.7):  # a timer at 2.7 s would miss at least one (98 %)
+        rule = our_rules(host, "DOCKER-USER")[0]
+        host.sandbox.iptables("-D", *shlex.split(rule)[1:])
+        until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, 1.0)
+        time.sleep(pause)
+    unlocked = ("import iptc; c = iptc.Chain(iptc.Table(iptc.Table.FILTER), 'DOCKER-USER'); "
+                "[c.delete_rule(r) for r in c.rules if r.target.name == 'DROP' and r.dst.startswith('169.254.169.254')]")
+    host.sandbox.run([sys.executable, "-c", unlocked])
+    assert not our_rules(host, "DOCKER-USER")
+    until(lambda: len(our_rules(host, "DOCKER-USER")) == 1, 12.0 + 8.0)
+    assert not host.reaches(IMDS_V4)
+
+
 def test_a_persisting_error_is_logged_once_not_every_resync(slow_daemon: tuple[EcsHost, Running]) -> None:
     host, run = slow_daemon
     run.wait_for("READY=1")

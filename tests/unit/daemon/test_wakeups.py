@@ -15,6 +15,9 @@ from ecs_harden.daemon.wakeups import (
     COALESCE,
     COALESCE_MAX,
     FILE_POLL,
+    LOCK_BURST,
+    PROBES_PER_INTERVAL,
+    PROBES_UNLOCKED,
     QUIET,
     SETTLE_MAX,
     Schedule,
@@ -362,3 +365,48 @@ def test_finding_log_logs_new_changed_cleared_and_reminds_hourly() -> None:
         now[0] = i * 60.0
         lines += day.should_log("imds.persistence.service", "error\0package missing") is not None
     assert lines == 24
+
+
+class Lock:
+    """The xtables lock's watch: `closes` pending closes."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+        self.closed = False
+
+    def fileno(self) -> int:
+        return 99
+
+    def drain(self) -> bool:
+        seen, self.closes = self.closes > 0, 0
+        return seen
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_close_of_the_xtables_lock_is_probed_at_once_and_a_burst_at_most_every_lock_burst() -> None:
+    probe, lock = Probe(), Lock()
+    s = ProbeSource(probe, interval=5, now=0.0, lock=lock)  # type: ignore[arg-type]
+    assert s.fileno() == 99 and s.deadline() == pytest.approx(5 / PROBES_UNLOCKED)  # the timer: lockless writers
+    reconcile(s, probe, {4, 6}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b"),
+                                 ("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
+    w = Wake()
+    s.readable(0.3, w)  # a spurious event: nothing closed it
+    assert s.deadline() == pytest.approx(1.0)
+    lock.closes, probe.sig[0] = 1, b"a-deleted"
+    s.readable(0.3, w)
+    assert s.deadline() == 0.3
+    s.due(0.3, w)
+    assert w.families == {4}
+    # the next close 50 ms later (our own commit, or Docker's next rule): not before LOCK_BURST
+    lock.closes = 1
+    s.readable(0.35, Wake())
+    assert s.deadline() == pytest.approx(0.3 + LOCK_BURST)
+    s.close()
+    assert lock.closed and probe.closed
+
+
+def test_without_a_lock_watch_the_timer_probes_22_times_an_interval() -> None:
+    s = ProbeSource(Probe(), interval=2.2, now=0.0)  # type: ignore[arg-type]
+    assert s.fileno() == -1 and s.deadline() == pytest.approx(2.2 / PROBES_PER_INTERVAL)
