@@ -230,12 +230,15 @@ class ProbeSource(WakeSource):
             return
         self.next = now + self.every
         try:
-            changed = self.probe.changed(self.baseline, self.probe.signature())
+            sig = self.probe.signature()
         except OSError as exc:
             self._give_up(exc)
-            changed = set(BOTH)
+            wake.add({FIREWALL}, "legacy table changed", BOTH)
+            return
+        changed = self.probe.changed(self.baseline, sig)
         if changed:
-            self.changed_at = now
+            if any(old is not None and old != new for old, new in zip(self.baseline, sig)):
+                self.changed_at = now  # someone's change (not our own look again): a burst starts
             wake.add({FIREWALL}, "legacy table changed", changed)
 
     def before(self, groups: Collection[str], families: Collection[int]) -> None:

@@ -410,3 +410,22 @@ def test_a_close_of_the_xtables_lock_is_probed_at_once_and_a_burst_at_most_every
 def test_without_a_lock_watch_the_timer_probes_22_times_an_interval() -> None:
     s = ProbeSource(Probe(), interval=2.2, now=0.0)  # type: ignore[arg-type]
     assert s.fileno() == -1 and s.deadline() == pytest.approx(2.2 / PROBES_PER_INTERVAL)
+
+
+def test_our_own_look_again_starts_no_burst_a_deletion_right_after_it_is_probed_at_once() -> None:
+    probe, lock = Probe(), Lock()
+    s = ProbeSource(probe, interval=5, now=0.0, lock=lock)  # type: ignore[arg-type]
+    reconcile(s, probe, {4, 6}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b"),
+                                 ("read", 6, "filter", b"c"), ("read", 6, "raw", b"d")])
+    # our repair: the table read deleted, then committed (two states: look again)
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"a-deleted"), ("commit", 4, "filter", b"a"),
+                              ("read", 4, "raw", b"b")])
+    lock.closes = 1  # our own commit's close
+    s.readable(1.0, Wake())
+    w = Wake()
+    s.due(1.0, w)
+    assert w.families == {4}  # looked at again, at once
+    reconcile(s, probe, {4}, [("read", 4, "filter", b"a"), ("read", 4, "raw", b"b")])
+    lock.closes, probe.sig[0] = 1, b"a-deleted"  # deleted again 50 ms later
+    s.readable(1.05, Wake())
+    assert s.deadline() == 1.05
