@@ -153,6 +153,37 @@ def test_the_testinfra_suite_passes_with_the_units_life_cycle(host: BootedHost) 
     infra(host, "--disruptive")
 
 
+REPAIRED_AT_ONCE = r"""
+rule=$(iptables -S DOCKER-USER | grep -F 'ecs-harden: block IMDS' | head -1 | cut -d' ' -f3-)
+[ -n "$rule" ]
+for pause in 0.3 1.1 0.6 1.7; do
+    t0=$(date +%s%N)
+    eval "iptables -w -D DOCKER-USER $rule"
+    until eval "iptables -w -C DOCKER-USER $rule" 2>/dev/null; do
+        [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 2500 ] || { echo "not repaired within 2.5 s"; exit 1; }
+        sleep 0.02
+    done
+    echo "repaired after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    sleep $pause
+done
+"""
+
+
+def test_under_the_units_sandbox_a_deletion_is_repaired_at_once(host: EmulatedHost) -> None:
+    """interval 60 s, so neither a timer (legacy: 12 s) nor the resync repairs within
+    seconds: on legacy the daemon, in its sandbox (ProtectSystem=strict, the lock a
+    ReadWritePaths= bind), sees iptables close /run/xtables.lock; on nf_tables, events."""
+    policy = "/etc/ecs-harden/policy.yaml"
+    edit = f'f = "{policy}"; p = yaml.safe_load(open(f)) or {{}}; p["interval"] = 60; yaml.safe_dump(p, open(f, "w"))'
+    set_interval = f"/opt/ecs-harden/bin/python -c 'import yaml; {edit}'"
+    host.sh(f"cp -p {policy} {policy}.ecs-test && {set_interval} && systemctl reload ecs-harden && sleep 3")
+    try:
+        cp = host.sh(REPAIRED_AT_ONCE, check=False, timeout=120)
+        assert cp.returncode == 0 and cp.stdout.count("repaired after") == 4, cp.stdout + cp.stderr
+    finally:
+        host.sh(f"mv -f {policy}.ecs-test {policy} && systemctl reload ecs-harden")
+
+
 def test_user_data_again_changes_nothing(host: EmulatedHost) -> None:
     files = ["/etc/ecs/ecs.config", *SYSCONFIG, "/etc/ecs-harden/policy.yaml",
              "/etc/systemd/system/ecs-harden.service.d/paths.conf"]
