@@ -46,8 +46,10 @@ def test_one_tarball_per_target_and_their_sums(built: Path) -> None:
     assert names == sorted(f"ecs-harden-{version}-py{t}-x86_64.tar.gz" for t in TARGETS)
     sums = {name: digest for digest, name in
             (line.split("  ", 1) for line in (built / "SHA256SUMS").read_text().splitlines())}
-    assert sorted(sums) == names
-    for name, digest in sums.items():
+    rpms = sorted(p.name for p in built.glob("*.rpm"))
+    assert rpms == [f"ecs-harden-{version}-1.amzn2023.x86_64.rpm"]
+    assert sorted(sums) == sorted(names + rpms)
+    for name, digest in sums.items():  # the RPM's too
         assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest
     # sha256sum itself agrees (an operator's check)
     assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=built, capture_output=True).returncode == 0
@@ -97,6 +99,8 @@ def test_the_same_source_builds_the_same_bytes(built: Path, tmp_path: Path) -> N
     assert cp.returncode == 0, cp.stderr
     (again,) = tmp_path.glob("*.tar.gz")
     assert again.read_bytes() == (built / again.name).read_bytes()
+    (rpm,) = tmp_path.glob("*.rpm")  # SOURCE_DATE_EPOCH clamps, builds at it, on a fixed build host
+    assert rpm.read_bytes() == (built / rpm.name).read_bytes()
 
 
 def test_a_compiled_file_newer_than_the_targets_glibc_is_refused(
@@ -118,3 +122,62 @@ def test_a_missing_interpreter_is_a_clear_error(tmp_path: Path) -> None:
     assert cp.returncode == 1
     assert "scripts/release: running /nonexistent/python3.9" in cp.stderr
     assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def rpm_query(rpm: Path, *args: str) -> str:
+    return subprocess.run(["rpm", "-qp", *args, str(rpm)], capture_output=True, text=True, check=True).stdout
+
+
+def installed_root(built: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The RPM laid down by the real rpm into a root of its own (no scriptlets: they
+    need the booted host's systemd), and the RPM."""
+    (rpm,) = built.glob("*.amzn2023.x86_64.rpm")
+    root = tmp_path / "root"
+    subprocess.run(["rpm", "--root", str(root), "-i", "--nodeps", "--noscripts", "--nosignature", str(rpm)],
+                   check=True, capture_output=True)
+    return root, rpm
+
+
+def test_the_rpm_is_what_an_al2023_host_installs(built: Path, tmp_path: Path) -> None:
+    root, rpm = installed_root(built, tmp_path)
+    verify = subprocess.run(["rpm", "--root", str(root), "-V", "--nodeps", "ecs-harden"], capture_output=True, text=True)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout  # every file as packaged
+    assert rpm_query(rpm, "--qf", "%{LICENSE} %{ARCH} %{RELEASE}") == "Apache-2.0 x86_64 1.amzn2023"
+    requires = set(rpm_query(rpm, "--requires").split("\n"))
+    assert {"/usr/bin/python3.9", "iptables-nft", "systemd"} <= requires, requires
+    # the unit in the vendor path, nothing in the administrator's /etc/systemd
+    unit = (root / "usr/lib/systemd/system/ecs-harden.service").read_text()
+    assert "ExecStart=/usr/bin/ecs-harden run" in unit and "/usr/local/bin" not in unit
+    assert not (root / "etc" / "systemd").exists()
+    gate = (root / "usr/lib/systemd/system/ecs.service.d/ecs-harden-gate.conf").read_text()
+    assert "ExecStartPre=/usr/bin/ecs-harden gate" in gate and "After=ecs-harden.service" in gate
+    assert (root / "usr/lib/systemd/system-preset/80-ecs-harden.preset").read_text() == "enable ecs-harden.service\n"
+    flags = dict(line.split(" ", 1)[::-1] for line in rpm_query(
+        rpm, "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines() if line.strip() and " " in line)
+    assert set(flags["/etc/ecs-harden/policy.yaml"]) >= {"c", "n"}  # %config(noreplace)
+    assert (root / "etc/ecs-harden/policy.yaml").stat().st_mode & 0o777 == 0o600
+    assert (root / "usr/share/licenses/ecs-harden/LICENSE").read_text().strip().startswith("Apache License")
+    assert (root / "usr/bin/ecs-harden").readlink() == Path("/opt/ecs-harden/bin/ecs-harden")
+
+
+def test_the_rpms_venv_runs_with_the_python_at_al2023s_path(built: Path, tmp_path: Path) -> None:
+    """/usr/bin/python3.9 (pyenv's 3.9 there, in a mount namespace of the test's own) runs
+    the packaged venv: its compiled helper loads, its policy validates; nothing is
+    written into /opt (the bytecode is in the package)."""
+    root, _ = installed_root(built, tmp_path)
+    extra = tmp_path / "python-at-al2023s-path"
+    extra.mkdir()
+    (extra / "python3.9").symlink_to(script().pyenv_python("3.9"))
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    run = (f"mount -t overlay overlay -o lowerdir={root}/opt:/opt /opt\n"
+           f"mount -t overlay overlay -o lowerdir={extra}:{root}/usr/bin:/usr/bin /usr/bin\n"
+           "/usr/bin/ecs-harden --version\n"
+           "/opt/ecs-harden/bin/python -c 'import sys, iptc, yaml, psutil; print(sys.prefix, sys.version_info[:2])'\n"
+           f"/usr/bin/ecs-harden validate {root}/etc/ecs-harden/policy.yaml\n")
+    cp = subprocess.run(["unshare", "--mount", "sh", "-ec", run], capture_output=True, text=True, timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    lines = cp.stdout.splitlines()
+    assert lines[0] == f"ecs-harden {script().version()}"
+    assert lines[1] == "/opt/ecs-harden (3, 9)"
+    assert f"{root}/etc/ecs-harden/policy.yaml: valid" in cp.stdout
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
