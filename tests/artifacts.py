@@ -52,6 +52,15 @@ def _artifact(minor: str) -> tuple[Path, str]:
     raise AssertionError(f"{tarball.name} is not in {sums}")
 
 
+def rpm() -> Path:
+    """The Amazon Linux 2023 RPM of this source state (scripts/release builds it with the
+    3.9 tarball)."""
+    with cache_lock("release"):
+        tarball, _ = _artifact("3.9")
+    (found,) = tarball.parent.glob("ecs-harden-*.amzn2023.*.rpm")
+    return found
+
+
 # A local S3-compatible store (moto's server) for the user-data's s3:// source.
 BUCKET = "fleet-artifacts"
 # What the launch template exports before our lines, as an instance role would provide:

@@ -34,6 +34,7 @@ from ecs_harden.daemon.wakeups import (
     COALESCE_MAX,
     FILE_POLL,
     LOCK_BURST,
+    LOCK_BURST_TICKS,
     PROBE_MIN,
     PROBES_PER_INTERVAL,
     PROBES_UNLOCKED,
@@ -168,8 +169,9 @@ class ProbeSource(WakeSource):
     """Legacy iptables: no notifications; the tables' signatures are probed and a
     changed table wakes its family's checks at once. Every legacy iptables command
     takes the xtables lock and closes it when done, after its commit: with inotify on
-    the lock (`lock`), a close is probed at once (in a burst, a change is acted on at
-    most every LOCK_BURST) and the timer only covers writers that take no lock
+    the lock (`lock`), a close is probed at once (a burst of changes is acted on at
+    most LOCK_BURST_TICKS at once, then one every LOCK_BURST) and the timer only covers
+    writers that take no lock
     (PROBES_UNLOCKED per interval); without it, the timer probes PROBES_PER_INTERVAL
     times per interval. The baseline is what the reconcile itself read and committed
     (firewall.tableinfo: noted by the legacy backend, under the xtables lock), never a
@@ -189,7 +191,10 @@ class ProbeSource(WakeSource):
         ticks = PROBES_PER_INTERVAL if lock is None else PROBES_UNLOCKED
         self.every = max(PROBE_MIN, interval / ticks)
         self.next = now + self.every
-        self.changed_at = -float("inf")  # the last tick that found a change
+        # A token bucket for someone's changes found: LOCK_BURST_TICKS at once (both
+        # families changed one after the other), then one every LOCK_BURST (Docker
+        # starting containers rewrites the tables again and again).
+        self.tokens, self.tokens_at = float(LOCK_BURST_TICKS), now
         self.baseline: tuple[bytes | None, ...] = tuple(None for _ in probe.slots)
         self._pre: tuple[bytes | None, ...] = self.baseline
         self._families: set[int] = set()
@@ -207,10 +212,15 @@ class ProbeSource(WakeSource):
         return self.lock.fileno() if self.lock is not None and self.probe is not None else -1
 
     def readable(self, now: float, wake: Wake) -> None:
-        """A writer closed the xtables lock: probe now, or (a burst: Docker starting
-        containers) LOCK_BURST after the last change found."""
+        """A writer closed the xtables lock: probe now, or, once a burst has used the
+        bucket up, when it has a token again."""
         if self.lock is not None and self.lock.drain():
-            self.next = min(self.next, max(now, self.changed_at + LOCK_BURST))
+            self._refill(now)
+            self.next = min(self.next, now + max(0.0, 1 - self.tokens) * LOCK_BURST)
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(float(LOCK_BURST_TICKS), self.tokens + max(0.0, now - self.tokens_at) / LOCK_BURST)
+        self.tokens_at = now
 
     def _give_up(self, exc: OSError) -> None:
         log.warning("tableprobe.failed", error=str(exc))
@@ -238,7 +248,8 @@ class ProbeSource(WakeSource):
         changed = self.probe.changed(self.baseline, sig)
         if changed:
             if any(old is not None and old != new for old, new in zip(self.baseline, sig)):
-                self.changed_at = now  # someone's change (not our own look again): a burst starts
+                self._refill(now)  # someone's change (not our own look again): it takes a token
+                self.tokens = max(0.0, self.tokens - 1)
             wake.add({FIREWALL}, "legacy table changed", changed)
 
     def before(self, groups: Collection[str], families: Collection[int]) -> None:

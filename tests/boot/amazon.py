@@ -6,7 +6,10 @@ directory. What each part emulates, and how, is said where it is made; TESTING.m
 - AL2023: iptables-nft, python3 is 3.9, dnf; AL2: iptables-legacy, python3 is 3.7 and
   3.8 comes from amazon-linux-extras, yum. The Pythons are pyenv's builds for this
   Debian (the image's libc), under /usr/local/lib/amzn-python.
-- dnf, yum, rpm, amazon-linux-extras: tests/boot/amazon/pkgtool (a stand-in).
+- AL2023: the real rpm and dnf (Debian's builds, kept out of PATH in the image) over a
+  local repository (`repository`): a base package providing what the ECS AMI has, and
+  iptables-services built as an RPM (tests/boot/amazon/rpm). AL2: yum, rpm and
+  amazon-linux-extras are tests/boot/amazon/pkgtool (a stand-in).
 - iptables-services: its units (the package's text), an init script reduced to what
   they use (tests/lab/files/iptables.init) and its sample rules files, byte for byte.
 - systemd is the image's 252 on both: AL2's 219 cannot be had here (TESTING.md).
@@ -16,14 +19,16 @@ directory. What each part emulates, and how, is said where it is made; TESTING.m
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from tests.boot.image import CACHE, PROJECT
+from tests.boot.image import CACHE, PROJECT, cache_lock
 from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, LAB_FILES, OS_RELEASE, SAMPLES
 
 HERE = Path(__file__).resolve().parent / "amazon"
@@ -113,19 +118,67 @@ def package(dest: Path, flavor: str) -> None:
     (dest / "nvr").write_text(NVR[flavor] + "\n")
 
 
+RPM_SPECS = HERE / "rpm"
+
+
+def _rpmbuild(spec: Path, stage: Path | None, out: Path) -> None:
+    text = spec.read_text().replace("@STAGE@", str(stage))
+    work = out / "build"
+    (work / "SPECS").mkdir(parents=True, exist_ok=True)
+    (work / "SPECS" / spec.name).write_text(text)
+    subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {work}", "--define", "_build_id_links none",
+                    "--define", "__os_install_post %{nil}", "--define", "_rpmdir %{_topdir}/RPMS",
+                    "--define", "_rpmfilename %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
+                    str(work / "SPECS" / spec.name)], check=True, capture_output=True, timeout=300)
+    for rpm in (work / "RPMS").glob("*.rpm"):
+        shutil.move(str(rpm), out / rpm.name)
+    shutil.rmtree(work)
+
+
+def repository(dest: Path, extra: Sequence[Path] = ()) -> Path:
+    """TEST FIXTURE: AL2023's local repository for the real dnf: the base package (what
+    the AMI provides), iptables-services as Amazon's package lays its files down, and the
+    extra RPMs (a release's ecs-harden), indexed by createrepo_c."""
+    h = hashlib.sha256()
+    for path in sorted(RPM_SPECS.iterdir()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h.update(IPTABLES_SERVICE.encode() + (LAB_FILES / "iptables.init").read_bytes())
+    for tool in ("iptables", "ip6tables"):
+        h.update((SAMPLES / tool).read_bytes())
+    cached = CACHE / f"amzn2023-rpms-{h.hexdigest()[:12]}"
+    with cache_lock("amzn2023-rpms"):
+        if not (cached / "done").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            package(cached / "iptables-services", "amzn2023")
+            _rpmbuild(RPM_SPECS / "amzn2023-base.spec", None, cached)
+            _rpmbuild(RPM_SPECS / "iptables-services.spec", cached / "iptables-services" / "files", cached)
+            (cached / "done").write_text("ok\n")
+    repo = dest / "repo"
+    repo.mkdir(parents=True)
+    for rpm in [*cached.glob("*.rpm"), *extra]:
+        shutil.copy(rpm, repo / rpm.name)
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True, capture_output=True, timeout=300)
+    return repo
+
+
 def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = False,
-          docker: bool = False, login: Path | None = None, release: Path | None = None) -> list[str]:
+          docker: bool = False, login: Path | None = None, release: Path | None = None,
+          rpms: Sequence[Path] = ()) -> list[str]:
     """Fill dest (the script's /dress) for flavor; return the extra nspawn binds. Without
     user_data, no cloud-init seed and no wheelhouse (a host Ansible installs); python38:
     amazon-linux-extras' python3.8 installed beforehand (AL2); docker: Docker runs, with
     the test box's fake IMDS and credentials endpoint and its busybox image (a host booted
     with a Subtree, tests/boot/cgroups.py), else docker.service stays masked; login: a
-    public key root's ssh accepts."""
+    public key root's ssh accepts; rpms: more packages in AL2023's local repository."""
     python3, pythons, _ = PYTHONS[flavor]
     (dest / "flavor").write_text(flavor + "\n")
     shutil.copy(FIXTURES / OS_RELEASE[flavor], dest / "os-release")
     shutil.copy(HERE / "pkgtool", dest / "pkgtool")
-    package(dest / "packages" / "iptables-services", flavor)
+    if flavor == "amzn2023":  # the real rpm and dnf, over a local repository
+        repository(dest, rpms)
+    else:  # yum, rpm and amazon-linux-extras: the stand-in
+        package(dest / "packages" / "iptables-services", flavor)
     binds = []
     versions = []
     for minor in pythons:

@@ -144,7 +144,7 @@ def test_the_rpm_is_what_an_al2023_host_installs(built: Path, tmp_path: Path) ->
     assert verify.returncode == 0 and verify.stdout == "", verify.stdout  # every file as packaged
     assert rpm_query(rpm, "--qf", "%{LICENSE} %{ARCH} %{RELEASE}") == "Apache-2.0 x86_64 1.amzn2023"
     requires = set(rpm_query(rpm, "--requires").split("\n"))
-    assert {"/usr/bin/python3.9", "iptables-nft", "systemd"} <= requires, requires
+    assert {"/usr/bin/python3.9", "iptables-nft", "systemd", "iptables-services"} <= requires, requires
     # the unit in the vendor path, nothing in the administrator's /etc/systemd
     unit = (root / "usr/lib/systemd/system/ecs-harden.service").read_text()
     assert "ExecStart=/usr/bin/ecs-harden run" in unit and "/usr/local/bin" not in unit

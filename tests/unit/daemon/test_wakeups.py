@@ -16,6 +16,7 @@ from ecs_harden.daemon.wakeups import (
     COALESCE_MAX,
     FILE_POLL,
     LOCK_BURST,
+    LOCK_BURST_TICKS,
     PROBES_PER_INTERVAL,
     PROBES_UNLOCKED,
     QUIET,
@@ -385,7 +386,7 @@ class Lock:
         self.closed = True
 
 
-def test_a_close_of_the_xtables_lock_is_probed_at_once_and_a_burst_at_most_every_lock_burst() -> None:
+def test_a_close_of_the_xtables_lock_is_probed_at_once_and_a_long_burst_every_lock_burst() -> None:
     probe, lock = Probe(), Lock()
     s = ProbeSource(probe, interval=5, now=0.0, lock=lock)  # type: ignore[arg-type]
     assert s.fileno() == 99 and s.deadline() == pytest.approx(5 / PROBES_UNLOCKED)  # the timer: lockless writers
@@ -399,10 +400,22 @@ def test_a_close_of_the_xtables_lock_is_probed_at_once_and_a_burst_at_most_every
     assert s.deadline() == 0.3
     s.due(0.3, w)
     assert w.families == {4}
-    # the next close 50 ms later (our own commit, or Docker's next rule): not before LOCK_BURST
-    lock.closes = 1
-    s.readable(0.35, Wake())
-    assert s.deadline() == pytest.approx(0.3 + LOCK_BURST)
+    # the other family's change 10 ms later (a second iptables-restore): at once too
+    lock.closes, probe.sig[2] = 1, b"c-deleted"
+    s.readable(0.31, Wake())
+    assert s.deadline() == 0.31
+    # a burst (Docker starting containers): LOCK_BURST_TICKS changes at once, then one
+    # every LOCK_BURST
+    now, found = 0.31, []
+    for i in range(LOCK_BURST_TICKS + 2):
+        lock.closes, probe.sig[0] = 1, b"a%d" % i
+        s.readable(now, Wake())
+        found.append(round(s.deadline() - now, 3))  # type: ignore[operator]
+        now = s.deadline()  # type: ignore[assignment]
+        s.due(now, Wake())
+        now += 0.01
+    assert found[:LOCK_BURST_TICKS - 1] == [0.0] * (LOCK_BURST_TICKS - 1), found
+    assert LOCK_BURST * 0.8 < found[-1] <= LOCK_BURST, found  # the bucket empty: one every LOCK_BURST
     s.close()
     assert lock.closed and probe.closed
 

@@ -1,0 +1,101 @@
+"""EMULATED Amazon Linux 2023 (tests/boot/amazon.py) with the real rpm and dnf: the
+release's RPM from a local repository, as an operator or an image build installs it.
+A fresh host (Docker and a stand-in ECS agent running, no user-data):
+
+- `dnf install ecs-harden` pulls iptables-services, enables the unit by its preset and
+  starts nothing; iptables.service stays disabled over its sample; `rpm -V` is clean;
+- the next boot (an image baked with `dnf install` alone) is compliant: the daemon
+  blocks before Docker and the agent start, replaces the sample, enables the restore;
+- `dnf remove` stops the unit and takes it and the agent gate away (the agent then
+  starts whatever the firewall holds), and keeps the block and ecs.config's flags,
+  saying so.
+
+The tests of this module run in order on one host."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import artifacts
+from tests.boot import amazon, image
+from tests.boot.cgroups import Subtree
+from tests.boot.conftest import require_boot
+from tests.boot.nspawn import BootedHost
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
+VENDOR_GATE = "/usr/lib/systemd/system/ecs.service.d/ecs-harden-gate.conf"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
+    require_boot()
+    dress = tmp_path_factory.mktemp("dress-rpm")
+    with BootedHost(image.rootfs()) as h:
+        h.subtree = Subtree(f"ecs-test-{os.getpid()}-rpm")
+        binds = amazon.dress(dress, "amzn2023", None, docker=True, rpms=[artifacts.rpm()])
+        h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
+        h.boot()
+        yield h
+
+
+def state(host: BootedHost, verb: str, unit: str) -> str:
+    return host.run(["systemctl", verb, unit], check=False).stdout.strip()
+
+
+def test_dnf_install_enables_the_unit_and_starts_nothing(host: BootedHost) -> None:
+    sample = host.run(["cat", "/etc/sysconfig/iptables"], check=False)
+    assert sample.returncode != 0  # a fresh AMI: no iptables-services yet
+    cp = host.run(["dnf", "install", "-y", "ecs-harden"], check=False, timeout=600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    assert host.run(["rpm", "-q", "iptables-services"]).stdout.startswith("iptables-services-1.8.8-")
+    verify = host.run(["rpm", "-V", "ecs-harden"], check=False)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout
+    assert state(host, "is-enabled", "ecs-harden.service") == "enabled"
+    assert state(host, "is-active", "ecs-harden.service") == "inactive"
+    assert state(host, "is-enabled", "iptables.service") == "disabled"
+    assert "REJECT" in host.run(["cat", "/etc/sysconfig/iptables"]).stdout  # the sample, untouched
+    assert host.run(["test", "-e", "/etc/systemd/system/ecs-harden.service"], check=False).returncode != 0
+    assert host.run(["ecs-harden", "--version"]).stdout.startswith("ecs-harden ")
+    assert "ExecStartPre=/usr/bin/ecs-harden gate" in host.run(["systemctl", "cat", "ecs.service"]).stdout
+
+
+def test_the_next_boot_is_compliant_with_the_block_before_the_agent(host: BootedHost) -> None:
+    host.reboot()
+    host.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=600)
+    journal = host.run(["journalctl", "-b", "-u", "ecs-harden", "--no-pager", "-o", "cat"], check=False).stdout
+    assert state(host, "is-active", "ecs-harden.service") == "active", journal[-3000:]
+    assert state(host, "is-active", "ecs.service") == "active"  # through the gate
+    check = host.run(["ecs-harden", "check"], check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert state(host, "is-enabled", "iptables.service") == "enabled"
+    now = host.run(["cat", "/etc/sysconfig/iptables"]).stdout
+    assert "REJECT" not in now and "ecs-harden" in now
+    # an upgrade's %config(noreplace) keeps an edited policy: rpm -V says it changed
+    host.sh("echo 'interval: 5' >> /etc/ecs-harden/policy.yaml")
+    assert "/etc/ecs-harden/policy.yaml" in host.run(["rpm", "-V", "ecs-harden"], check=False).stdout
+
+
+def test_dnf_remove_takes_the_unit_and_the_gate_and_keeps_block_and_flags(host: BootedHost) -> None:
+    cp = host.run(["dnf", "remove", "-y", "ecs-harden"], check=False, timeout=600)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 0, out[-3000:]
+    assert "the IMDS block stays" in out and "ecs.config keeps its flags" in out, out[-3000:]
+    assert host.run(["systemctl", "cat", "ecs-harden.service"], check=False).returncode != 0
+    assert host.run(["test", "-e", VENDOR_GATE], check=False).returncode != 0
+    assert host.run(["test", "-e", "/opt/ecs-harden"], check=False).returncode != 0
+    config = host.run(["cat", "/etc/ecs/ecs.config"]).stdout.splitlines()
+    assert "ECS_AWSVPC_BLOCK_IMDS=true" in config
+    rules = host.run(["iptables", "-S", "DOCKER-USER"]).stdout
+    assert "ecs-harden" in rules  # the block stays
+    # with the block gone too, the agent still starts: no gate is left anywhere
+    host.sh("iptables -S DOCKER-USER | grep -F ecs-harden | sed 's/^-A/-D/' | while read -r r; do "
+            "eval iptables -w $r; done")
+    host.run(["systemctl", "restart", "ecs.service"], check=False)
+    time.sleep(1)
+    assert state(host, "is-active", "ecs.service") == "active"
+    assert "ecs-harden" not in host.run(["systemctl", "cat", "ecs.service"]).stdout
