@@ -7,7 +7,9 @@ drop-in a flavor needs.
    merges its own), where its service is not installed yet.
 2. ecs-harden.service as the package ships it, the Amazon Linux 2 drop-in (systemd
    219) on amzn2, and the drop-in that makes this policy's paths writable in the
-   unit's sandbox (unitpaths.drop_in), each written only when it differs.
+   unit's sandbox (unitpaths.drop_in), each written only when it differs. Where the
+   RPM put the unit in /usr/lib/systemd/system, no copy goes to /etc (a tarball
+   install's is removed), nor an /etc gate that would mask the package's.
 3. An ECS agent gate from an older user-data (ecs.service's `ExecStartPre=ecs-harden
    ... check`, which held the agent for what the policy only reports) becomes
    `ecs-harden gate`; the drop-in's other bytes stay as they were.
@@ -36,6 +38,9 @@ from ecs_harden.policy import Policy
 
 UNIT = "ecs-harden.service"
 UNIT_DIR = "/etc/systemd/system"
+VENDOR_UNIT_DIR = "/usr/lib/systemd/system"  # where the RPM puts the unit and the agent gate
+ECS_DROP_INS = "/etc/systemd/system/ecs.service.d"
+GATE_NAME = "ecs-harden-gate.conf"  # the agent gate drop-in (the user-data's, the RPM's)
 # The operator's documentation (the README, where the unit's Documentation= points, and
 # docs/ beside it, so the README's links work on the host) and the man page.
 DOC_DIR = "/usr/local/share/doc/ecs-harden"
@@ -89,12 +94,23 @@ def install_restore(flavor: type[Flavor], result: Result, *, dry_run: bool) -> N
         raise RuntimeFailure(f"{package} installed, but {', '.join(flavor.restore_services)} not found")
 
 
+def from_package() -> bool:
+    """The unit is the RPM's (/usr/lib/systemd/system, ExecStart /usr/bin/ecs-harden): a
+    copy in /etc would shadow it, and an /etc gate of the same name would mask the
+    package's (with a path the package does not have)."""
+    vendor = read_bytes(os.path.join(VENDOR_UNIT_DIR, UNIT))
+    return vendor is not None and b"\nExecStart=/usr/bin/ecs-harden run" in vendor
+
+
 def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
     """Every file of the unit and what it must hold (None: must not exist)."""
     with open(os.path.join(PACKAGED, UNIT), "rb") as f:
         unit = f.read()
     drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
-    files: dict[str, bytes | None] = {os.path.join(UNIT_DIR, UNIT): unit}
+    rpm = from_package()
+    files: dict[str, bytes | None] = {os.path.join(UNIT_DIR, UNIT): None if rpm else unit}
+    if rpm and os.path.isfile(os.path.join(VENDOR_UNIT_DIR, "ecs.service.d", GATE_NAME)):
+        files[os.path.join(ECS_DROP_INS, GATE_NAME)] = None  # the package's gate holds
     # The packaged drop-ins (systemd/<name>/): this flavor's, and none of another's.
     for name in sorted(os.listdir(PACKAGED)):
         packaged = os.path.join(PACKAGED, name, f"{UNIT}.d-{name}.conf")
@@ -168,7 +184,6 @@ def _write(files: dict[str, bytes | None], result: Result, *, dry_run: bool) -> 
     return changed
 
 
-ECS_DROP_INS = "/etc/systemd/system/ecs.service.d"
 _OLD_GATE = re.compile(
     rb"^(ExecStartPre=[-@!+]*)(\S*/ecs-harden|ecs-harden)(?:[ \t][^\n]*)?[ \t]check\b[^\n]*$", re.M)
 

@@ -43,6 +43,8 @@ class Host:
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     h = Host()
     monkeypatch.setattr(install, "UNIT_DIR", str(tmp_path / "systemd"))
+    monkeypatch.setattr(install, "VENDOR_UNIT_DIR", str(tmp_path / "vendor"))
+    monkeypatch.setattr(install, "ECS_DROP_INS", str(tmp_path / "systemd" / "ecs.service.d"))
     monkeypatch.setattr(install, "DOC_DIR", str(tmp_path / "doc"))
     monkeypatch.setattr(install, "MAN_DIR", str(tmp_path / "man8"))
     monkeypatch.setattr(install, "SHARE", str(tmp_path / "no-share"))
@@ -233,3 +235,34 @@ def test_the_shipped_docs_and_man_page_land_where_the_readme_links_work_and_rest
     again = install.install(policy(tmp_path), now=True, flavor=fl)
     assert again.changed == [f"write {tmp_path / 'doc' / 'docs' / 'install.md'}"]
     assert systemctl(host) == []
+
+
+def test_where_the_rpm_put_the_unit_no_copy_in_etc_shadows_it_nor_an_etc_gate_masks_its_gate(
+    host: Host, tmp_path: Path
+) -> None:
+    """A host that moved from the tarball to the RPM: the tarball's /etc unit (ExecStart
+    /usr/local/bin) and the user-data's /etc gate of the same name would shadow the
+    package's unit and mask its gate: both go; the drop-ins beside the unit stay ours."""
+    fl = flavors.by_name("amzn2023")
+    install.install(policy(tmp_path), flavor=fl)  # the tarball's install
+    units, vendor = tmp_path / "systemd", tmp_path / "vendor"
+    old_gate = units / "ecs.service.d" / "ecs-harden-gate.conf"
+    old_gate.parent.mkdir(parents=True)
+    old_gate.write_text("[Service]\nExecStartPre=/usr/local/bin/ecs-harden gate\n")
+    other = units / "ecs.service.d" / "cluster.conf"  # the operator's: untouched
+    other.write_text("[Service]\nEnvironment=X=1\n")
+    assert (units / "ecs-harden.service").exists()
+    (vendor / "ecs.service.d").mkdir(parents=True)
+    (vendor / "ecs-harden.service").write_text((Path(install.PACKAGED) / "ecs-harden.service").read_text()
+                                               .replace("/usr/local/bin/", "/usr/bin/"))
+    (vendor / "ecs.service.d" / "ecs-harden-gate.conf").write_text("[Service]\nExecStartPre=/usr/bin/ecs-harden gate\n")
+    host.runs.clear()
+    moved = install.install(policy(tmp_path), flavor=fl)
+    assert f"remove {units / 'ecs-harden.service'}" in moved.changed
+    assert f"remove {old_gate}" in moved.changed
+    assert not (units / "ecs-harden.service").exists() and not old_gate.exists()
+    assert other.read_text() == "[Service]\nEnvironment=X=1\n"
+    assert (units / "ecs-harden.service.d" / "paths.conf").exists()
+    assert "daemon-reload" in systemctl(host)
+    again = install.install(policy(tmp_path), flavor=fl)
+    assert not [c for c in again.changed if "remove" in c or "write" in c], again.changed
