@@ -59,8 +59,8 @@ def _run(argv: list[str], what: str, **kw: object) -> str:
     return str(cp.stdout)
 
 
-def file_name(version: str, arch: str) -> str:
-    return f"ecs-harden-{version}-1.amzn2023.{arch}.rpm"
+def file_name(version: str, arch: str, release: int = 1) -> str:
+    return f"ecs-harden-{version}-{release}.amzn2023.{arch}.rpm"
 
 
 def _venv(builder: Path, wheels: Path, root: Path, version: str) -> None:
@@ -120,8 +120,10 @@ def _stage(builder: Path, wheels: Path, root: Path, version: str, unit: str, rea
 
 
 def build(tarball: Path, builder: Path, out: Path, mtime: int, *, version: str, arch: str,
-          unit: str, readme: Path, license_file: Path) -> Path:
-    """The RPM from the py3.9 tarball (its wheels), with builder, a Python 3.9 with pip."""
+          unit: str, readme: Path, license_file: Path, release: int = 1) -> Path:
+    """The RPM from the py3.9 tarball (its wheels), with builder, a Python 3.9 with pip;
+    release: the package's own (a rebuild of the same version; tests build a second one to
+    upgrade to)."""
     if arch not in ARCHES:
         raise RpmError(f"no RPM for {arch} (only {', '.join(ARCHES)})")
     if shutil.which("rpmbuild") is None:
@@ -135,7 +137,7 @@ def build(tarball: Path, builder: Path, out: Path, mtime: int, *, version: str, 
         _stage(builder, top / "wheels", root, version, unit, readme, license_file)
         spec = work / "ecs-harden.spec"
         spec.write_text(SPEC.read_text().replace("@VERSION@", version).replace("@ARCH@", ARCHES[arch])
-                        .replace("@STAGE@", str(root)))
+                        .replace("@RELEASE@", str(release)).replace("@STAGE@", str(root)))
         top_dir = work / "rpmbuild"
         _run(["rpmbuild", "-bb", "--target", ARCHES[arch], str(spec),
               "--define", f"_topdir {top_dir}",
@@ -146,7 +148,7 @@ def build(tarball: Path, builder: Path, out: Path, mtime: int, *, version: str, 
               "--define", "_binary_payload w9.gzdio",
               "--define", "_rpmfilename %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm"],
              "rpmbuild", timeout=900, env={**os.environ, "SOURCE_DATE_EPOCH": str(mtime), "TZ": "UTC"})
-        made = top_dir / "RPMS" / file_name(version, ARCHES[arch])
+        made = top_dir / "RPMS" / file_name(version, ARCHES[arch], release)
         if not made.is_file():
             raise RpmError(f"rpmbuild made no {made.name}")
         dest = out / made.name

@@ -5,10 +5,12 @@ does: the booted hosts, the emulated Amazon Linux hosts, the test VM."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.boot.image import CACHE, PROJECT, cache_lock
 
@@ -59,6 +61,33 @@ def rpm() -> Path:
         tarball, _ = _artifact("3.9")
     (found,) = tarball.parent.glob("ecs-harden-*.amzn2023.*.rpm")
     return found
+
+
+def rpm_release(release: int) -> Path:
+    """The same RPM rebuilt as another release of the same version (something to upgrade
+    to and downgrade from), from the same 3.9 tarball."""
+    rpmpkg = _rpmpkg()
+    first = rpm()
+    with cache_lock("release"):
+        version = first.name.split("-")[2]
+        want: Path = first.parent / rpmpkg.file_name(version, "x86_64", release)
+        if not want.exists():
+            (tarball,) = first.parent.glob("ecs-harden-*-py3.9-*.tar.gz")
+            from tests.boot.amazon import pyenv_version
+            rpmpkg.build(tarball, pyenv_version("3.9") / "bin" / "python3.9", first.parent,
+                         int(first.stat().st_mtime), version=version, arch="x86_64",
+                         unit=(PROJECT / "ecs_harden" / "systemd" / "ecs-harden.service").read_text(),
+                         readme=PROJECT / "README.md", license_file=PROJECT / "LICENSE", release=release)
+    return want
+
+
+def _rpmpkg() -> Any:
+    """scripts/rpmpkg.py, as scripts/release imports it."""
+    spec = importlib.util.spec_from_file_location("rpmpkg", PROJECT / "scripts" / "rpmpkg.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # A local S3-compatible store (moto's server) for the user-data's s3:// source.
