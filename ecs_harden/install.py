@@ -257,7 +257,8 @@ def install(
     if restore and policy.imds.persist:
         install_restore(flavor, result, dry_run=dry_run)
     files_changed = install_unit(policy, flavor, result, dry_run=dry_run)
-    install_docs(result, dry_run=dry_run)
+    if not from_package():  # the RPM has its own in /usr/share
+        install_docs(result, dry_run=dry_run)
     gates_changed = migrate_gates(result, dry_run=dry_run)
     create_writable(policy, flavor, result, dry_run=dry_run)
     new_version = _version_changed(policy)

@@ -97,7 +97,8 @@ def _stage(builder: Path, wheels: Path, root: Path, version: str, unit: str, rea
     _venv(builder, wheels, root, version)
     share = root / PREFIX.lstrip("/") / "share"
     files = {
-        "usr/lib/systemd/system/ecs-harden.service": unit.replace("/usr/local/bin/", "/usr/bin/"),
+        "usr/lib/systemd/system/ecs-harden.service":
+            unit.replace("/usr/local/bin/", "/usr/bin/").replace("/usr/local/share/", "/usr/share/"),
         "usr/lib/systemd/system/ecs.service.d/ecs-harden-gate.conf": GATE,
         "usr/lib/systemd/system-preset/80-ecs-harden.preset": PRESET,
         "etc/ecs-harden/policy.yaml": POLICY,

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.boot.image import CACHE, PROJECT, cache_lock
+from tests.boot.nspawn import BootedHost
 from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, LAB_FILES, OS_RELEASE, SAMPLES
 
 HERE = Path(__file__).resolve().parent / "amazon"
@@ -216,3 +217,24 @@ def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = Fa
 def venv_python(flavor: str) -> Path:
     """The pyenv build the flavor's venv runs on (what its wheelhouse is built with)."""
     return pyenv_version(PYTHONS[flavor][2])
+
+
+# A container on docker0 asking the host's fake IMDS every 50 ms: REACHED in its log each
+# time it got an answer.
+PROBER = ("while :; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 169.254.169.254 80 2>/dev/null "
+          "| grep -q imds-ok && echo REACHED; sleep 0.05; done")
+
+
+def start_prober(host: BootedHost) -> None:
+    host.run(["/usr/local/lib/ecs-test/ecs-test-image"])
+    host.run(["docker", "run", "-d", "--name", "prober", "lab/busybox", "sh", "-c", PROBER])
+    time.sleep(2)
+
+
+def reached(host: BootedHost) -> int:
+    """How many times the prober reached IMDS."""
+    return host.run(["docker", "logs", "prober"], check=False).stdout.count("REACHED")
+
+
+def main_pid(host: BootedHost) -> str:
+    return host.run(["systemctl", "show", "-p", "MainPID", "--value", "ecs-harden.service"]).stdout.strip()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +58,9 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         tarball, sha256 = artifacts.artifact(amazon.PYTHONS[flavor][2])
         h.source = (f"{DIST}/{tarball.name}", sha256)
+        rpms = [artifacts.rpm()] if flavor == "amzn2023" else []  # to move to, last
         binds = amazon.dress(dress, flavor, launch_template(*h.source), docker=True,
-                             login=key.with_suffix(".pub"), release=tarball)
+                             login=key.with_suffix(".pub"), release=tarball, rpms=rpms)
         h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
         h.boot()
         h.run(["cloud-init", "status", "--wait"], check=False, timeout=900)
@@ -219,3 +221,42 @@ def test_after_a_reboot_the_restore_blocks_before_docker_starts(host: BootedHost
     assert check.returncode == 0, check.stdout
     if boot == 2:
         infra(host)
+
+
+def test_moving_to_the_rpm_keeps_imds_blocked_and_leaves_nothing_of_the_tarball(host: EmulatedHost) -> None:
+    """AL2023, after the reboots: `dnf install ecs-harden` on the host the release tarball
+    hardened (its unit and the user-data's gate in /etc, its venv in /opt/ecs-harden), with
+    the daemon running and a container probing IMDS every 50 ms: it never reaches it; the
+    daemon runs the package's unit (nothing in /etc shadows it), the agent's gate is the
+    package's, the tarball's venv is gone (every file under /opt/ecs-harden is the
+    package's), the operator's policy is kept, and the agent restarts through the gate."""
+    if host.flavor != "amzn2023":
+        pytest.skip("the RPM is AL2023's (AL2 is in maintenance: tarballs only)")
+    amazon.start_prober(host)
+    policy = host.run(["sha256sum", "/etc/ecs-harden/policy.yaml"]).stdout
+    before = amazon.main_pid(host)
+    cp = host.run(["dnf", "install", "-y", "ecs-harden"], check=False, timeout=600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    assert "did not finish" not in cp.stdout + cp.stderr, cp.stdout[-3000:] + cp.stderr[-3000:]
+    fragment = host.run(["systemctl", "show", "-p", "FragmentPath", "--value", "ecs-harden.service"])
+    assert fragment.stdout.strip() == "/usr/lib/systemd/system/ecs-harden.service"
+    for gone in ("/etc/systemd/system/ecs-harden.service", "/opt/ecs-harden.tarball",
+                 "/etc/systemd/system/ecs.service.d/ecs-harden-gate.conf"):
+        assert host.run(["test", "-e", gone], check=False).returncode != 0, gone
+    assert host.run(["systemctl", "is-active", "ecs-harden.service"], check=False).stdout.strip() == "active"
+    assert amazon.main_pid(host) != before  # restarted from the package's venv
+    owned = set(host.run(["rpm", "-ql", "ecs-harden"]).stdout.split())
+    present = set(host.run(["find", "/opt/ecs-harden"]).stdout.split())
+    assert present <= owned, sorted(present - owned)[:20]
+    verify = host.run(["rpm", "-V", "ecs-harden"], check=False).stdout.splitlines()
+    assert all(line.endswith(" /etc/ecs-harden/policy.yaml") for line in verify), verify
+    assert host.run(["sha256sum", "/etc/ecs-harden/policy.yaml"]).stdout == policy
+    assert host.run(["test", "-f", "/etc/ecs-harden/policy.yaml.rpmnew"], check=False).returncode == 0
+    agent = host.run(["systemctl", "cat", "ecs.service"]).stdout
+    assert "ExecStartPre=/usr/bin/ecs-harden gate" in agent and "/usr/local/bin/ecs-harden" not in agent, agent
+    host.run(["systemctl", "restart", "ecs.service"], check=False)
+    time.sleep(1)
+    assert host.run(["systemctl", "is-active", "ecs.service"], check=False).stdout.strip() == "active"
+    check = host.run(["ecs-harden", "check"], check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert amazon.reached(host) == 0, host.run(["docker", "logs", "prober"], check=False).stdout[-2000:]

@@ -83,41 +83,27 @@ def test_the_next_boot_is_compliant_with_the_block_before_the_agent(host: Booted
     assert "/etc/ecs-harden/policy.yaml" in host.run(["rpm", "-V", "ecs-harden"], check=False).stdout
 
 
-PROBER = ("while :; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 169.254.169.254 80 2>/dev/null "
-          "| grep -q imds-ok && echo REACHED; sleep 0.05; done")
-
-
-def reached(host: BootedHost) -> int:
-    return host.run(["docker", "logs", "prober"], check=False).stdout.count("REACHED")
-
-
-def main_pid(host: BootedHost) -> str:
-    return host.run(["systemctl", "show", "-p", "MainPID", "--value", "ecs-harden.service"]).stdout.strip()
-
-
 def test_upgrade_from_a_file_and_downgrade_with_the_daemon_running_never_open_imds(host: BootedHost) -> None:
     """A container probes IMDS every 50 ms through `dnf install FILE` (an upgrade: the
     old package's %postun try-restarts the daemon) and `dnf downgrade`: it never
     reaches it (the block stays in the live ruleset while the daemon restarts). The
     same prober reaches IMDS once the block is gone (the last test)."""
-    host.run(["/usr/local/lib/ecs-test/ecs-test-image"])
-    host.run(["docker", "run", "-d", "--name", "prober", "lab/busybox", "sh", "-c", PROBER])
-    time.sleep(2)
-    before = main_pid(host)
+    amazon.start_prober(host)
+    before = amazon.main_pid(host)
     newer = artifacts.rpm_release(2)
     host.run(["sh", "-c", f"base64 -d > /tmp/{newer.name}"], input=base64.b64encode(newer.read_bytes()).decode())
     cp = host.run(["dnf", "install", "-y", f"/tmp/{newer.name}"], check=False, timeout=600)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
     assert host.run(["rpm", "-q", "ecs-harden"]).stdout.strip() == newer.name[:-len(".rpm")]
     assert state(host, "is-active", "ecs-harden.service") == "active"
-    assert main_pid(host) != before  # restarted by the upgrade
+    assert amazon.main_pid(host) != before  # restarted by the upgrade
     assert "interval: 5" in host.run(["cat", "/etc/ecs-harden/policy.yaml"]).stdout  # %config(noreplace)
     cp = host.run(["dnf", "downgrade", "-y", "ecs-harden"], check=False, timeout=600)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
     assert ".1.amzn2023" not in newer.name and "-1.amzn2023" in host.run(["rpm", "-q", "ecs-harden"]).stdout
     assert state(host, "is-active", "ecs-harden.service") == "active"
     time.sleep(1)
-    assert reached(host) == 0, host.run(["docker", "logs", "prober"], check=False).stdout[-2000:]
+    assert amazon.reached(host) == 0, host.run(["docker", "logs", "prober"], check=False).stdout[-2000:]
     assert host.run(["ecs-harden", "check"], check=False).returncode == 0
 
 
@@ -144,6 +130,6 @@ def test_dnf_remove_takes_the_unit_and_the_gate_and_keeps_block_and_flags(host: 
     assert "ecs-harden" not in host.run(["systemctl", "cat", "ecs.service"]).stdout
     # the prober of the upgrade test does reach IMDS now: its silence there meant blocked
     deadline = time.monotonic() + 20
-    while reached(host) == 0 and time.monotonic() < deadline:
+    while amazon.reached(host) == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert reached(host) > 0
+    assert amazon.reached(host) > 0
