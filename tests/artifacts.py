@@ -59,7 +59,7 @@ def rpm() -> Path:
     3.9 tarball)."""
     with cache_lock("release"):
         tarball, _ = _artifact("3.9")
-    (found,) = tarball.parent.glob("ecs-harden-*.amzn2023.*.rpm")
+    (found,) = tarball.parent.glob("ecs-harden-*-1.amzn2023.*.rpm")  # release 1, not a test's
     return found
 
 
