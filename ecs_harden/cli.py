@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="install the files, do not enable the unit")
     p.add_argument("--no-restore-package", dest="restore", action="store_false",
                    help="do not install the boot restore package")
+    p = command("setup", "set a host up in one go, as the user-data and the role do: the policy "
+                "(--policy-from), install, apply, the unit started, check; one FAILED line and "
+                "the failed step's exit code on failure")
+    p.add_argument("--policy-from", metavar="FILE",
+                   help="write this policy (validated; '-' for standard input) where the daemon "
+                        "reads it, only when it differs")
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -145,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args)
     if args.command == "validate":
         return _validate(args)
+    if args.command == "setup":
+        return _setup(args)
     policy = policy_mod.load(args.policy)
     if args.command in ("check", "apply"):
         return _reconcile(args, policy)
@@ -258,6 +266,22 @@ def _install(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
         for line in install.render(result):
             print(line)
     return EXIT_OK
+
+
+def _setup(args: argparse.Namespace) -> int:
+    """Every failure is one FAILED line on stdout (the user-data's log has it in order)."""
+    from ecs_harden.setup import setup
+
+    globals_ = [f"--log-level={args.log_level}"]
+    if args.log_format:
+        globals_.append(f"--log-format={args.log_format}")
+    if args.policy:
+        globals_.append(f"--policy={args.policy}")
+    try:
+        return setup(args.policy, args.policy_from, globals_=globals_)
+    except HardenError as exc:
+        print(f"ecs-harden: FAILED: {exc}", flush=True)
+        return exc.exit_code
 
 
 def _prepare(args: argparse.Namespace, policy: policy_mod.Policy) -> int:

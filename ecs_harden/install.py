@@ -109,8 +109,10 @@ def unit_files(policy: Policy, flavor: type[Flavor]) -> dict[str, bytes | None]:
     drop_ins = os.path.join(UNIT_DIR, f"{UNIT}.d")
     rpm = from_package()
     files: dict[str, bytes | None] = {os.path.join(UNIT_DIR, UNIT): None if rpm else unit}
-    if rpm and os.path.isfile(os.path.join(VENDOR_UNIT_DIR, "ecs.service.d", GATE_NAME)):
-        files[os.path.join(ECS_DROP_INS, GATE_NAME)] = None  # the package's gate holds
+    etc_gate = os.path.join(ECS_DROP_INS, GATE_NAME)
+    if rpm and os.path.isfile(os.path.join(VENDOR_UNIT_DIR, "ecs.service.d", GATE_NAME)) \
+            and not os.path.islink(etc_gate):  # a link (to /dev/null): the operator masked it
+        files[etc_gate] = None  # the package's gate holds
     # The packaged drop-ins (systemd/<name>/): this flavor's, and none of another's.
     for name in sorted(os.listdir(PACKAGED)):
         packaged = os.path.join(PACKAGED, name, f"{UNIT}.d-{name}.conf")

@@ -32,7 +32,7 @@ from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
 from tests.boot.image import PROJECT
 from tests.boot.nspawn import BootedHost
-from tests.boot.userdata import launch_template, ours
+from tests.boot.userdata import launch_template, mime, ours
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
 CASES = [("amzn2023", "nft"), ("amzn2", "legacy")]
@@ -59,7 +59,10 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         tarball, sha256 = artifacts.artifact(amazon.PYTHONS[flavor][2])
         h.source = (f"{DIST}/{tarball.name}", sha256)
         rpms = [artifacts.rpm()] if flavor == "amzn2023" else []  # to move to, last
-        binds = amazon.dress(dress, flavor, launch_template(*h.source), docker=True,
+        # AL2023's launch template carries cloud-config too: the multi-part MIME form
+        user_data = launch_template(*h.source)
+        user_data = mime(user_data) if flavor == "amzn2023" else user_data
+        binds = amazon.dress(dress, flavor, user_data, docker=True,
                              login=key.with_suffix(".pub"), release=tarball, rpms=rpms)
         h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
         h.boot()
@@ -108,6 +111,8 @@ def test_user_data_hardens_the_fresh_host_and_replaces_the_sample(host: BootedHo
     unit = host.run(["journalctl", "-b", "--no-pager", "-o", "cat", "-u", "ecs-harden.service"], check=False)
     assert "status: done" in status.stdout, status.stdout + text + unit.stdout[-6000:]
     assert "FAILED" not in text and "ecs-harden: done: compliant, ecs-harden.service active" in text, text
+    if host.flavor == "amzn2023":  # its user data is multi-part: the cloud-config part ran too
+        assert host.run(["cat", "/var/lib/ecs-test/cloud-config-ran"]).stdout == "yes\n"
     # the package came from the flavor's own tool, its sample replaced (and said so)
     tool = "dnf" if host.flavor == "amzn2023" else "yum"
     assert host.run(["rpm", "-q", "iptables-services"]).stdout.startswith("iptables-services-")

@@ -12,6 +12,7 @@ run by hand as cloud-init runs it (bash, as root)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -42,8 +43,13 @@ class SourcesHost(BootedHost):
         return subprocess.run(["nsenter", "-t", str(self.init_pid), "-n", "--", *argv],
                               capture_output=True, text=True, timeout=timeout, check=False)
 
-    def user_data(self, source: str, sha256: str, **more: str) -> subprocess.CompletedProcess[str]:
+    def user_data(self, source: str, sha256: str, *, policy: tuple[str, str] = ("", ""),
+                  **more: str) -> subprocess.CompletedProcess[str]:
+        """policy: a line of the embedded policy, and what it becomes."""
         script = launch_template(source, sha256, before=artifacts.S3_CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3, **more)
+        if policy[0]:
+            assert script.count(policy[0]) == 1, policy
+            script = script.replace(*policy)
         return self.run(["bash", "-s"], input=script, check=False, timeout=900)
 
     def untouched(self) -> str:
@@ -106,7 +112,7 @@ def failed_cleanly(host: SourcesHost, cp: subprocess.CompletedProcess[str], befo
 def test_no_source_is_a_clear_error_and_changes_nothing(host: SourcesHost) -> None:
     before = host.untouched()
     cp = host.user_data("", "")
-    failed_cleanly(host, cp, before, "ECS_HARDEN_FROM is empty")
+    failed_cleanly(host, cp, before, "ECS_HARDEN_FROM: not a release: ''")
     assert "pip" not in cp.stdout.lower()  # never the public package index
 
 
@@ -114,7 +120,7 @@ def test_a_wrong_checksum_refuses_the_tarball_and_changes_nothing(host: SourcesH
     before = host.untouched()
     wrong = "0" * 64
     cp = host.user_data(host.s3_url, wrong)
-    failed_cleanly(host, cp, before, f"{host.tarball.name}: sha256 is {host.sha256}, not the pinned {wrong}")
+    failed_cleanly(host, cp, before, f"sha256 is {host.sha256}, not the pinned {wrong}")
 
 
 def test_an_unreachable_url_changes_nothing(host: SourcesHost) -> None:
@@ -128,7 +134,6 @@ def test_from_s3_with_its_checksum_it_hardens_and_the_agent_starts(host: Sources
     cp = host.user_data(host.s3_url, host.sha256)
     assert cp.returncode == 0, (cp.stdout + cp.stderr)[-4000:]
     assert f"ecs-harden: fetching {host.s3_url}" in cp.stdout
-    assert f"ecs-harden: verified {host.tarball.name} (sha256 {host.sha256})" in cp.stdout
     assert "ecs-harden: done: compliant, ecs-harden.service active" in cp.stdout
     deadline = time.monotonic() + 60  # the stand-in agent retries every 2 s
     while host.agent() != "active":
@@ -157,6 +162,12 @@ def test_on_a_hardened_host_a_wrong_checksum_or_a_missing_url_changes_nothing(ho
         cp = host.user_data(source, sha256)
         assert cp.returncode == 1 and "ecs-harden: FAILED: " in cp.stdout and why in cp.stdout, cp.stdout[-3000:]
         assert host.sh(state).stdout == before
+    # a policy in the user-data that is not valid: setup's one FAILED line, nothing replaced
+    cp = host.user_data(host.s3_url, host.sha256, policy=("\nmode: enforce\n", "\nmode: sideways\n"))
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 1 and out.count("ecs-harden: FAILED: ") == 1, out[-3000:]
+    assert "ecs-harden: FAILED: the policy given is invalid: <stdin>" in cp.stdout and "sideways" in cp.stdout, out[-3000:]
+    assert host.sh(state).stdout == before
 
 
 OLD_GATE = ("# Written by ecs-harden's user-data: the ECS agent starts only once this host\n"
@@ -234,3 +245,38 @@ def test_with_the_gate_off_the_agent_is_not_held(host: SourcesHost) -> None:
     cp = host.user_data(host.s3_url, host.sha256, ECS_HARDEN_GATE_AGENT="false")
     assert cp.returncode == 0, cp.stdout[-3000:]
     assert host.run(["test", "-f", GATE], check=False).returncode == 1
+
+
+def test_the_rpm_through_the_user_data_moves_the_host_to_the_package_and_again_changes_nothing(
+        host: SourcesHost) -> None:
+    """The same user-data pinned to the AL2023 RPM (s3://) on the host the tarball
+    hardened: dnf installs it (the move to the package), setup ends compliant, the agent's
+    gate is the package's; run again, nothing changes (files, the daemon's process); the
+    gate off masks the package's gate, on again unmasks it."""
+    rpm = artifacts.rpm()
+    upload, url = artifacts.s3_upload(S3, rpm)
+    assert (cp := host.in_netns(upload, timeout=60)).returncode == 0, cp.stderr[-2000:]
+    sha256 = hashlib.sha256(rpm.read_bytes()).hexdigest()
+    cp = host.user_data(url, sha256)
+    assert cp.returncode == 0, (cp.stdout + cp.stderr)[-4000:]
+    assert "ecs-harden: done: compliant, ecs-harden.service active" in cp.stdout, cp.stdout[-3000:]
+    assert host.run(["rpm", "-q", "ecs-harden"]).stdout.startswith("ecs-harden-")
+    assert host.run(["test", "-e", GATE], check=False).returncode != 0  # the package's holds
+    agent = host.run(["systemctl", "cat", "ecs.service"]).stdout
+    assert "ExecStartPre=/usr/bin/ecs-harden gate" in agent and "/usr/local/bin" not in agent, agent
+    state = ("sha256sum /etc/ecs/ecs.config /etc/sysconfig/iptables /etc/ecs-harden/policy.yaml "
+             "/etc/systemd/system/ecs-harden.service.d/*; ls /etc/systemd/system/ecs.service.d; "
+             "systemctl show -p MainPID -p ActiveState ecs-harden.service; rpm -qa | sort")
+    before = host.sh(state).stdout
+    again = host.user_data(url, sha256)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "unchanged: ecs-harden.service running" in again.stdout, again.stdout[-3000:]
+    assert host.sh(state).stdout == before
+    agent_becomes(host, "active", 30)
+    off = host.user_data(url, sha256, ECS_HARDEN_GATE_AGENT="false")
+    assert off.returncode == 0, off.stdout[-3000:]
+    assert host.run(["readlink", GATE]).stdout.strip() == "/dev/null"
+    assert "ecs-harden gate" not in host.run(["systemctl", "cat", "ecs.service"]).stdout
+    on = host.user_data(url, sha256)
+    assert on.returncode == 0 and host.run(["test", "-e", GATE], check=False).returncode != 0, on.stdout[-3000:]
+    assert "ExecStartPre=/usr/bin/ecs-harden gate" in host.run(["systemctl", "cat", "ecs.service"]).stdout

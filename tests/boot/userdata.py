@@ -31,3 +31,21 @@ def launch_template(source: str, sha256: str, before: str = "", **more: str) -> 
     """As a launch template carries it: the usual ECS lines before and after ours."""
     shebang, _, rest = ours(source, sha256, **more).partition("\n")
     return f"{shebang}\n{before}{BEFORE}{rest}{AFTER}"
+
+
+# A cloud-config part beside ours: it leaves a mark the tests look for.
+CLOUD_CONFIG = """#cloud-config
+write_files:
+  - path: /var/lib/ecs-test/cloud-config-ran
+    content: |
+      yes
+"""
+
+
+def mime(script: str, cloud_config: str = CLOUD_CONFIG) -> str:
+    """A launch template's multi-part MIME user data: cloud-config, then the script (as
+    docs/user-data.md shows it)."""
+    boundary = "==ecs-harden=="
+    parts = [("text/cloud-config", cloud_config), ("text/x-shellscript", script)]
+    body = "".join(f'--{boundary}\nContent-Type: {kind}; charset="us-ascii"\n\n{text}\n' for kind, text in parts)
+    return f'Content-Type: multipart/mixed; boundary="{boundary}"\nMIME-Version: 1.0\n\n{body}--{boundary}--\n'

@@ -266,3 +266,7 @@ def test_where_the_rpm_put_the_unit_no_copy_in_etc_shadows_it_nor_an_etc_gate_ma
     assert "daemon-reload" in systemctl(host)
     again = install.install(policy(tmp_path), flavor=fl)
     assert not [c for c in again.changed if "remove" in c or "write" in c], again.changed
+    # the package's gate masked (the user-data's ECS_HARDEN_GATE_AGENT=false): left so
+    old_gate.symlink_to("/dev/null")
+    install.install(policy(tmp_path), flavor=fl)
+    assert old_gate.is_symlink() and os.readlink(old_gate) == "/dev/null"
