@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from typing import Callable
 
 from ecs_harden import install, proc
 from ecs_harden import policy as policy_mod
