@@ -26,8 +26,8 @@ ecs_harden_user_data() (
   esac
   systemctl daemon-reload || :
   n=${f##*/}
-  [[ $s =~ ^[0-9a-f]{64}$ ]] || fail "not a sha256: $s"
   [[ $n =~ ^ecs-harden-[A-Za-z0-9._+-]+\.(rpm|tar\.gz)$ ]] || fail "ECS_HARDEN_FROM: not a release: '$f'"
+  [[ $s =~ ^[0-9a-f]{64}$ ]] || fail "not a sha256: $s"
   d=$(mktemp -d /var/tmp/ecs-harden-dist.XXXXXX)
   trap 'rm -rf "$d"' EXIT
   a=$d/$n

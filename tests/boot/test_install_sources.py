@@ -206,7 +206,7 @@ def test_the_gate_holds_the_agent_for_the_block_never_for_what_the_policy_report
     it start; it holds the agent only while the block is not in force, and the agent comes
     up by itself (Restart=on-failure) once the block is back. `install` migrates an old
     gate drop-in."""
-    assert "ExecStartPre=/usr/local/bin/ecs-harden gate\n" in host.run(["cat", GATE]).stdout
+    assert "ExecStartPre=/usr/bin/ecs-harden gate\n" in host.run(["cat", GATE]).stdout
     host.run(["sh", "-c", f"cat > {GATE}"], input=OLD_GATE)
     cp = host.run(["/usr/local/bin/ecs-harden", "install", "--format", "json"])
     assert f"{GATE}: the ECS agent's gate is now `ecs-harden gate` (was a full check)" in cp.stdout, cp.stdout
@@ -264,7 +264,8 @@ def test_the_rpm_through_the_user_data_moves_the_host_to_the_package_and_again_c
     assert host.run(["test", "-e", GATE], check=False).returncode != 0  # the package's holds
     agent = host.run(["systemctl", "cat", "ecs.service"]).stdout
     assert "ExecStartPre=/usr/bin/ecs-harden gate" in agent and "/usr/local/bin" not in agent, agent
-    state = ("sha256sum /etc/ecs/ecs.config /etc/sysconfig/iptables /etc/ecs-harden/policy.yaml "
+    state = ("grep -vxF -e ECS_CLUSTER=vmtest -e ECS_ENABLE_CONTAINER_METADATA=true /etc/ecs/ecs.config; "
+             "sha256sum /etc/sysconfig/iptables /etc/ecs-harden/policy.yaml "
              "/etc/systemd/system/ecs-harden.service.d/*; ls /etc/systemd/system/ecs.service.d; "
              "systemctl show -p MainPID -p ActiveState ecs-harden.service; rpm -qa | sort")
     before = host.sh(state).stdout
