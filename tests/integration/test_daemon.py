@@ -348,7 +348,7 @@ def slow_daemon(clean: EcsHost) -> Iterator[tuple[EcsHost, Running]]:
 def test_delete_insert_above_and_flush_repaired_well_before_interval(
     slow_daemon: tuple[EcsHost, Running],
 ) -> None:
-    """On legacy by the table probe (20 s / 22 = every 0.9 s), on nf_tables by events."""
+    """On legacy when iptables closes the xtables lock (the lock watch), on nf_tables by events."""
     host, run = slow_daemon
     run.wait_for("READY=1")
     limit = 5.0  # a quarter of interval; the bench measures the real latency
