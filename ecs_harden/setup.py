@@ -13,7 +13,7 @@ from typing import Callable
 
 from ecs_harden import install, proc
 from ecs_harden import policy as policy_mod
-from ecs_harden.atomic import write_atomic
+from ecs_harden.atomic import read_bytes, write_atomic
 from ecs_harden.errors import EXIT_OK, EXIT_USAGE, HardenError, PolicyError
 from ecs_harden.policy.trusted import read_plain
 
@@ -41,13 +41,9 @@ def stage_policy(source: str, target: str, say: Say = _say) -> bool:
         policy_mod.parse(data, source=where)
     except PolicyError as exc:
         raise SetupFailed(f"the policy given is invalid: {exc}; nothing was changed", EXIT_USAGE) from None
-    try:
-        with open(target, "rb") as f:
-            if f.read() == data:
-                say(f"unchanged: {target}")
-                return False
-    except FileNotFoundError:
-        pass
+    if read_bytes(target) == data:
+        say(f"unchanged: {target}")
+        return False
     os.makedirs(os.path.dirname(target) or ".", mode=0o755, exist_ok=True)
     write_atomic(target, data, mode=0o600)
     if os.geteuid() == 0:  # an existing file kept its owner: the daemon wants root's
