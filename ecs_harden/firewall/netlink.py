@@ -13,8 +13,64 @@ NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
 NFTA_GEN_PROC_PID = 2
 NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NFGENMSG = 4  # family u8, version u8, res_id be16
+
+
+def encode_attr(atype: int, value: bytes) -> bytes:
+    data = struct.pack("=HH", 4 + len(value), atype) + value
+    return data + bytes(-len(data) % 4)
+
+
+def message(mtype: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
+    """One nfnetlink request: the netlink header, nfgenmsg, then body."""
+    payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(payload), mtype, flags, seq, 0) + payload
+
+
+def attribute_list(data: bytes) -> list[tuple[int, bytes]]:
+    """Attributes in order, the nested flag masked off; a short or broken one ends the list."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset + 4 <= len(data):
+        alen, atype = struct.unpack_from("=HH", data, offset)
+        if alen < 4:
+            break
+        out.append((atype & 0x3FFF, data[offset + 4:offset + alen]))
+        offset += (alen + 3) & ~3
+    return out
+
+
+def attributes(data: bytes) -> dict[int, bytes]:
+    return dict(attribute_list(data))
+
+
+def messages(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, body after the netlink header) of each message in a datagram."""
+    out = []
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size:
+            break
+        out.append((mtype, data[offset + NLMSG_HDR.size:offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def open_socket(timeout: float = 5.0) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.settimeout(timeout)
+    sock.bind((0, 0))
+    return sock
+
+
+def error_code(body: bytes) -> int:
+    """The errno of an NLMSG_ERROR (0: an acknowledgement)."""
+    return -int(struct.unpack_from("=i", body, 0)[0])
 
 
 def gen_attr(attrs: bytes, wanted: int) -> int | None:

@@ -16,10 +16,17 @@ import struct
 from collections.abc import Sequence
 
 from ecs_harden.firewall.netlink import (
-    NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
+    NLM_F_DUMP,
     NLM_F_REQUEST,
-    NLMSG_HDR,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    attributes,
+    encode_attr,
+    error_code,
+    message,
+    messages,
+    open_socket,
 )
 
 NFT_MSG_NEWRULE = 6
@@ -31,10 +38,7 @@ NFTA_RULE_HANDLE = 3
 NFNL_MSG_BATCH_BEGIN = 16
 NFNL_MSG_BATCH_END = 17
 NFNL_BATCH_GENID = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 NLM_F_ACK = 4
-NLM_F_DUMP = 0x300
 NFPROTO = {4: 2, 6: 10}  # our family -> NFPROTO_IPV4 / NFPROTO_IPV6
 ERESTART = 85
 
@@ -43,70 +47,26 @@ class Changed(OSError):
     """The ruleset changed between the read and the delete: nothing was deleted."""
 
 
-def _attr(atype: int, value: bytes) -> bytes:
-    data = struct.pack("=HH", 4 + len(value), atype) + value
-    return data + bytes(-len(data) % 4)
-
-
-def _msg(mtype: int, flags: int, seq: int, family: int, body: bytes, res_id: int = 0) -> bytes:
-    payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(payload), mtype, flags, seq, 0) + payload
-
-
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(data):
-        alen, atype = struct.unpack_from("=HH", data, offset)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = data[offset + 4:offset + alen]
-        offset += (alen + 3) & ~3
-    return out
-
-
-def _messages(data: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size:
-            break
-        out.append((mtype, data[offset + NLMSG_HDR.size:offset + length]))
-        offset += (length + 3) & ~3
-    return out
-
-
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    sock.settimeout(5.0)
-    sock.bind((0, 0))
-    return sock
-
-
-def _error(body: bytes) -> int:
-    return -int(struct.unpack_from("=i", body, 0)[0])
-
-
 def handles(family: int, table: str, chain: str) -> list[int]:
     """The handles of the chain's rules, in the chain's order (as iptables -S lists them)."""
-    body = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+    body = (encode_attr(NFTA_RULE_TABLE, table.encode() + b"\0")
+            + encode_attr(NFTA_RULE_CHAIN, chain.encode() + b"\0"))
     mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE
     out: list[int] = []
-    with _socket() as sock:
-        sock.send(_msg(mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, NFPROTO[family], body))
+    with open_socket() as sock:
+        sock.send(message(mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, NFPROTO[family], body))
         while True:
-            for rtype, rbody in _messages(sock.recv(1 << 20)):
+            for rtype, rbody in messages(sock.recv(1 << 20)):
                 if rtype == NLMSG_DONE:
                     return out
                 if rtype == NLMSG_ERROR:
-                    code = _error(rbody)
+                    code = error_code(rbody)
                     if code:
                         raise OSError(code, f"listing {table} {chain}: {errno.errorcode.get(code, code)}")
                     continue
                 if rtype & 0xFF != NFT_MSG_NEWRULE:
                     continue
-                attrs = _attrs(rbody[4:])
+                attrs = attributes(rbody[4:])
                 if attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0") != chain.encode():
                     continue  # a kernel that ignores the dump filter
                 if attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0") != table.encode():
@@ -123,30 +83,30 @@ def delete(family: int, table: str, chain: str, rule_handles: Sequence[int], gen
         return
     nfproto = NFPROTO[family]
     seq = 1
-    parts = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0,
-                  _attr(NFNL_BATCH_GENID, struct.pack(">I", generation & 0xFFFFFFFF)),
+    parts = [message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0,
+                  encode_attr(NFNL_BATCH_GENID, struct.pack(">I", generation & 0xFFFFFFFF)),
                   res_id=NFNL_SUBSYS_NFTABLES)]
     mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE
     for handle in rule_handles:
         seq += 1
-        body = (_attr(NFTA_RULE_TABLE, table.encode() + b"\0")
-                + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
-                + _attr(NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
-        parts.append(_msg(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, nfproto, body))
+        body = (encode_attr(NFTA_RULE_TABLE, table.encode() + b"\0")
+                + encode_attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+                + encode_attr(NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
+        parts.append(message(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, nfproto, body))
     seq += 1
-    parts.append(_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, b"", res_id=NFNL_SUBSYS_NFTABLES))
+    parts.append(message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, b"", res_id=NFNL_SUBSYS_NFTABLES))
     acks = 0
-    with _socket() as sock:
+    with open_socket() as sock:
         sock.send(b"".join(parts))
         while acks < len(rule_handles):
             try:
                 data = sock.recv(65536)
             except socket.timeout:
                 raise OSError(errno.ETIMEDOUT, "no answer from nf_tables") from None
-            for rtype, rbody in _messages(data):
+            for rtype, rbody in messages(data):
                 if rtype != NLMSG_ERROR:
                     continue
-                code = _error(rbody)
+                code = error_code(rbody)
                 if code == ERESTART:
                     raise Changed(code, "the ruleset changed since it was read; nothing deleted")
                 if code:

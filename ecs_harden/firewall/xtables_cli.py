@@ -8,18 +8,27 @@ atomic and never leaves a window without the block.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Dict, Tuple
 
 from ecs_harden import proc
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.firewall import nfthandles
+from ecs_harden.firewall import nfthandles, nftstate
 from ecs_harden.firewall.backend import DeleteAt, Insert, NewChain, Op, separate
 from ecs_harden.firewall.evaluate import ChainReader
 from ecs_harden.firewall.netlink import generation
 from ecs_harden.firewall.rule import Chain, parse_chain_listing, quote_args
 
 WAIT_SECONDS = "10"
+
+# (family, table, chain) -> (the chain's state over netlink, what `iptables -S` printed
+# for it): a resync reads every chain's state in this process and lists only a changed one.
+_LISTED: dict[tuple[int, str, str], tuple[bytes, Chain | None]] = {}
+_LISTED_MAX = 64
+States = Tuple[int, Dict[str, bytes]]  # the generation read at, {chain: state}
 
 
 class XtablesCli:
@@ -70,18 +79,77 @@ class XtablesCli:
     def snapshot(self, table: str = "filter") -> ChainReader:
         names = self._read_last.get(table, [])
         ready: dict[str, proc.Completed] = self._preloaded.pop(table, {})
-        if len(names) > 1:
-            ready.update(zip(names, proc.run_many([self._argv(n, table) for n in names])))
+        known, keys = self._unchanged(table, [n for n in names if n not in ready])
+        todo = [n for n in names if n not in ready and n not in known]
+        if len(todo) > 1:
+            ready.update(zip(todo, proc.run_many([self._argv(n, table) for n in todo])))
+            self._remember(table, {n: ready[n] for n in todo}, keys)
         seen: list[str] = []
         self._read_last[table] = seen
 
         def read(name: str) -> Chain | None:
             if name not in seen:
                 seen.append(name)
+            if name in known:
+                return known.pop(name)
             done = ready.pop(name, None)
-            return self.read_chain(name, table) if done is None else self._chain(name, table, done)
+            if done is None:
+                found, key = self._unchanged(table, [name])
+                if name in found:
+                    return found[name]
+                done = proc.run(self._argv(name, table), check=False)
+                self._remember(table, {name: done}, key)
+            return self._chain(name, table, done)
 
         return read
+
+    def _key(self) -> str:
+        """The iptables binary in use: a listing is its output, an upgrade may print otherwise."""
+        path = shutil.which(self.binary)
+        if path is None:
+            return ""
+        st = os.stat(path)
+        return f"{os.path.realpath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+    def _unchanged(self, table: str, names: Sequence[str]) -> tuple[dict[str, Chain | None], States]:
+        """The chains whose state over netlink is the one their cached listing was read at,
+        and the states read (to key the listings run now)."""
+        if not names:
+            return {}, (-1, {})
+        try:
+            gen, states = nftstate.states(self.family, table, names)
+            binary = self._key().encode()
+        except OSError:
+            return {}, (-1, {})
+        states = {n: binary + b"\0" + s for n, s in states.items()}
+        found: dict[str, Chain | None] = {}
+        for name, state in states.items():
+            hit = _LISTED.get((self.family, table, name))
+            if hit is not None and hit[0] == state:
+                found[name] = hit[1]
+        return found, (gen, states)
+
+    def _remember(self, table: str, listed: dict[str, proc.Completed], key: States) -> None:
+        """Keep what was listed under the state read before it, only if the ruleset is still
+        at that generation (so the listing is of exactly that state)."""
+        gen, states = key
+        if not states or not any(n in states for n in listed):
+            return
+        try:
+            if generation() != gen:
+                return
+        except OSError:
+            return
+        for name, done in listed.items():
+            if name not in states:
+                continue
+            try:
+                chain = self._chain(name, table, done)
+            except RuntimeFailure:
+                continue
+            if len(_LISTED) >= _LISTED_MAX:
+                _LISTED.clear()
+            _LISTED[(self.family, table, name)] = (states[name], chain)
 
     def restore_script(self, ops: Sequence[Op]) -> str:
         lines: list[str] = []
