@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-from", metavar="FILE",
                    help="write this policy (validated; '-' for standard input) where the daemon "
                         "reads it, only when it differs")
+    p.add_argument("--format", choices=["text", "json"], default="text",
+                   help="json: the steps' lines on stderr, one object on stdout at the end (what "
+                        "changed, compliant or not), as the Ansible role reads it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="change nothing: say what would be written and installed, then check")
+    p.add_argument("--no-enable", dest="enable", action="store_false",
+                   help="install the unit without enabling or starting it")
     p = command("remove", "take the managed rules out of the live ruleset and the persisted files")
     p.add_argument("--yes", action="store_true", help="really remove (required)")
     return parser
@@ -270,7 +277,7 @@ def _install(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     """Every failure is one FAILED line on stdout (the user-data's log has it in order)."""
-    from ecs_harden.setup import setup
+    from ecs_harden.setup import Options, setup
 
     globals_ = [f"--log-level={args.log_level}"]
     if args.log_format:
@@ -278,7 +285,11 @@ def _setup(args: argparse.Namespace) -> int:
     if args.policy:
         globals_.append(f"--policy={args.policy}")
     try:
-        return setup(args.policy, args.policy_from, globals_=globals_)
+        opts = Options(json=args.format == "json", dry_run=args.dry_run, enable=args.enable)
+        if opts.json:
+            return setup(args.policy, args.policy_from, globals_=globals_, opts=opts,
+                         say=lambda line: print(f"ecs-harden: {line}", file=sys.stderr, flush=True))
+        return setup(args.policy, args.policy_from, globals_=globals_, opts=opts)
     except HardenError as exc:
         print(f"ecs-harden: FAILED: {exc}", flush=True)
         return exc.exit_code

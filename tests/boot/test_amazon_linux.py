@@ -207,6 +207,42 @@ def test_user_data_again_changes_nothing(host: EmulatedHost) -> None:
     assert sums() == before
 
 
+DELETE_THE_BLOCK = """
+for t in "filter DOCKER-USER" "filter FORWARD" "raw PREROUTING"; do
+    set -- $t
+    iptables -t $1 -S $2 | grep -- "-d 169.254.169.254/32" | sed "s/^-A/-D/" \\
+      | while read -r rule; do eval iptables -t $1 $rule; done
+done
+"""
+
+
+def test_setup_as_the_role_runs_it_says_what_changed_and_its_dry_run_changes_nothing(host: EmulatedHost) -> None:
+    """`setup --format json` (the Ansible role's call): nothing to do is `changed: []`; with
+    the daemon stopped and the block deleted, `--dry-run` names the repair and changes
+    nothing (rules, unit); the real run repairs, starts the unit and says both."""
+    def setup(*args: str) -> dict[str, object]:
+        cp = host.run(["ecs-harden", "--log-level", "error", "setup", "--format", "json", *args],
+                      check=False, timeout=300)
+        assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
+        return dict(json.loads(cp.stdout))
+
+    quiet = setup()
+    assert quiet["changed"] == [] and quiet["compliant"] is True and quiet["unit"] == "active", quiet
+    state = "iptables -S; iptables -t raw -S; systemctl is-active ecs-harden"
+    host.sh("systemctl stop ecs-harden && " + DELETE_THE_BLOCK)
+    try:
+        before = host.sh(state, check=False).stdout
+        dry = setup("--dry-run")
+        assert dry["compliant"] is False and dry["dry_run"] is True, dry
+        assert "repair imds.ipv4.live" in dry["changed"], dry
+        assert host.sh(state, check=False).stdout == before  # nothing applied, nothing started
+        real = setup()
+        assert real["compliant"] is True and real["unit"] == "active", real
+        assert "apply imds.ipv4.live" in real["changed"] and "start ecs-harden.service" in real["changed"], real
+    finally:
+        host.sh("systemctl start ecs-harden", check=False)
+
+
 def test_after_a_reboot_the_restore_blocks_before_docker_starts(host: BootedHost) -> None:
     """The boot after the first: what was saved is restored before Docker starts, and what
     the daemon saves after it again holds one copy of each rule (what the next boot restores)."""

@@ -18,15 +18,25 @@ def test_a_policy_is_written_0600_only_when_it_differs(tmp_path: Path) -> None:
     staged, target = tmp_path / "staged.yaml", tmp_path / "etc" / "policy.yaml"
     staged.write_bytes(GOOD)
     said: list[str] = []
-    assert stage_policy(str(staged), str(target), said.append) is True
+    assert stage_policy(str(staged), str(target), said.append)[0] is True
     assert target.read_bytes() == GOOD and stat.S_IMODE(target.stat().st_mode) == 0o600
     assert said == [f"wrote {target}"]
     target.chmod(0o644)  # an operator's slip: the next write puts it back
     staged.write_bytes(GOOD + b"resync: 120\n")
-    assert stage_policy(str(staged), str(target), said.append) is True
+    assert stage_policy(str(staged), str(target), said.append)[0] is True
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert stage_policy(str(staged), str(target), said.append) is False
+    assert stage_policy(str(staged), str(target), said.append)[0] is False
     assert said[-1] == f"unchanged: {target}"
+
+
+def test_a_dry_run_says_what_it_would_write_and_writes_nothing(tmp_path: Path) -> None:
+    staged, target = tmp_path / "staged.yaml", tmp_path / "policy.yaml"
+    staged.write_bytes(GOOD + b"resync: 120\n")
+    target.write_bytes(GOOD)
+    said: list[str] = []
+    differs, given = stage_policy(str(staged), str(target), said.append, dry_run=True)
+    assert differs is True and given.resync == 120
+    assert target.read_bytes() == GOOD and said == [f"would write {target}"]
 
 
 @pytest.mark.parametrize("bad", [b"mode: sideways\n", b"interval: [\n", b"mode: \xff\n"])
