@@ -35,18 +35,27 @@ def artifact(minor: str) -> tuple[Path, str]:
         return _artifact(minor)
 
 
-def _artifact(minor: str) -> tuple[Path, str]:
+def release_dir() -> Path:
+    """The whole release of this source state, as `scripts/release` makes it with its
+    defaults (every target, the RPM, SHA256SUMS), built once: the release tests read it and
+    the booted hosts and VMs install from it."""
+    with cache_lock("release"):
+        return _release_dir()
+
+
+def _release_dir() -> Path:
     out = CACHE / f"release-{source_hash()}"
-    sums = out / "SHA256SUMS"
-    found = [p for p in out.glob(f"ecs-harden-*-py{minor}-*.tar.gz")] if out.exists() else []
-    if not found:
+    if not (out / "SHA256SUMS").exists():
         for old in CACHE.glob("release-*"):
-            if old != out:
-                shutil.rmtree(old, ignore_errors=True)
-        subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--target", minor], check=True,
-                       timeout=1800)
-        found = list(out.glob(f"ecs-harden-*-py{minor}-*.tar.gz"))
-    (tarball,) = found
+            shutil.rmtree(old, ignore_errors=True)
+        subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], check=True, timeout=1800)
+    return out
+
+
+def _artifact(minor: str) -> tuple[Path, str]:
+    out = _release_dir()
+    sums = out / "SHA256SUMS"
+    (tarball,) = out.glob(f"ecs-harden-*-py{minor}-*.tar.gz")
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         if name == tarball.name:

@@ -22,6 +22,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except ValueError:
             continue
         item.add_marker(TIERS.get(top, "quick"))
+    one_variant(config, items)
+
+
+def one_variant(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.one_variant("legacy")`: what the test proves does not depend on
+    iptables' variant (it never reads or writes netfilter, or another test proves that part
+    on both), so the lab host's other variant is deselected, not set up and skipped."""
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("one_variant")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if mark is not None and params.get("host", mark.args[0]) != mark.args[0]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 # -- where the run's time goes: printed at the end of every run (TESTING.md) ----------

@@ -8,6 +8,8 @@ import signal
 import sys
 import time
 
+import pytest
+
 from tests.lab.host import IMDS_V4, PROJECT, EcsHost
 
 CHURN = """
@@ -107,6 +109,8 @@ def _applies_at_once(host: EcsHost, n: int) -> list[str]:
     return (host.dir / "codes").read_text().split()
 
 
+# One variant: applies are serialised by ecs-harden's own lock; legacy's one copy beside the daemon is test_applies_racing_the_daemon_leave_exactly_one_copy[legacy].
+@pytest.mark.one_variant("nft")
 def test_concurrent_applies_leave_exactly_one_copy(clean: EcsHost) -> None:
     (clean.sandbox.etc / "ecs").mkdir(exist_ok=True)
     for _ in range(10):

@@ -289,6 +289,8 @@ def test_metrics_are_rewritten_at_every_heartbeat_with_the_version(daemon: tuple
     assert started and started[0]["version"] == __version__
 
 
+# One variant: legacy's clean stop with the rules kept: test_unit_boot's debian-legacy stop and the testinfra suite on amzn2-legacy.
+@pytest.mark.one_variant("nft")
 def test_sigterm_exits_0_and_leaves_the_block(daemon: tuple[EcsHost, Running]) -> None:
     host, run = daemon
     run.wait_for("READY=1")
@@ -395,6 +397,8 @@ def test_legacy_sees_a_change_when_the_writer_closes_the_xtables_lock_and_one_wi
     assert not host.reaches(IMDS_V4)
 
 
+# One variant: a missing restore unit, logged once: flavor and logging, not netfilter.
+@pytest.mark.one_variant("nft")
 def test_a_persisting_error_is_logged_once_not_every_resync(slow_daemon: tuple[EcsHost, Running]) -> None:
     host, run = slow_daemon
     run.wait_for("READY=1")

@@ -285,6 +285,8 @@ def test_a_silent_path_to_imds_is_never_taken_for_the_block(paths: EcsHost) -> N
         h.sandbox.sh("ip netns exec imds iptables -w -F INPUT", check=False)
 
 
+# One variant: the variant-dependent part, the DROP counters read, is test_a_silent_path_to_imds_is_never_taken_for_the_block's on both.
+@pytest.mark.one_variant("legacy")
 def test_behind_600_ms_of_delay_the_probe_is_never_ok_without_the_block(paths: EcsHost) -> None:
     """IMDS 600 ms away each way (a TUN delay line, tests/lab/delayline.py: this kernel
     has no netem): with the block in place the probe is `ok` through the delay (our DROP
@@ -372,6 +374,8 @@ def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: Ec
         h.docker("network", "rm", "mvnet", check=False)
 
 
+# One variant: the probe lock and the reuse of the daemon's probe; legacy applies beside the daemon are test_concurrency's.
+@pytest.mark.one_variant("nft")
 def test_checks_beside_other_probes_never_break_a_probe(paths: EcsHost) -> None:
     """One probe at a time per host: 12 `check --fresh`, four at once, beside the daemon and
     a loop of `apply` probing back to back: each check's own probe proves the block, the
@@ -428,6 +432,8 @@ MANY = ("pids=$1; n=$2; : > $pids; i=0; while [ $i -lt $n ]; do "
         "echo ready >> $pids; wait")
 
 
+# One variant: the namespace scan reads /proc and runs nsenter/ip, never netfilter.
+@pytest.mark.one_variant("legacy")
 def test_thousands_of_a_users_namespaces_never_stall_a_check_or_the_daemon(paths: EcsHost) -> None:
     """2,000 empty user+net namespaces of an unprivileged user (the scan used to take 8-9 s,
     serially, in the daemon's loop): `check` answers within 10 s and says how many it did not
