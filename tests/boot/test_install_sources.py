@@ -8,7 +8,8 @@ user-data with exit 1, and keeps the ECS agent (a stand-in ecs.service with the 
 ordering and restart) from starting until the host is hardened.
 
 The tests run in order on one host, which has no user-data of its own: the script is
-run by hand as cloud-init runs it (bash, as root)."""
+run by hand as cloud-init runs it (bash, as root); the move to the RPM goes through real
+cloud-init (a NoCloud seed, its four stages)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,23 @@ class SourcesHost(BootedHost):
             assert script.count(policy[0]) == 1, policy
             script = script.replace(*policy)
         return self.run(["bash", "-s"], input=script, check=False, timeout=900)
+
+    def through_cloud_init(self, source: str, sha256: str) -> subprocess.CompletedProcess[str]:
+        """The same user-data as EC2 hands it over: a NoCloud seed with a new instance-id,
+        then real cloud-init's four stages in a boot's order (its scripts-user runs once per
+        instance). Their output, then the user-data's own log."""
+        script = launch_template(source, sha256, before=artifacts.S3_CREDENTIALS, ECS_HARDEN_S3_ENDPOINT=S3)
+        seed = "/var/lib/cloud/seed/nocloud"
+        self.sh(f"mkdir -p {seed} /etc/cloud/cloud.cfg.d")
+        self.run(["cp", "/dev/stdin", "/etc/cloud/cloud.cfg.d/99-ecs-test-nocloud.cfg"],
+                 input=amazon.NOCLOUD.read_text())
+        self.run(["cp", "/dev/stdin", f"{seed}/meta-data"],
+                 input=f"instance-id: i-ecs-test-rpm-{time.time_ns()}\nlocal-hostname: ecs-test-sources\n")
+        self.run(["cp", "/dev/stdin", f"{seed}/user-data"], input=script)
+        stages = self.sh("cloud-init init --local && cloud-init init && cloud-init modules --mode config "
+                         "&& cloud-init modules --mode final", check=False, timeout=900)
+        log = self.run(["cat", "/var/log/ecs-harden-user-data.log"], check=False).stdout
+        return subprocess.CompletedProcess(stages.args, stages.returncode, stages.stdout + log, stages.stderr)
 
     def untouched(self) -> str:
         """What a failed run must leave as it was."""
@@ -249,17 +267,20 @@ def test_with_the_gate_off_the_agent_is_not_held(host: SourcesHost) -> None:
 
 def test_the_rpm_through_the_user_data_moves_the_host_to_the_package_and_again_changes_nothing(
         host: SourcesHost) -> None:
-    """The same user-data pinned to the AL2023 RPM (s3://) on the host the tarball
-    hardened: dnf installs it (the move to the package), setup ends compliant, the agent's
+    """The same user-data pinned to the AL2023 RPM (s3://), through real cloud-init, on the
+    host the tarball hardened: dnf installs it (the move to the package), setup ends
+    compliant, cloud-init's status is done without errors, the agent's
     gate is the package's; run again, nothing changes (files, the daemon's process); the
     gate off masks the package's gate, on again unmasks it."""
     rpm = artifacts.rpm()
     upload, url = artifacts.s3_upload(S3, rpm)
     assert (cp := host.in_netns(upload, timeout=60)).returncode == 0, cp.stderr[-2000:]
     sha256 = hashlib.sha256(rpm.read_bytes()).hexdigest()
-    cp = host.user_data(url, sha256)
+    cp = host.through_cloud_init(url, sha256)
     assert cp.returncode == 0, (cp.stdout + cp.stderr)[-4000:]
     assert "ecs-harden: done: compliant, ecs-harden.service active" in cp.stdout, cp.stdout[-3000:]
+    status = host.run(["cloud-init", "status", "--long"], check=False)
+    assert status.returncode == 0 and "status: done" in status.stdout, status.stdout + status.stderr
     assert host.run(["rpm", "-q", "ecs-harden"]).stdout.startswith("ecs-harden-")
     assert host.run(["test", "-e", GATE], check=False).returncode != 0  # the package's holds
     agent = host.run(["systemctl", "cat", "ecs.service"]).stdout
