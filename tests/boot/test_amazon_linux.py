@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,7 +221,7 @@ def test_setup_as_the_role_runs_it_says_what_changed_and_its_dry_run_changes_not
     """`setup --format json` (the Ansible role's call): nothing to do is `changed: []`; with
     the daemon stopped and the block deleted, `--dry-run` names the repair and changes
     nothing (rules, unit); the real run repairs, starts the unit and says both."""
-    def setup(*args: str) -> dict[str, object]:
+    def setup(*args: str) -> dict[str, Any]:
         cp = host.run(["ecs-harden", "--log-level", "error", "setup", "--format", "json", *args],
                       check=False, timeout=300)
         assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-2000:]
