@@ -130,7 +130,7 @@ def rpm_query(rpm: Path, *args: str) -> str:
 def installed_root(built: Path, tmp_path: Path) -> tuple[Path, Path]:
     """The RPM laid down by the real rpm into a root of its own (no scriptlets: they
     need the booted host's systemd), and the RPM."""
-    (rpm,) = built.glob("*.amzn2023.x86_64.rpm")
+    (rpm,) = built.glob("*-1.amzn2023.x86_64.rpm")  # release 2 is a test's (rpm_release)
     root = tmp_path / "root"
     subprocess.run(["rpm", "--root", str(root), "-i", "--nodeps", "--noscripts", "--nosignature", str(rpm)],
                    check=True, capture_output=True)
