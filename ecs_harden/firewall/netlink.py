@@ -3,6 +3,7 @@ socket family and message layout, and the ruleset generation (NFT_MSG_GETGEN).""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
@@ -71,6 +72,27 @@ def open_socket(timeout: float = 5.0) -> socket.socket:
 def error_code(body: bytes) -> int:
     """The errno of an NLMSG_ERROR (0: an acknowledgement)."""
     return -int(struct.unpack_from("=i", body, 0)[0])
+
+
+def dump(sock: socket.socket, mtype: int, family: int, body: bytes, *,
+         missing: bool = False) -> list[tuple[int, bytes]]:
+    """The answers to an nf_tables dump request: (type, body after nfgenmsg) each. An
+    error is OSError naming it; with missing=True, ENOENT (no such table or chain) is an
+    empty dump."""
+    sock.send(message((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, family, body))
+    out: list[tuple[int, bytes]] = []
+    while True:
+        for rtype, rbody in messages(sock.recv(1 << 20)):
+            if rtype == NLMSG_DONE:
+                return out
+            if rtype == NLMSG_ERROR:
+                code = error_code(rbody)
+                if code == errno.ENOENT and missing:
+                    return []
+                if code:
+                    raise OSError(code, f"nf_tables dump: {errno.errorcode.get(code, code)}")
+                continue
+            out.append((rtype, rbody[4:]))
 
 
 def gen_attr(attrs: bytes, wanted: int) -> int | None:

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 from ecs_harden.firewall.netlink import (
     NFNL_SUBSYS_NFTABLES,
-    NLM_F_DUMP,
     NLM_F_REQUEST,
-    NLMSG_DONE,
     NLMSG_ERROR,
     attributes,
+    dump,
     encode_attr,
     error_code,
     message,
@@ -51,30 +50,25 @@ def handles(family: int, table: str, chain: str) -> list[int]:
     """The handles of the chain's rules, in the chain's order (as iptables -S lists them)."""
     body = (encode_attr(NFTA_RULE_TABLE, table.encode() + b"\0")
             + encode_attr(NFTA_RULE_CHAIN, chain.encode() + b"\0"))
-    mtype = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE
     out: list[int] = []
     with open_socket() as sock:
-        sock.send(message(mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, NFPROTO[family], body))
-        while True:
-            for rtype, rbody in messages(sock.recv(1 << 20)):
-                if rtype == NLMSG_DONE:
-                    return out
-                if rtype == NLMSG_ERROR:
-                    code = error_code(rbody)
-                    if code:
-                        raise OSError(code, f"listing {table} {chain}: {errno.errorcode.get(code, code)}")
-                    continue
-                if rtype & 0xFF != NFT_MSG_NEWRULE:
-                    continue
-                attrs = attributes(rbody[4:])
-                if attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0") != chain.encode():
-                    continue  # a kernel that ignores the dump filter
-                if attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0") != table.encode():
-                    continue
-                handle = attrs.get(NFTA_RULE_HANDLE)
-                if handle is None or len(handle) != 8:
-                    raise OSError(errno.EPROTO, "a rule without a handle")
-                out.append(int(struct.unpack(">Q", handle)[0]))
+        try:
+            answers = dump(sock, NFT_MSG_GETRULE, NFPROTO[family], body)
+        except OSError as exc:
+            raise OSError(exc.errno, f"listing {table} {chain}: {exc.strerror}") from None
+    for rtype, rbody in answers:
+        if rtype & 0xFF != NFT_MSG_NEWRULE:
+            continue
+        attrs = attributes(rbody)
+        if attrs.get(NFTA_RULE_CHAIN, b"").rstrip(b"\0") != chain.encode():
+            continue  # a kernel that ignores the dump filter
+        if attrs.get(NFTA_RULE_TABLE, b"").rstrip(b"\0") != table.encode():
+            continue
+        handle = attrs.get(NFTA_RULE_HANDLE)
+        if handle is None or len(handle) != 8:
+            raise OSError(errno.EPROTO, "a rule without a handle")
+        out.append(int(struct.unpack(">Q", handle)[0]))
+    return out
 
 
 def delete(family: int, table: str, chain: str, rule_handles: Sequence[int], generation: int) -> None:

@@ -22,13 +22,10 @@ from ecs_harden.firewall.netlink import (
     NFT_MSG_GETGEN,
     NFT_MSG_NEWGEN,
     NFTA_GEN_ID,
-    NLM_F_DUMP,
     NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
     attribute_list,
+    dump,
     encode_attr,
-    error_code,
     gen_attr,
     message,
     messages,
@@ -60,21 +57,7 @@ class Unknown(Exception):
 
 
 def _dump(sock: socket.socket, mtype: int, family: int, body: bytes) -> list[bytes]:
-    """The bodies (after nfgenmsg) of a dump's answers; ENOENT is an empty dump."""
-    sock.send(message((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, family, body))
-    out: list[bytes] = []
-    while True:
-        for rtype, rbody in messages(sock.recv(1 << 20)):
-            if rtype == NLMSG_DONE:
-                return out
-            if rtype == NLMSG_ERROR:
-                code = error_code(rbody)
-                if code == errno.ENOENT:
-                    return []
-                if code:
-                    raise OSError(code, f"nf_tables dump: {errno.errorcode.get(code, code)}")
-                continue
-            out.append(rbody[4:])
+    return [b for _, b in dump(sock, mtype, family, body, missing=True)]
 
 
 def _generation(sock: socket.socket) -> int:
