@@ -285,8 +285,6 @@ def test_a_silent_path_to_imds_is_never_taken_for_the_block(paths: EcsHost) -> N
         h.sandbox.sh("ip netns exec imds iptables -w -F INPUT", check=False)
 
 
-# One variant: the variant-dependent part, the DROP counters read, is test_a_silent_path_to_imds_is_never_taken_for_the_block's on both.
-@pytest.mark.one_variant("legacy")
 def test_behind_600_ms_of_delay_the_probe_is_never_ok_without_the_block(paths: EcsHost) -> None:
     """IMDS 600 ms away each way (a TUN delay line, tests/lab/delayline.py: this kernel
     has no netem): with the block in place the probe is `ok` through the delay (our DROP
@@ -374,8 +372,6 @@ def test_a_macvlan_container_bypasses_every_rule_and_is_named_as_drift(paths: Ec
         h.docker("network", "rm", "mvnet", check=False)
 
 
-# One variant: the probe lock and the reuse of the daemon's probe; legacy applies beside the daemon are test_concurrency's.
-@pytest.mark.one_variant("nft")
 def test_checks_beside_other_probes_never_break_a_probe(paths: EcsHost) -> None:
     """One probe at a time per host: 12 `check --fresh`, four at once, beside the daemon and
     a loop of `apply` probing back to back: each check's own probe proves the block, the
