@@ -23,11 +23,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import crosswheels  # scripts/crosswheels.py, beside this module
+
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "rpm" / "ecs-harden.spec.in"
 PREFIX = "/opt/ecs-harden"
 PYTHON = "/usr/bin/python3.9"  # AL2023's python3
 MINOR = "3.9"
+GLIBC_FLOOR = (2, 34)  # AL2023's
 ARCHES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 POLICY = """\
 # ecs-harden's policy (man 8 ecs-harden; /usr/share/doc/ecs-harden). Every key is
@@ -63,12 +66,21 @@ def file_name(version: str, arch: str, release: int = 1) -> str:
     return f"ecs-harden-{version}-{release}.amzn2023.{arch}.rpm"
 
 
-def _venv(builder: Path, wheels: Path, root: Path, version: str) -> None:
-    """The venv at root/opt/ecs-harden, laid out for /usr/bin/python3.9."""
+def _venv(builder: Path, wheels: Path, root: Path, version: str, arch: str) -> None:
+    """The venv at root/opt/ecs-harden, laid out for /usr/bin/python3.9 on arch: pip
+    installs the wheels for that platform (this machine's or not) into its site-packages."""
     venv = root / PREFIX.lstrip("/")
-    _run([str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-index",
-          "--find-links", str(wheels), "--prefix", str(venv), "--no-compile", "--no-warn-script-location",
-          f"ecs-harden=={version}"], "installing the wheels into the RPM's venv", timeout=900)
+    site = venv / "lib" / f"python{MINOR}" / "site-packages"
+    nodot = MINOR.replace(".", "")
+    argv = [str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-index",
+            "--find-links", str(wheels), "--target", str(site), "--no-compile", "--only-binary", ":all:",
+            "--python-version", MINOR, "--implementation", "cp", "--abi", f"cp{nodot}", "--abi", "abi3",
+            "--abi", "none", "--platform", f"linux_{arch}"]
+    for plat in crosswheels.platforms(arch, GLIBC_FLOOR):
+        argv += ["--platform", plat]
+    _run([*argv, f"ecs-harden=={version}"], "installing the wheels into the RPM's venv", timeout=900)
+    for top in ("bin", "share"):  # --target puts the scripts and data files in site-packages
+        (site / top).rename(venv / top)
     (venv / "pyvenv.cfg").write_text(f"home = {os.path.dirname(PYTHON)}\n"
                                      "include-system-site-packages = false\n"
                                      f"version = {MINOR}\n")
@@ -84,17 +96,14 @@ def _venv(builder: Path, wheels: Path, root: Path, version: str) -> None:
         text = script.read_bytes()
         if text.startswith(b"#!"):
             script.write_bytes(f"#!{PREFIX}/bin/python\n".encode() + text.split(b"\n", 1)[1])
-    site = venv / "lib" / f"python{MINOR}" / "site-packages"
-    if not site.is_dir():
-        raise RpmError(f"pip left no {site.relative_to(root)}: not a Python {MINOR} prefix")
     _run([str(builder), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
           "-d", f"{PREFIX}/lib/python{MINOR}/site-packages", str(site)], "compiling the venv's bytecode",
          env={**os.environ, "PYTHONHASHSEED": "0"})  # a frozenset's order in a pyc follows the seed
 
 
-def _stage(builder: Path, wheels: Path, root: Path, version: str, unit: str, readme: Path,
+def _stage(builder: Path, wheels: Path, root: Path, version: str, arch: str, unit: str, readme: Path,
            license_file: Path) -> None:
-    _venv(builder, wheels, root, version)
+    _venv(builder, wheels, root, version, arch)
     share = root / PREFIX.lstrip("/") / "share"
     files = {
         "usr/lib/systemd/system/ecs-harden.service":
@@ -135,9 +144,9 @@ def build(tarball: Path, builder: Path, out: Path, mtime: int, *, version: str, 
             tar.extractall(work / "tarball")  # our own build's tarball
         (top,) = list((work / "tarball").iterdir())
         root = work / "root"
-        _stage(builder, top / "wheels", root, version, unit, readme, license_file)
+        _stage(builder, top / "wheels", root, version, arch, unit, readme, license_file)
         spec = work / "ecs-harden.spec"
-        spec.write_text(SPEC.read_text().replace("@VERSION@", version).replace("@ARCH@", ARCHES[arch])
+        spec.write_text(SPEC.read_text().replace("@VERSION@", version)
                         .replace("@RELEASE@", str(release)).replace("@STAGE@", str(root)))
         top_dir = work / "rpmbuild"
         _run(["rpmbuild", "-bb", "--target", ARCHES[arch], str(spec),
