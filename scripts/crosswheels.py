@@ -26,7 +26,8 @@ from pathlib import Path
 
 CROSS_CC = {"aarch64": "aarch64-linux-gnu-gcc"}
 OBJDUMP = {"aarch64": "aarch64-linux-gnu-objdump"}
-WHEEL_NAME = re.compile(r"^(?P<dist>[^-]+)-(?P<ver>[^-]+)(?:-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
+WHEEL_NAME = re.compile(
+    r"^(?P<dist>[^-]+)-(?P<ver>[^-]+)(?:-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
 COMPILED_HERE = "python_iptables"  # the wheel whose helper is compiled here, not fetched
 
 
@@ -40,7 +41,8 @@ def _run(argv: list[str], what: str, timeout: int = 600) -> str:
     except OSError as exc:
         raise CrossError(f"{what}: {exc.strerror}: {argv[0]}") from None
     if cp.returncode != 0:
-        raise CrossError(f"{what}: {' '.join(argv)} exited {cp.returncode}:\n{cp.stdout[-2000:]}{cp.stderr[-2000:]}")
+        raise CrossError(f"{what}: {' '.join(argv)} exited {cp.returncode}:\n"
+                         f"{cp.stdout[-2000:]}{cp.stderr[-2000:]}")
     return cp.stdout
 
 

@@ -28,11 +28,14 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def artifact(minor: str) -> tuple[Path, str]:
-    """The tarball for Python minor (built now if this source state has none) and its
-    sha256 as SHA256SUMS says."""
+NATIVE = "x86_64"  # this machine's; scripts/release makes aarch64's from its wheels
+
+
+def artifact(minor: str, arch: str = NATIVE) -> tuple[Path, str]:
+    """The tarball for Python minor on arch (built now if this source state has none)
+    and its sha256 as SHA256SUMS says."""
     with cache_lock("release"):
-        return _artifact(minor)
+        return _artifact(minor, arch)
 
 
 DEFAULT_TARGETS = ("3.8", "3.9", "3.11")  # scripts/release's
@@ -48,18 +51,20 @@ def release_dir() -> Path:
     return tarball.parent
 
 
-def _artifact(minor: str) -> tuple[Path, str]:
-    """One target at a time, so the first test to ask waits for its own target only."""
+def _artifact(minor: str, arch: str = NATIVE) -> tuple[Path, str]:
+    """One target at a time (both architectures), so the first test to ask waits for its
+    own target only."""
     out = CACHE / f"release-{source_hash()}"
     sums = out / "SHA256SUMS"
-    found = [p for p in out.glob(f"ecs-harden-*-py{minor}-*.tar.gz")] if out.exists() else []
+    pattern = f"ecs-harden-*-py{minor}-{arch}.tar.gz"
+    found = [p for p in out.glob(pattern)] if out.exists() else []
     if not found:
         for old in CACHE.glob("release-*"):
             if old != out:
                 shutil.rmtree(old, ignore_errors=True)
         subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--target", minor], check=True,
                        timeout=1800)
-        found = list(out.glob(f"ecs-harden-*-py{minor}-*.tar.gz"))
+        found = list(out.glob(pattern))
     (tarball,) = found
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
@@ -68,12 +73,12 @@ def _artifact(minor: str) -> tuple[Path, str]:
     raise AssertionError(f"{tarball.name} is not in {sums}")
 
 
-def rpm() -> Path:
-    """The Amazon Linux 2023 RPM of this source state (scripts/release builds it with the
-    3.9 tarball)."""
+def rpm(arch: str = NATIVE) -> Path:
+    """The Amazon Linux 2023 RPM of this source state for arch (scripts/release builds
+    it with the 3.9 tarball)."""
     with cache_lock("release"):
         tarball, _ = _artifact("3.9")
-    (found,) = tarball.parent.glob("ecs-harden-*-1.amzn2023.*.rpm")  # release 1, not a test's
+    (found,) = tarball.parent.glob(f"ecs-harden-*-1.amzn2023.{arch}.rpm")  # release 1, not a test's
     return found
 
 
@@ -84,12 +89,12 @@ def rpm_release(release: int) -> Path:
     first = rpm()
     with cache_lock("release"):
         version = first.name.split("-")[2]
-        want: Path = first.parent / rpmpkg.file_name(version, "x86_64", release)
+        want: Path = first.parent / rpmpkg.file_name(version, NATIVE, release)
         if not want.exists():
-            (tarball,) = first.parent.glob("ecs-harden-*-py3.9-*.tar.gz")
+            (tarball,) = first.parent.glob(f"ecs-harden-*-py3.9-{NATIVE}.tar.gz")
             from tests.boot.amazon import pyenv_version
             rpmpkg.build(tarball, pyenv_version("3.9") / "bin" / "python3.9", first.parent,
-                         int(first.stat().st_mtime), version=version, arch="x86_64",
+                         int(first.stat().st_mtime), version=version, arch=NATIVE,
                          unit=(PROJECT / "ecs_harden" / "systemd" / "ecs-harden.service").read_text(),
                          readme=PROJECT / "README.md", license_file=PROJECT / "LICENSE", release=release)
     return want

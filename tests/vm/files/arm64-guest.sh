@@ -58,6 +58,7 @@ variant() {  # what update-alternatives --set does, for every iptables name
 # apply, a packet, the block's counter, check, remove, a packet: one variant, one install
 exercise() {  # $1: the label of this run
     local label=$1 rc
+    result "$label.variant" "$(iptables -V)"
     result "$label.before" "$(probe)"
     step "$label apply"
     ecs-harden apply --log-format json > "/tmp/$label.apply" 2>&1
@@ -103,7 +104,6 @@ result version "$(ecs-harden --version)"
 result helper "$(/opt/ecs-harden/bin/python -c 'import iptc.xtables, yaml, psutil; print(yaml.__with_libyaml__, psutil.cpu_count() > 0)' 2>&1)"
 for v in nft legacy; do
     variant "$v"
-    result "tarball-$v.variant" "$(iptables -V)"
     exercise "tarball-$v"
 done
 
