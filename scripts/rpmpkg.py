@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import crosswheels  # scripts/crosswheels.py, beside this module
 
 HERE = Path(__file__).resolve().parent
