@@ -22,7 +22,7 @@ from ecs_harden.errors import (
     UsageError,
 )
 from ecs_harden.lock import ReconcileLock
-from ecs_harden.report import DRIFT, ERROR, STALE, render_text
+from ecs_harden.report import DRIFT, ERROR, STALE, Report, render_text
 
 if TYPE_CHECKING:
     from ecs_harden.reconcile import Outcome
@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt(command("facts", "what was detected about this host"))
     p = command("check", "report drift; change nothing")
-    fmt(p)
+    p.add_argument("--format", choices=("text", "json", "ssm-compliance"), default="text",
+                   help="ssm-compliance: the input of `aws ssm put-compliance-items` (type "
+                        "Custom:ecs_harden, one item per check and `daemon`) but for --resource-id")
     p.add_argument("--fresh", action="store_true",
                    help="probe IMDS now, even when the running daemon probed it recently")
     p = command("apply", "converge once, report what changed")
@@ -241,8 +243,30 @@ def _reconcile(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
             outcome = reconciler.run(repair=True)
     else:
         outcome = reconciler.run(repair=False, dry_run=dry_run)
-    _print(args.format, outcome, dry_run=dry_run, applied=repair and not dry_run)
+    if args.format == "ssm-compliance":
+        print(json.dumps(ssm_document(outcome.report, policy), indent=2))
+    else:
+        _print(args.format, outcome, dry_run=dry_run, applied=repair and not dry_run)
     return exit_code(outcome)
+
+
+def ssm_document(report: Report, policy: policy_mod.Policy) -> dict[str, object]:
+    """The report as SSM Compliance items, with the daemon's: is its unit active, and is
+    its status fresh (no older than 3 intervals, as `status` judges)."""
+    from ecs_harden import install, proc, ssmcompliance
+    from ecs_harden.statusfile import read_status
+
+    try:
+        done = proc.run(["systemctl", "is-active", install.UNIT], check=False, timeout=30)
+        active = done.stdout.strip() or f"unknown (systemctl exited {done.returncode})"
+    except proc.CommandError:
+        active = "unknown (systemctl did not answer)"
+    try:
+        _, age = read_status(policy.report.status_file)
+    except (OSError, ValueError):
+        age = None
+    daemon = ssmcompliance.daemon_item(active, age, 3 * policy.interval)
+    return ssmcompliance.document(report, daemon)
 
 
 def _remove(args: argparse.Namespace, policy: policy_mod.Policy) -> int:
