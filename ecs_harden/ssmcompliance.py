@@ -79,7 +79,8 @@ def document(report: Report, daemon: Mapping[str, Any]) -> dict[str, Any]:
                                  "actual": f.actual})
         for f in report.findings
     ]
-    items.append(dict(daemon))
+    platform = {k: str(report.platform.get(k) or "") for k in ("flavor", "iptables")}
+    items.append({**daemon, "Details": {**daemon["Details"], **{k: v for k, v in platform.items() if v}}})
     return {
         "ResourceType": RESOURCE_TYPE,
         "ComplianceType": COMPLIANCE_TYPE,

@@ -65,14 +65,18 @@ def fleet_report(hostvars: Any, hosts: list[str], check_var: str = "fleet_report
     for host in hosts:
         hv = hostvars.get(host) or {}
         rows.append(_row(host, hv.get(check_var), hv.get(status_var)))
-    summary = {
+    return {"hosts": rows, "summary": summarize(rows)}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """The counts of the hosts' rows (deploy/ssm/compliance_report.py makes rows of this shape too)."""
+    return {
         "hosts": len(rows),
         "compliant": sum(1 for r in rows if r["compliant"] is True and r.get("effective")),
         "not_yet_effective": sum(1 for r in rows if r["compliant"] is True and not r.get("effective")),
         "drifting": sum(1 for r in rows if r["reachable"] and r["compliant"] is not True),
         "unreachable": sum(1 for r in rows if not r["reachable"]),
     }
-    return {"hosts": rows, "summary": summary}
 
 
 def _cell(text: Any) -> str:
@@ -103,8 +107,11 @@ def fleet_markdown(report: dict[str, Any]) -> str:
         drift = "<br>".join(f"`{_cell(f['check'])}`: {_cell(f['detail'])}" for f in r["drift"] + r["pending"])
         state = ("yes" if r["effective"] else "yes, **not yet effective**") if r["compliant"] else "**NO**"
         d = r["daemon"]
-        daemon = (f"running (pid {d['pid']}), {d['repairs']} repairs, last reconcile {d['last_reconcile']}"
-                  if d["running"] else "**not running**")
+        if d.get("pid") is None and d.get("detail"):  # from SSM Compliance: the daemon item's words
+            daemon = d["detail"] if d["running"] else f"**{d['detail']}**"
+        else:
+            daemon = (f"running (pid {d['pid']}), {d['repairs']} repairs, "
+                      f"last reconcile {d['last_reconcile']}" if d["running"] else "**not running**")
         lines.append(f"| {_cell(r['host'])} | {_cell(r['flavor'])} | {_cell(r['iptables'])} | "
                      f"{state} | {drift} | {_cell(daemon)} |")
     lines += ["", summary_line(report), ""]
