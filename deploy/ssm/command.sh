@@ -5,6 +5,9 @@
 # variables (interpolationType ENV_VAR: SSM_Action, SSM_ReleaseUri, SSM_ReleaseSha256,
 # SSM_Policy): no value is ever pasted into this text, and each is checked again here.
 # Lines start "ecs-harden: "; a failure is one "ecs-harden: FAILED: ..." line and exit 1.
+# ECS_HARDEN_S3_ENDPOINT and ECS_HARDEN_SSM_ENDPOINT (not parameters: the host's own
+# environment) point the AWS CLI elsewhere, as the user-data's S3 endpoint does.
+if [ -z "${BASH_VERSION:-}" ]; then exec /bin/bash "$0" "$@"; fi
 set -Eeuo pipefail
 umask 077
 say() { echo "ecs-harden: $*"; }
@@ -38,7 +41,8 @@ fetch_and_install() {
     [[ $sha =~ ^[0-9a-f]{64}$ ]] || fail "ReleaseSha256: 64 lowercase hex digits"
     say "fetching $uri"
     case $uri in
-        s3://*) AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=6 aws s3 cp --only-show-errors "$uri" "$work/$name" ;;
+        s3://*) AWS_RETRY_MODE=standard AWS_MAX_ATTEMPTS=6 aws s3 cp --only-show-errors \
+            ${ECS_HARDEN_S3_ENDPOINT:+--endpoint-url "$ECS_HARDEN_S3_ENDPOINT"} "$uri" "$work/$name" ;;
         *) curl -fsSLo "$work/$name" --retry 5 --retry-connrefused "$uri" ;;
     esac || fail "cannot fetch $uri"
     sum=$(sha256sum "$work/$name" | cut -d' ' -f1)
@@ -69,6 +73,7 @@ report() {
         [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || fail "ecs-harden check exited $rc"
     fi
     aws ssm put-compliance-items ${AWS_SSM_REGION_NAME:+--region "$AWS_SSM_REGION_NAME"} \
+        ${ECS_HARDEN_SSM_ENDPOINT:+--endpoint-url "$ECS_HARDEN_SSM_ENDPOINT"} \
         --resource-id "$AWS_SSM_INSTANCE_ID" --cli-input-json "file://$work/items.json"
     say "compliance reported: $(grep -c '"Status": "NON_COMPLIANT"' "$work/items.json" || true) item(s) not compliant"
     return "$rc"
