@@ -152,3 +152,14 @@ def test_remove_masks_the_gate_first_and_reports_no_items(tmp_path: Path) -> Non
     assert lines.index("systemctl daemon-reload") < lines.index("ecs-harden remove --yes")
     put = json.loads((tmp_path / "stubs" / "put.json").read_text())
     assert put["Items"] == [] and put["UploadType"] == "COMPLETE"
+
+
+def test_the_document_validates_against_the_ssm_document_schema_cfn_lint_carries() -> None:
+    """cfn-lint's schema of SSM documents (it also checks the copy in the CloudFormation
+    template, tests/unit/test_fleet_template.py)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = pytest.importorskip("cfnlint.data.schemas.other.ssm")
+    schema = json.loads((Path(schemas.__file__).parent / "document.json").read_text())
+    jsonschema.validate(DOCUMENT, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**DOCUMENT, "schemaVersion": "2.3"}, schema)
