@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests import artifacts
+from tests.boot.image import PROJECT
 from tests.boot.userdata import launch_template, ours
 from tests.require import require
 from tests.vm.vagrantlab import HOST_ADDR, VagrantLab, lab_with_box
@@ -117,6 +119,45 @@ def test_user_data_again_changes_nothing(vm: VagrantLab) -> None:
     assert "ecs-harden: done: compliant" in again.stdout
     after = vm.ssh(f"sudo sha256sum {files}; sudo iptables-save | grep -c 'ecs-harden'").stdout
     assert after == before
+
+
+SSM_PORT = 5001  # the stand-in SSM endpoint (tests/ssmendpoint.py), on the lab's bridge only
+
+
+def test_the_ssm_document_upgrades_in_place_and_reports_compliance(vm: VagrantLab) -> None:
+    """The SSM Command document's script (deploy/ssm) as aws:runShellScript runs it (root,
+    `sh -c` on the script file in a working directory of its own, the parameters as SSM_*
+    variables): upgrade to the same release (the tarball from moto's S3: unchanged, the
+    host's policy kept), then the items to a stand-in SSM endpoint that judges each request
+    by botocore's model: one per check of `check`, and the daemon's, all compliant."""
+    record = vm.dir / "ssm-requests.jsonl"
+    vm.sandbox.spawn([sys.executable, "-m", "tests.ssmendpoint", "0.0.0.0", str(SSM_PORT), str(record)],
+                     vm.dir / "ssm-endpoint.log", env={"PYTHONPATH": str(PROJECT)})
+    document = json.loads((PROJECT / "deploy" / "ssm" / "ecs-harden.json").read_text())
+    work = "/var/lib/amazon/ssm/i-0123456789abcdef0/document/orchestration/vmtest/awsrunShellScript/ecsHarden"
+    vm.ssh(f"sudo mkdir -p {work} && sudo tee {work}/_script.sh >/dev/null && sudo chmod 700 {work}/_script.sh",
+           input="\n".join(document["mainSteps"][0]["inputs"]["runCommand"]) + "\n")
+    files = "/etc/ecs/ecs.config /etc/iptables/rules.v4 /etc/ecs-harden/policy.yaml"
+    before = vm.ssh(f"sudo sha256sum {files}").stdout
+    env = (f"SSM_Action=upgrade SSM_ReleaseUri={vm.s3} SSM_ReleaseSha256={vm.release[1]} SSM_Policy= "
+           "AWS_SSM_INSTANCE_ID=i-0123456789abcdef0 AWS_SSM_REGION_NAME=us-east-1 AWS_ACCESS_KEY_ID=testing "
+           f"AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true ECS_HARDEN_S3_ENDPOINT={S3_ENDPOINT} "
+           f"ECS_HARDEN_SSM_ENDPOINT=http://{HOST_ADDR}:{SSM_PORT}")
+    deadline = time.monotonic() + 30
+    while vm.sandbox.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{SSM_PORT}"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the stand-in SSM endpoint did not start"
+        time.sleep(0.5)
+    cp = vm.ssh(f"cd {work} && sudo env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin {env} sh -c ./_script.sh",
+                check=False, timeout=900)
+    assert cp.returncode == 0, cp.stdout[-4000:] + cp.stderr[-2000:]
+    assert "ecs-harden: unchanged: ecs-harden" in cp.stdout and cp.stdout.splitlines()[-1] == "ecs-harden: done: upgrade"
+    assert vm.ssh(f"sudo sha256sum {files}").stdout == before
+    (put,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert put["operation"] == "PutComplianceItems" and put["violations"] == [], put
+    items = {it["Id"]: it["Status"] for it in put["body"]["Items"]}
+    _, findings = _check(vm)
+    assert sorted(items) == sorted([*findings, "daemon"])
+    assert set(items.values()) == {"COMPLIANT"}, items
 
 
 HOST_NET_TASK = "ecs-test-hostnet"
