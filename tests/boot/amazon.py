@@ -27,12 +27,14 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.boot.image import CACHE, PROJECT, cache_lock
 from tests.boot.nspawn import BootedHost
 from tests.lab.flavors import FIXTURES, IPTABLES_SERVICE, LAB_FILES, OS_RELEASE, SAMPLES
 
 HERE = Path(__file__).resolve().parent / "amazon"
+DRESS_SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
 PREFIX = "/usr/local/lib/amzn-python"  # where the dress puts the Pythons
 BOX_FILES = PROJECT / "vm" / "box" / "files"
 NOCLOUD = BOX_FILES / "99-ecs-test-nocloud.cfg"
@@ -213,6 +215,13 @@ def dress(dest: Path, flavor: str, user_data: str | None, *, python38: bool = Fa
     (dest / "user-data").write_text(user_data)
     return binds
 
+
+
+def dressed(host: BootedHost, dest: Path, flavor: str, user_data: str | None = None, **kw: Any) -> None:
+    """The host's image dressed as flavor: dress() fills dest, then the dressing script
+    (tests/boot/scripts/amazon-linux) runs in the image, offline."""
+    binds = dress(dest, flavor, user_data, **kw)
+    host.offline(DRESS_SCRIPT.read_text(), binds=[f"{dest}:/dress", *binds], timeout=900)
 
 def venv_python(flavor: str) -> Path:
     """The pyenv build the flavor's venv runs on (what its wheelhouse is built with)."""

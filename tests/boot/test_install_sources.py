@@ -89,9 +89,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcesHost]:
     with SourcesHost(image.rootfs()) as h:
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-sources")
         h.tarball, h.sha256 = artifacts.artifact(amazon.PYTHONS["amzn2023"][2])
-        binds = amazon.dress(dress, "amzn2023", None, docker=True)
-        h.offline((Path(__file__).resolve().parent / "scripts" / "amazon-linux").read_text(),
-                  binds=[f"{dress}:/dress", *binds], timeout=900)
+        amazon.dressed(h, dress, "amzn2023", docker=True)
         h.boot()
         log = open(h.dir / "moto.log", "wb")  # noqa: SIM115 - the child owns it
         h.moto = subprocess.Popen(["nsenter", "-t", str(h.init_pid), "-n", "--", *artifacts.moto_argv("127.0.0.1", 5000)],

@@ -20,7 +20,6 @@ import base64
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +29,6 @@ from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
 from tests.boot.nspawn import BootedHost
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "amazon-linux"
 VENDOR_GATE = "/usr/lib/systemd/system/ecs.service.d/ecs-harden-gate.conf"
 
 
@@ -40,8 +38,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
     dress = tmp_path_factory.mktemp("dress-rpm")
     with BootedHost(image.rootfs()) as h:
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-rpm")
-        binds = amazon.dress(dress, "amzn2023", None, docker=True, rpms=[artifacts.rpm()])
-        h.offline(SCRIPT.read_text(), binds=[f"{dress}:/dress", *binds], timeout=900)
+        amazon.dressed(h, dress, "amzn2023", docker=True, rpms=[artifacts.rpm()])
         h.boot()
         yield h
 

@@ -81,9 +81,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsmHost]:
     with SsmHost(image.rootfs()) as h:
         h.servers = []
         h.subtree = Subtree(f"ecs-test-{os.getpid()}-ssm")
-        binds = amazon.dress(dress, "amzn2023", None, docker=True)
-        h.offline((Path(__file__).resolve().parent / "scripts" / "amazon-linux").read_text(),
-                  binds=[f"{dress}:/dress", *binds], timeout=900)
+        amazon.dressed(h, dress, "amzn2023", docker=True)
         h.boot()
         h.record = h.dir / "ssm-requests.jsonl"
         h.serve(artifacts.moto_argv("127.0.0.1", 5000), "moto")
