@@ -46,6 +46,10 @@ def _run(argv: list[str], what: str, timeout: int = 600) -> str:
     return cp.stdout
 
 
+# The oldest glibc a target Python's hosts have: AL2 2.26, AL2023 2.34, Debian 12 2.36
+# (Ubuntu 22.04 has 2.35 with Python 3.10, 24.04 2.39 with 3.12). scripts/release checks
+# every compiled file against it; the tags below never ask for a newer one.
+GLIBC_FLOOR = {"3.8": (2, 26), "3.9": (2, 34), "3.10": (2, 35), "3.11": (2, 36), "3.12": (2, 39)}
 OLDEST_GLIBC = {"x86_64": 5, "aarch64": 17}  # the first manylinux_2_Y of each architecture
 LEGACY_ALIASES = {"x86_64": ("manylinux2014", "manylinux2010", "manylinux1"), "aarch64": ("manylinux2014",)}
 
@@ -57,6 +61,17 @@ def platforms(arch: str, floor: tuple[int, int] | None) -> list[str]:
     top = floor[1] if floor else low
     return [f"manylinux_2_{m}_{arch}" for m in range(top, low - 1, -1)] + [
         f"{alias}_{arch}" for alias in LEGACY_ALIASES[arch]]
+
+
+def pip_platform_args(minor: str, arch: str) -> list[str]:
+    """pip's options (download, install --target) that choose the wheels a CPython minor
+    on arch loads, within its glibc floor, whatever this machine is."""
+    nodot = minor.replace(".", "")
+    argv = ["--only-binary", ":all:", "--python-version", minor, "--implementation", "cp",
+            "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none"]
+    for plat in platforms(arch, GLIBC_FLOOR.get(minor)):
+        argv += ["--platform", plat]
+    return argv
 
 
 def _record_line(rel: str, data: bytes) -> str:
@@ -126,12 +141,10 @@ def iptables_wheel(native: Path, builder: Path, minor: str, arch: str, out: Path
     return dest
 
 
-def convert(native_wheels: Path, builder: Path, minor: str, arch: str, floor: tuple[int, int] | None,
-            out: Path, mtime: int) -> list[Path]:
+def convert(native_wheels: Path, builder: Path, minor: str, arch: str, out: Path, mtime: int) -> list[Path]:
     """The wheelhouse out for arch from the native one; what was made or fetched."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    nodot = minor.replace(".", "")
     for whl in sorted(native_wheels.glob("*.whl")):
         m = WHEEL_NAME.match(whl.name)
         if m is None:
@@ -143,12 +156,9 @@ def convert(native_wheels: Path, builder: Path, minor: str, arch: str, floor: tu
             dest = iptables_wheel(whl, builder, minor, arch, out, mtime)
         else:
             before = set(out.glob("*.whl"))
-            argv = [str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "download", "--no-deps",
-                    "--only-binary", ":all:", "--python-version", minor, "--implementation", "cp",
-                    "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "-d", str(out)]
-            for plat in platforms(arch, floor):
-                argv += ["--platform", plat]
-            _run([*argv, f"{m['dist']}=={m['ver']}"], f"downloading {m['dist']} {m['ver']} for {arch}")
+            _run([str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "download", "--no-deps",
+                  *pip_platform_args(minor, arch), "-d", str(out), f"{m['dist']}=={m['ver']}"],
+                 f"downloading {m['dist']} {m['ver']} for {arch}")
             new = sorted(set(out.glob("*.whl")) - before)
             if len(new) != 1:
                 raise CrossError(f"{m['dist']} {m['ver']}: no single {arch} wheel for Python {minor} "

@@ -32,7 +32,6 @@ SPEC = HERE / "rpm" / "ecs-harden.spec.in"
 PREFIX = "/opt/ecs-harden"
 PYTHON = "/usr/bin/python3.9"  # AL2023's python3
 MINOR = "3.9"
-GLIBC_FLOOR = (2, 34)  # AL2023's
 ARCHES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 POLICY = """\
 # ecs-harden's policy (man 8 ecs-harden; /usr/share/doc/ecs-harden). Every key is
@@ -73,14 +72,11 @@ def _venv(builder: Path, wheels: Path, root: Path, version: str, arch: str) -> N
     installs the wheels for that platform (this machine's or not) into its site-packages."""
     venv = root / PREFIX.lstrip("/")
     site = venv / "lib" / f"python{MINOR}" / "site-packages"
-    nodot = MINOR.replace(".", "")
-    argv = [str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-index",
-            "--find-links", str(wheels), "--target", str(site), "--no-compile", "--only-binary", ":all:",
-            "--python-version", MINOR, "--implementation", "cp", "--abi", f"cp{nodot}", "--abi", "abi3",
-            "--abi", "none", "--platform", f"linux_{arch}"]
-    for plat in crosswheels.platforms(arch, GLIBC_FLOOR):
-        argv += ["--platform", plat]
-    _run([*argv, f"ecs-harden=={version}"], "installing the wheels into the RPM's venv", timeout=900)
+    # linux_<arch>: python-iptables' wheel, built (or cross-compiled) by scripts/release
+    _run([str(builder), "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-index",
+          "--find-links", str(wheels), "--target", str(site), "--no-compile", "--platform", f"linux_{arch}",
+          *crosswheels.pip_platform_args(MINOR, arch), f"ecs-harden=={version}"],
+         "installing the wheels into the RPM's venv", timeout=900)
     for top in ("bin", "share"):  # --target puts the scripts and data files in site-packages
         (site / top).rename(venv / top)
     (venv / "pyvenv.cfg").write_text(f"home = {os.path.dirname(PYTHON)}\n"
