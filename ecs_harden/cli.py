@@ -254,18 +254,20 @@ def ssm_document(report: Report, policy: policy_mod.Policy) -> dict[str, object]
     """The report as SSM Compliance items, with the daemon's: is its unit active, and is
     its status fresh (no older than 3 intervals, as `status` judges)."""
     from ecs_harden import install, proc, ssmcompliance
-    from ecs_harden.statusfile import read_status
+    from ecs_harden.statusfile import HEARTBEATS, heartbeat_limit, read_status
 
     try:
         done = proc.run(["systemctl", "is-active", install.UNIT], check=False, timeout=30)
         active = done.stdout.strip() or f"unknown (systemctl exited {done.returncode})"
     except proc.CommandError:
         active = "unknown (systemctl did not answer)"
+    age: float | None
     try:
-        _, age = read_status(policy.report.status_file)
+        data, age = read_status(policy.report.status_file)
+        limit = heartbeat_limit(data, policy.interval)
     except (OSError, ValueError):
-        age = None
-    daemon = ssmcompliance.daemon_item(active, age, 3 * policy.interval)
+        age, limit = None, HEARTBEATS * policy.interval
+    daemon = ssmcompliance.daemon_item(active, age, limit)
     return ssmcompliance.document(report, daemon)
 
 
@@ -346,7 +348,7 @@ def _remove_locked(policy: policy_mod.Policy, found: facts_mod.Facts) -> list[st
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ecs_harden.statusfile import aged_findings, read_status
+    from ecs_harden.statusfile import HEARTBEATS, aged_findings, heartbeat_limit, read_status
 
     # The daemon matters most when the policy on disk is broken: show it anyway.
     invalid: str | None = None
@@ -369,7 +371,7 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     daemon = data.get("daemon") or {}
     interval = float(daemon.get("interval") or policy.interval)
-    stale = age > 3 * interval
+    stale = age > heartbeat_limit(data, policy.interval)
     aged = aged_findings(data, float(daemon.get("resync") or policy.resync), interval)
     daemon_policy = daemon.get("policy") or {}
     running = daemon_policy.get("source", "unknown")
@@ -396,7 +398,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"policy: the file on disk is INVALID ({invalid}); the daemon runs the policy "
                   f"it loaded from {running}")
     if stale:
-        print(f"ecs-harden: {path} is {age:.0f}s old (more than 3 x {interval:g}s): "
+        print(f"ecs-harden: {path} is {age:.0f}s old (more than {HEARTBEATS} x {interval:g}s): "
               "the daemon is not running", file=sys.stderr)
         return EXIT_FAILURE
     last_error = daemon.get("last_error")

@@ -47,6 +47,16 @@ def write_status(path: str, report: Report | str, daemon: dict[str, Any]) -> Non
     write_replacing(path, text.encode(), mode=0o644)
 
 
+# The status file older than this many of the daemon's intervals: the daemon is not running.
+HEARTBEATS = 3
+
+
+def heartbeat_limit(data: dict[str, Any], policy_interval: float) -> float:
+    """How old the status file may be while its daemon runs: HEARTBEATS of the interval
+    the daemon runs with (its own, else the policy's)."""
+    return HEARTBEATS * float((data.get("daemon") or {}).get("interval") or policy_interval)
+
+
 def read_status(path: str) -> tuple[dict[str, Any], float]:
     """The status and its age in seconds; OSError/ValueError when unreadable."""
     with open(path, "rb") as fh:
