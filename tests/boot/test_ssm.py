@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -61,16 +62,12 @@ class SsmHost(BootedHost):
         env += [f"AWS_SSM_INSTANCE_ID={INSTANCE}", "AWS_SSM_REGION_NAME=us-east-1",
                 "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_EC2_METADATA_DISABLED=true",
                 f"ECS_HARDEN_S3_ENDPOINT={S3}", f"ECS_HARDEN_SSM_ENDPOINT={SSM}"]
-        return self.run(["sh", "-c", f"cd {workdir} && exec env {' '.join(map(quote, env))} sh -c ./_script.sh"],
+        return self.run(["sh", "-c", f"cd {workdir} && exec env {shlex.join(env)} sh -c ./_script.sh"],
                         check=False, timeout=900)
 
     def puts(self) -> list[dict[str, Any]]:
         text = self.record.read_text() if self.record.exists() else ""
         return [json.loads(line) for line in text.splitlines()]
-
-
-def quote(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
 
 
 @pytest.fixture(scope="module")
