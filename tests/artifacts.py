@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import platform
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def source_hash() -> str:
     return h.hexdigest()[:12]
 
 
-NATIVE = "x86_64"  # this machine's; scripts/release makes aarch64's from its wheels
+NATIVE = platform.machine()  # scripts/release builds this one's wheels and makes aarch64's from them
 
 
 def artifact(minor: str, arch: str = NATIVE) -> tuple[Path, str]:
