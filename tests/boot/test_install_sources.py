@@ -122,7 +122,11 @@ def failed_cleanly(host: SourcesHost, cp: subprocess.CompletedProcess[str], befo
     host.run(["systemctl", "restart", "ecs.service"], check=False)
     time.sleep(1)
     assert host.agent() != "active"
-    journal = host.run(["journalctl", "-u", "ecs.service", "--no-pager", "-o", "cat"], check=False).stdout
+    # the gate's line reaches the journal a moment after the unit failed: wait for it
+    deadline = time.monotonic() + 15
+    while "ecs-harden" not in (journal := host.run(["journalctl", "-u", "ecs.service", "--no-pager", "-o", "cat"],
+                                                   check=False).stdout) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "ecs-harden" in journal, journal[-2000:]
 
 
