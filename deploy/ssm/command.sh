@@ -26,7 +26,17 @@ export PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Never at once with the user-data's install at launch (an association's first run comes
 # as soon as the SSM agent starts): wait for cloud-init; then one run of this document at
 # a time (the association and a Run Command of an operator).
-if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+# (cloud-init's --wait also waits while its stages have not started; bounded below the
+# document's 900 s: a user-data still running then is a failure, retried next schedule.)
+if command -v cloud-init >/dev/null; then
+    ci=$(cloud-init status 2>/dev/null || true)
+    if [[ $ci =~ status:\ (running|not\ run) ]]; then
+        say "waiting for cloud-init (the user-data) to finish: ${ci#status: }"
+        waited=0
+        timeout 840 cloud-init status --wait >/dev/null 2>&1 || waited=$?
+        [ "$waited" != 124 ] || fail "cloud-init still running after 840 s: not installing beside the user-data"
+    fi
+fi
 mkdir -p /run/lock
 exec 9>/run/lock/ecs-harden-ssm.lock
 flock 9

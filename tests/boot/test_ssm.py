@@ -10,7 +10,8 @@ the host's network namespace only.
 In order, on one host: install from the RPM (items = `check`'s, every one compliant, and
 the daemon's); a drifted host (daemon stopped, a DROP deleted) reported NON_COMPLIANT by
 name; hostile values change nothing; remove (the package gone, the agent not held, no
-items left)."""
+items left); then a launch: the CloudFormation template's UserData, resolved for a stack,
+run by the host's real cloud-init while the association's first run starts beside it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tests.boot import amazon, image
 from tests.boot.cgroups import Subtree
 from tests.boot.conftest import require_boot
 from tests.boot.nspawn import BootedHost
+from tests.fleettemplate import user_data
 
 S3, SSM = "http://127.0.0.1:5000", "http://127.0.0.1:5001"
 DOCUMENT = json.loads((image.PROJECT / "deploy" / "ssm" / "ecs-harden.json").read_text())
@@ -50,8 +52,9 @@ class SsmHost(BootedHost):
                                              stdout=log, stderr=log, cwd=image.PROJECT))
         log.close()
 
-    def document(self, **parameters: str) -> subprocess.CompletedProcess[str]:
-        """One run of the document, as the SSM agent runs it."""
+    def document(self, *, unit: str = "", **parameters: str) -> subprocess.CompletedProcess[str]:
+        """One run of the document, as the SSM agent runs it (unit: in a service of that
+        name, its lines in the journal, as the agent's own service has them)."""
         step = DOCUMENT["mainSteps"][0]
         workdir = WORKDIR % f"{time.time_ns():x}"
         self.run(["mkdir", "-p", workdir])
@@ -62,8 +65,10 @@ class SsmHost(BootedHost):
         env += [f"AWS_SSM_INSTANCE_ID={INSTANCE}", "AWS_SSM_REGION_NAME=us-east-1",
                 "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_EC2_METADATA_DISABLED=true",
                 f"ECS_HARDEN_S3_ENDPOINT={S3}", f"ECS_HARDEN_SSM_ENDPOINT={SSM}"]
-        return self.run(["sh", "-c", f"cd {workdir} && exec env {shlex.join(env)} sh -c ./_script.sh"],
-                        check=False, timeout=900)
+        argv = ["sh", "-c", f"cd {workdir} && exec env {shlex.join(env)} sh -c ./_script.sh"]
+        if unit:
+            argv = ["systemd-run", "--quiet", "--wait", "--collect", f"--unit={unit}", *argv]
+        return self.run(argv, check=False, timeout=900)
 
     def puts(self) -> list[dict[str, Any]]:
         text = self.record.read_text() if self.record.exists() else ""
@@ -163,3 +168,71 @@ def test_remove_takes_the_package_away_the_agent_not_held_and_no_items_left(host
     assert "ecs-harden gate" not in host.run(["systemctl", "cat", "ecs.service"]).stdout
     last = host.puts()[-1]
     assert last["violations"] == [] and last["body"]["Items"] == [] and last["body"]["UploadType"] == "COMPLETE"
+
+
+# TEST FIXTURE: the test box's stand-in for the instance role (credentials, region) and
+# the S3 endpoint, for cloud-init's final stage: here moto's S3 in the host's network.
+INSTANCE_ROLE = (amazon.BOX_FILES / "ecs-test-instance-role.conf").read_text()
+assert INSTANCE_ROLE.count("http://192.168.121.1:5000") == 1
+INSTANCE_ROLE = INSTANCE_ROLE.replace("http://192.168.121.1:5000", S3)
+STACK_POLICY = "mode: enforce\ninterval: 5\nreport:\n  status_file: /run/ecs-harden/status.json\n"
+
+
+def journal(host: SsmHost, unit: str) -> list[tuple[int, str]]:
+    """(CLOCK_MONOTONIC µs, line) of what unit's processes wrote (not systemd's lines)."""
+    out = host.run(["journalctl", "-q", "-o", "json", f"_SYSTEMD_UNIT={unit}.service", "_TRANSPORT=stdout",
+                    "--output-fields=MESSAGE"]).stdout
+    return [(int(e["__MONOTONIC_TIMESTAMP"]), str(e["MESSAGE"])) for e in map(json.loads, out.splitlines())
+            if isinstance(e.get("MESSAGE"), str)]
+
+
+def test_at_launch_the_association_waits_for_the_templates_user_data(host: SsmHost) -> None:
+    """An instance of the fleet stack at launch: cloud-init runs the launch template's
+    UserData, byte for byte what CloudFormation makes of the template for the stack's
+    values (the RPM from S3, a policy of the stack's), while the association's first run
+    (the SSM agent starts beside cloud-init) starts at once: it waits until cloud-init's
+    final stage is over, then finds the host installed, changes nothing and reports."""
+    bucket, _, key = host.url.removeprefix("s3://").partition("/")
+    prefix, _, name = key.rpartition("/")
+    text = user_data({"ClusterName": "ssmtest", "ReleaseBucket": bucket, "ReleasePrefix": prefix + "/",
+                      "ReleaseFile": name, "ReleaseSha256": host.sha256, "Policy": STACK_POLICY})
+    host.run(["mkdir", "-p", "/etc/ecs", "/etc/cloud/cloud.cfg.d", "/var/lib/cloud/seed/nocloud",
+              "/etc/systemd/system/cloud-final.service.d"])
+    for path, content in {"/etc/cloud/cloud.cfg.d/99-ecs-test-nocloud.cfg": amazon.NOCLOUD.read_text(),
+                          "/var/lib/cloud/seed/nocloud/meta-data": f"instance-id: i-launch-{time.time_ns():x}\n",
+                          "/var/lib/cloud/seed/nocloud/user-data": text,
+                          "/etc/systemd/system/cloud-final.service.d/ecs-test-instance-role.conf": INSTANCE_ROLE,
+                          }.items():
+        host.run(["sh", "-c", f"cat > {path}"], input=content)
+    host.sh("cloud-init clean --logs; rm -f /var/log/ecs-harden-user-data.log; systemctl daemon-reload")
+    puts = len(host.puts())
+    # the launch: cloud-init's four stages in their boot order, and at once the association
+    host.run(["systemctl", "restart", "--no-block", "cloud-init-local.service", "cloud-init.service",
+              "cloud-config.service", "cloud-final.service"])
+    cp = host.document(unit="ecs-test-association", Action="install", ReleaseUri=host.url,
+                       ReleaseSha256=host.sha256, Policy=STACK_POLICY)
+    lines = journal(host, "ecs-test-association")
+    said = "\n".join(line for _, line in lines)
+    assert cp.returncode == 0, said[-4000:] + cp.stderr[-2000:]
+    final = host.run(["systemctl", "show", "-P", "ExecMainExitTimestampMonotonic", "cloud-final.service"])
+    waited = [t for t, line in lines if line.startswith("ecs-harden: waiting for cloud-init")]
+    fetched = [t for t, line in lines if line.startswith("ecs-harden: fetching ")]
+    assert waited and fetched, said
+    assert waited[0] < int(final.stdout) < fetched[0], (waited, final.stdout, fetched)  # serialised
+    assert said.splitlines()[-1] == "ecs-harden: done: install", said[-2000:]
+    # cloud-init ran exactly the template's text, and it did the install
+    assert host.run(["cat", "/var/lib/cloud/instance/user-data.txt"]).stdout == text
+    result = json.loads(host.run(["cat", "/var/lib/cloud/data/result.json"]).stdout)["v1"]
+    assert result["errors"] == [] and "NoCloud" in result["datasource"], result
+    ran = log(host)
+    assert f"ecs-harden: fetching {host.url}" in ran and "FAILED" not in ran, ran[-3000:]
+    assert host.run(["rpm", "-q", "ecs-harden"]).stdout.startswith("ecs-harden-")
+    assert "ECS_CLUSTER=ssmtest" in host.run(["cat", "/etc/ecs/ecs.config"]).stdout
+    assert host.run(["ecs-harden", "check"], check=False).returncode == 0
+    assert "interval: 5" in host.run(["cat", "/etc/ecs-harden/policy.yaml"]).stdout  # the stack's
+    (put,) = host.puts()[puts:]
+    assert {i: it["Status"] for i, it in items(put).items() if it["Status"] != "COMPLIANT"} == {}
+
+
+def log(host: SsmHost) -> str:
+    return host.run(["cat", "/var/log/ecs-harden-user-data.log"], check=False).stdout

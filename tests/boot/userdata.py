@@ -11,6 +11,11 @@ TEXTFILE = "/var/lib/node_exporter/textfile_collector/ecs_harden.prom"
 # What an operator's launch template has around ours: ECS lines before and after.
 BEFORE = "mkdir -p /etc/ecs\necho ECS_CLUSTER=vmtest >> /etc/ecs/ecs.config\n"
 AFTER = "echo ECS_ENABLE_CONTAINER_METADATA=true >> /etc/ecs/ecs.config\n"
+# The user-data's policy (its here-document's body), and the tests' own: a 2 s interval
+# and a node_exporter textfile (a launch template's Policy parameter for the same text).
+DEFAULT_POLICY = "\nmode: enforce\nreport:\n  status_file: /run/ecs-harden/status.json\nPOLICY\n"
+TEST_POLICY = ("mode: enforce\ninterval: 2\nreport:\n  status_file: /run/ecs-harden/status.json\n"
+               f"  textfile: {TEXTFILE}")
 
 
 def ours(source: str, sha256: str, **more: str) -> str:
@@ -18,13 +23,12 @@ def ours(source: str, sha256: str, **more: str) -> str:
     ECS_HARDEN_* of its, by name), a node_exporter textfile added to its policy, and a
     2 s interval: the two lines an operator edits, and a policy of theirs."""
     text = USER_DATA.read_text()
-    status = "report:\n  status_file: /run/ecs-harden/status.json\n"
-    assert text.count(status) == 1
+    assert text.count(DEFAULT_POLICY) == 1
     for name, value in {"ECS_HARDEN_FROM": source, "ECS_HARDEN_SHA256": sha256, **more}.items():
         var = f'{name}="${{{name}:-}}"' if name != "ECS_HARDEN_GATE_AGENT" else f'{name}="${{{name}:-true}}"'
         assert text.count(var) == 1, var
         text = text.replace(var, f'{name}="${{{name}:-{value}}}"')
-    return text.replace(status, f"interval: 2\n{status}  textfile: {TEXTFILE}\n")
+    return text.replace(DEFAULT_POLICY, f"\n{TEST_POLICY}\nPOLICY\n")
 
 
 def launch_template(source: str, sha256: str, before: str = "", **more: str) -> str:

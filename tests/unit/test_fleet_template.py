@@ -6,6 +6,7 @@ required; the association's targets and rate control; the role's permissions."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,37 +15,10 @@ from typing import Any
 import pytest
 
 from tests.boot.image import PROJECT
+from tests.fleettemplate import TEMPLATE, stack_values, template, user_data
 
-# the project's .venv has it (the test extras); the hosts' older Pythons' runs do not
-decode = pytest.importorskip("cfnlint.decode").decode
-
-TEMPLATE = PROJECT / "deploy" / "cloudformation" / "ecs-harden-fleet.yaml"
 VALUES = {"ClusterName": "prod", "ReleaseBucket": "fleet-artifacts", "ReleasePrefix": "ecs-harden/",
           "ReleaseFile": "ecs-harden-0.3.0-1.amzn2023.aarch64.rpm", "ReleaseSha256": "ab" * 32}
-
-
-def template() -> Any:
-    found, errors = decode(str(TEMPLATE))
-    assert not errors, errors
-    return found
-
-
-def resolve(value: Any) -> str:
-    """Fn::Join/Ref/Fn::Sub with the test's parameter values (all this UserData uses)."""
-    if isinstance(value, str):
-        return value
-    if "Ref" in value:
-        return VALUES[value["Ref"]]
-    if "Fn::Sub" in value:
-        text = value["Fn::Sub"]
-        for name, val in VALUES.items():
-            text = text.replace("${" + name + "}", val)
-        assert "${" not in text, text
-        return str(text)
-    if "Fn::Join" in value:
-        sep, parts = value["Fn::Join"]
-        return str(sep).join(resolve(p) for p in parts)
-    raise AssertionError(f"unexpected {value}")
 
 
 def test_cfn_lint_finds_nothing() -> None:
@@ -55,7 +29,7 @@ def test_cfn_lint_finds_nothing() -> None:
 
 def test_the_user_data_is_deploy_user_data_sh_with_the_stacks_values() -> None:
     data = template()["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    got = resolve(data["UserData"]["Fn::Base64"])
+    got = user_data(VALUES)
     shebang, rest = (PROJECT / "deploy" / "user-data.sh").read_text().split("\n", 1)
     uri = "s3://fleet-artifacts/ecs-harden/ecs-harden-0.3.0-1.amzn2023.aarch64.rpm"
     want = (f"{shebang}\necho ECS_CLUSTER=prod >> /etc/ecs/ecs.config\n"
@@ -71,6 +45,32 @@ def test_the_user_data_is_deploy_user_data_sh_with_the_stacks_values() -> None:
     assert params["AmiX86"]["Default"] == "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
 
 
+def policy_of(text: str) -> str:
+    """What the user-data's shell holds as the policy: the script run by bash up to its
+    function (nothing of it installs), the variable printed."""
+    head = text[:text.index("ecs_harden_user_data() (")]
+    cp = subprocess.run(["bash", "-c", head + 'printf %s "$ECS_HARDEN_POLICY_YAML"'],
+                        capture_output=True, text=True, check=True)
+    return cp.stdout
+
+
+@pytest.mark.parametrize("policy", [
+    "mode: enforce\nimds:\n  host_network: block\n",  # a trailing newline
+    "{mode: report, report: {status_file: /run/ecs-harden/status.json}}",  # one line, as a console gives
+    "mode: enforce\n# a comment: POLICY is only a word here\n",
+])
+def test_the_stacks_policy_is_the_policy_the_user_data_writes(policy: str) -> None:
+    assert policy_of(user_data({**VALUES, "Policy": policy})) == policy.rstrip("\n")
+    default = stack_values(VALUES)["Policy"]
+    assert policy_of(user_data(VALUES)) == default
+
+
+@pytest.mark.parametrize("policy", ["mode: enforce\nPOLICY\ntouch /tmp/pwned\n", "POLICY", "mode: enforce\n\x07\n", ""])
+def test_a_policy_that_would_end_the_here_document_is_refused_by_its_pattern(policy: str) -> None:
+    pattern = template()["Parameters"]["Policy"]["AllowedPattern"]
+    assert re.fullmatch(pattern, policy) is None
+
+
 def test_the_document_and_the_association() -> None:
     resources = template()["Resources"]
     content = json.loads(json.dumps(resources["Document"]["Properties"]["Content"]))
@@ -81,6 +81,7 @@ def test_the_document_and_the_association() -> None:
     assert assoc["MaxConcurrency"] == {"Ref": "MaxConcurrency"} and assoc["MaxErrors"] == {"Ref": "MaxErrors"}
     assert assoc["ScheduleExpression"] == {"Ref": "AssociationSchedule"} and assoc["ApplyOnlyAtCronInterval"] is False
     assert assoc["Parameters"]["Action"] == ["install"]
+    assert assoc["Parameters"]["Policy"] == [{"Ref": "Policy"}]  # the user-data's, kept
     assert "S3Location" in assoc["OutputLocation"]
 
 

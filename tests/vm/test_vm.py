@@ -1,6 +1,7 @@
 """The test VM: a real guest (its own kernel, QEMU under software emulation) booted by
-Vagrant from the box vm/box builds, hardened by deploy/user-data.sh through cloud-init's
-NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted once.
+Vagrant from the box vm/box builds, hardened by the fleet template's user-data
+(deploy/user-data.sh as deploy/cloudformation's launch template carries it, byte for
+byte) through cloud-init's NoCloud datasource, checked by the testinfra suite (tests/infra), rebooted once.
 
 The tests run in order on one VM, each on what the one before left: first boot,
 user-data again, host-network tasks, a reboot under imds.host_network: block (the boot
@@ -23,7 +24,8 @@ import pytest
 
 from tests import artifacts
 from tests.boot.image import PROJECT
-from tests.boot.userdata import launch_template, ours
+from tests.boot.userdata import TEST_POLICY, ours
+from tests.fleettemplate import user_data
 from tests.require import require
 from tests.vm.vagrantlab import HOST_ADDR, VagrantLab, lab_with_box
 
@@ -80,10 +82,16 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VagrantLab]:
     require_vm()
     t_all = time.monotonic()
     with lab_with_box(tmp_path_factory, "vm") as lab:
-        # First boot from S3, as a fleet's launch template would have it.
+        # First boot from S3: the fleet stack's launch template (deploy/cloudformation)
+        # for a stack of the tarball and the tests' policy, its UserData byte for byte;
+        # the box's cloud-final environment stands in for the instance role.
         lab.s3 = s3_source(lab)
-        lab.seed_iso(launch_template(lab.s3, lab.release[1], before=artifacts.S3_CREDENTIALS,
-                                     ECS_HARDEN_S3_ENDPOINT=S3_ENDPOINT), f"ecs-test-{int(time.time())}")
+        values = {"ClusterName": "vmtest", "ReleaseBucket": artifacts.BUCKET, "ReleasePrefix": "ecs-harden/",
+                  "ReleaseFile": lab.release_file.name, "ReleaseSha256": lab.release[1], "Policy": TEST_POLICY}
+        lab.user_data = user_data(values)
+        assert f"ECS_HARDEN_S3_ENDPOINT={S3_ENDPOINT}\n" in (PROJECT / "vm/box/files/ecs-test-instance-role.conf").read_text()
+        assert lab.s3 == f"s3://{artifacts.BUCKET}/ecs-harden/{lab.release_file.name}"
+        lab.seed_iso(lab.user_data, f"ecs-test-{int(time.time())}")
         lab.timed("vagrant up (boot to ssh)", lab.up)
         lab.ssh_config()
         lab.timed("cloud-init user-data done", lab.ssh, "sudo cloud-init status --wait >/dev/null", check=False)
@@ -103,9 +111,10 @@ def test_user_data_hardens_the_host_on_first_boot(vm: VagrantLab) -> None:
     assert "ecs-harden: done: compliant, ecs-harden.service active" in log, log
     assert f"ecs-harden: fetching {vm.s3}" in log, log
     assert "FAILED" not in log
+    assert vm.ssh("sudo cat /var/lib/cloud/instance/user-data.txt").stdout == vm.user_data
     config = vm.ssh("cat /etc/ecs/ecs.config").stdout.splitlines()
-    # the operator's lines before and after ours, ours once each
-    assert "ECS_CLUSTER=vmtest" in config and "ECS_ENABLE_CONTAINER_METADATA=true" in config, config
+    # the launch template's cluster line before ours, ours once each
+    assert config[0] == "ECS_CLUSTER=vmtest", config
     assert config.count("ECS_AWSVPC_BLOCK_IMDS=true") == 1, config
     assert config.count("ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=false") == 1, config
     assert vm.ssh("/opt/ecs-harden/bin/python -c 'import ecs_harden'").returncode == 0

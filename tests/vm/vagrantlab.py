@@ -48,6 +48,7 @@ class VagrantLab:
         self.release: tuple[str, str] = ("", "")  # the release tarball's URL and sha256
         self.release_file = Path()  # the tarball itself, on this machine
         self.s3 = ""  # its s3:// URL, where a test put it into moto's server
+        self.user_data = ""  # what the first boot's seed gave cloud-init
         self.runs = 0
         self.timings: dict[str, float] = {}
 
