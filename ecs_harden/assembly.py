@@ -25,6 +25,7 @@ from ecs_harden.imds.live import LiveBlockComponent, for_policy, guard_of, ipv6_
 from ecs_harden.imds.paths import PathsComponent
 from ecs_harden.imds.probe import ProbeComponent, daemon_probe, task_cgroup_probed
 from ecs_harden.imds.v1 import ImdsV1Component
+from ecs_harden.introspection import IntrospectionComponent
 from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
@@ -42,6 +43,12 @@ def host_network(policy: Policy, facts: Facts) -> HostNetworkComponent:
         addresses[6] = policy.imds.ipv6
     backends = {f: functools.partial(backend_for, facts.iptables, f) for f in addresses}
     return HostNetworkComponent(policy.imds.host_network, backends, addresses, policy.state_dir)
+
+
+def introspection(policy: Policy, facts: Facts) -> IntrospectionComponent:
+    with_v6 = (4, 6) if policy.imds.ipv6 is not None and ipv6_available() else (4,)
+    backends = {f: functools.partial(backend_for, facts.iptables, f) for f in with_v6}
+    return IntrospectionComponent(policy.ecs_agent.introspection, policy.imds.interfaces, backends)
 
 
 def probes(policy: Policy, *, fresh: bool = True, probe_every: float = 0.0) -> list[AnyComponent]:
@@ -103,6 +110,7 @@ def build(policy: Policy, facts: Facts, *, fresh: bool = True,
                        policy.imds.guard_all_interfaces, policy.state_dir,
                        str(policy.imds.ipv4.network_address)),
         host_network(policy, facts),
+        introspection(policy, facts),
         *probes(policy, fresh=fresh, probe_every=probe_every),
         *persistence,
         EcsConfigComponent(policy),

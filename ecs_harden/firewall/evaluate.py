@@ -40,6 +40,8 @@ class Probe:
     dst: Network
     bridges: tuple[str, ...]  # every container-bridge pattern: the packet does not leave by one
     dport: int = 80
+    # addressed to the host itself (an address of its own: addrtype LOCAL), not forwarded
+    local: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,9 @@ def _match(m: Match, probe: Probe) -> Tri:
             results.append(_neg(Tri.YES if "NEW" in states else Tri.NO, opt.negated))
         elif m.module in ("udp", "icmp", "icmp6", "icmpv6", "sctp", "udplite"):
             results.append(Tri.NO)
+        elif m.module == "addrtype" and opt.name == "dst-type" and probe.local:
+            types = {s.upper() for s in value.split(",")}
+            results.append(_neg(Tri.YES if "LOCAL" in types else Tri.NO, opt.negated))
         else:
             results.append(Tri.MAYBE)
     if m.module in ("udp", "icmp", "icmp6", "icmpv6", "sctp", "udplite"):

@@ -25,6 +25,7 @@ IFACE_RE = re.compile(r"^[^\s/!:+]{1,15}\+?$|^\+$")
 MODES = ("enforce", "report")
 HOST_NETWORK_MODES = ("block", "report", "allow")
 RESTART_AGENT = ("never", "on-change")
+INTROSPECTION_MODES = ("report", "block")
 
 IMDS_V4 = ipaddress.IPv4Network("169.254.169.254/32")
 IMDS_V6 = ipaddress.IPv6Network("fd00:ec2::254/128")
@@ -71,6 +72,14 @@ class EcsConfigPolicy:
 
 
 @dataclass(frozen=True)
+class EcsAgentPolicy:
+    introspection: str = field(default="report", metadata=_key(
+        "choice", INTROSPECTION_MODES, doc="the ECS agent's introspection API (tcp/51678) from "
+        "container interfaces: report whether they reach it, or block it (monitoring sidecars "
+        "that read it lose it)"))
+
+
+@dataclass(frozen=True)
 class ReportPolicy:
     status_file: str = field(default="/run/ecs-harden/status.json", metadata=_key(
         "abspath", doc="the daemon's status file (`ecs-harden status` reads it)"))
@@ -95,6 +104,8 @@ class Policy:
         "section", ImdsPolicy, doc="the IMDS block and every path to IMDS"))
     ecs_config: EcsConfigPolicy = field(default_factory=EcsConfigPolicy, metadata=_key(
         "section", EcsConfigPolicy, doc="the ECS agent's flags in ecs.config"))
+    ecs_agent: EcsAgentPolicy = field(default_factory=EcsAgentPolicy, metadata=_key(
+        "section", EcsAgentPolicy, doc="the ECS agent itself, beside its ecs.config"))
     report: ReportPolicy = field(default_factory=ReportPolicy, metadata=_key(
         "section", ReportPolicy, doc="where the daemon reports"))
     source: str = "built-in defaults"  # not a key: where the policy came from

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecs_harden.imds.probe import Path_, ProbeComponent, in_use, judge, pick
-from ecs_harden.imds.v1 import ImdsV1Component
+from ecs_harden.imds.v1 import Answer, ImdsV1Component
 
 IMDS = {4: "169.254.169.254", 6: "fd00:ec2::254"}
 BLOCKED = {"169.254.169.254:80": "dropped", "fd00:ec2::254:80": "dropped", "169.254.170.2:80": "connected"}
@@ -76,12 +76,12 @@ def test_the_component_runs_the_prober_and_never_crashes_on_its_failure() -> Non
 
 def test_imds_v1() -> None:
     def answer(status: int | None) -> str:
-        return ImdsV1Component("169.254.169.254", asker=lambda a: status).inspect().findings[0].status
+        return ImdsV1Component("169.254.169.254", asker=lambda a: Answer(status)).inspect().findings[0].status
 
     assert answer(401) == "ok"
     assert answer(None) == "ok"
     assert answer(200) == "warn"
-    f = ImdsV1Component("169.254.169.254", asker=lambda a: 200).inspect().findings[0]
+    f = ImdsV1Component("169.254.169.254", asker=lambda a: Answer(200)).inspect().findings[0]
     assert "--http-tokens required" in f.detail and "hop limit" in f.detail
 
 

@@ -1,0 +1,116 @@
+"""ecs_agent.introspection with real containers on both iptables variants: a stand-in for
+the ECS agent's introspection server on tcp/51678 of the host, behind the rules ecs-init
+writes at each start of the agent; reported by default, dropped on request, and the drop
+holds when ecs-init takes its rules away and puts them back (`systemctl restart ecs`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.lab.host import CREDS, IMDS_V4, EcsHost
+
+PORT = "51678"
+# ecs-init's filter INPUT rules for the port, as Engine.PreStart writes them in iptables
+# and ip6tables (amazon-ecs-agent ecs-init/exec/iptables/iptables.go, 1.97.0 on): the drop
+# of everything but lo inserted on top, then the ACCEPT from the default bridge above it.
+ECS_INIT = (
+    ("-p", "tcp", "--dport", PORT, "!", "-i", "lo", "-j", "DROP"),
+    ("-p", "tcp", "--dport", PORT, "-i", "docker0", "-j", "ACCEPT"),
+)
+BLOCK = "ecs_agent:\n  introspection: block\n"
+
+
+def ecs_init(host: EcsHost, start: bool) -> None:
+    """ecs-init's pre-start (its rules inserted) or post-stop (deleted), both families."""
+    for family in (4, 6):
+        for rule in ECS_INIT:
+            host.sandbox.iptables("-I" if start else "-D", "INPUT", *rule, family=family)
+
+
+def gateways(host: EcsHost) -> list[str]:
+    """docker0's addresses (IPv4, then IPv6's global one): the containers' gateways."""
+    out = host.sandbox.run(["ip", "-j", "addr", "show", "dev", "docker0"]).stdout
+    addrs = [a for a in json.loads(out)[0]["addr_info"] if a.get("scope") == "global"]
+    return [a["local"] for a in sorted(addrs, key=lambda a: a["family"] != "inet")]
+
+
+def reaches_agent(host: EcsHost, address: str) -> bool:
+    return "agent-ok" in host.probe(address, int(PORT))
+
+
+def host_reaches_agent(host: EcsHost) -> bool:
+    cp = host.sandbox.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 51678), 2)"],
+                          check=False)
+    return cp.returncode == 0
+
+
+@pytest.fixture
+def agent(clean: EcsHost) -> Iterator[EcsHost]:
+    if not host_reaches_agent(clean):
+        clean._server(None, "::", int(PORT), "agent-ok", "introspection")
+        deadline = time.monotonic() + 10
+        while not host_reaches_agent(clean):
+            assert time.monotonic() < deadline, "the introspection stand-in did not start"
+            time.sleep(0.1)
+    ecs_init(clean, start=True)
+    yield clean
+    ecs_init(clean, start=False)
+
+
+def finding(report: dict[str, Any]) -> dict[str, Any]:
+    (f,) = [f for f in report["findings"] if f["check"] == "ecs_agent.introspection"]
+    return f  # type: ignore[no-any-return]
+
+
+def test_by_default_containers_reaching_it_through_ecs_inits_accept_are_a_warning(agent: EcsHost) -> None:
+    v4, v6 = gateways(agent)
+    assert reaches_agent(agent, v4) and reaches_agent(agent, v6)
+    code, report = agent.report("check")
+    f = finding(report)
+    assert f["status"] == "warn", f
+    assert "IPv4 from docker+: accepted by `-A INPUT -i docker0 -p tcp -m tcp --dport 51678 -j ACCEPT`" in f["detail"]
+    assert "IPv6 from docker+: accepted by `-A INPUT -i docker0 -p tcp -m tcp --dport 51678 -j ACCEPT`" in f["detail"]
+    assert code == 3  # the IMDS block is not there yet (a clean host)
+    code, report = agent.report("apply")  # a warning is no failure, and report changes nothing
+    assert code == 0 and finding(report)["status"] == "warn" and finding(report)["changed"] is False
+    assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
+    assert reaches_agent(agent, v4)
+
+
+def test_block_drops_it_from_containers_and_holds_across_ecs_inits_restart(agent: EcsHost) -> None:
+    agent.policy(BLOCK)
+    code, report = agent.report("apply")
+    assert code == 0, report
+    assert finding(report)["status"] == "ok" and finding(report)["changed"] is True
+    targets = [*gateways(agent), "169.254.169.1"]  # the bridge's addresses and another of the host's
+    assert not any(reaches_agent(agent, a) for a in targets)
+    assert host_reaches_agent(agent)  # the agent's own tools, over lo
+    assert not agent.reaches(IMDS_V4) and agent.reaches(CREDS)
+    ecs_init(agent, start=False)  # systemctl restart ecs: post-stop, then pre-start
+    ecs_init(agent, start=True)
+    assert agent.sandbox.rules("INPUT")[0] == "-A INPUT -i docker0 -p tcp -m tcp --dport 51678 -j ACCEPT"
+    assert not any(reaches_agent(agent, a) for a in targets)
+    code, again = agent.report("check")
+    assert code == 0 and finding(again)["status"] == "ok" and again["changes"] == []
+    # back to report: our rules go, and the warning comes back
+    agent.policy()
+    code, report = agent.report("apply")
+    assert code == 0 and finding(report)["status"] == "warn", report
+    assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
+    assert reaches_agent(agent, gateways(agent)[0])
+
+
+def test_remove_takes_the_block_away(agent: EcsHost) -> None:
+    agent.policy(BLOCK)
+    assert agent.report("apply")[0] == 0
+    assert any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING", 6))
+    agent.harden("remove", "--yes", check=True)
+    for family in (4, 6):
+        assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING", family))
+    assert reaches_agent(agent, gateways(agent)[0])
