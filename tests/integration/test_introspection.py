@@ -6,6 +6,7 @@ holds when ecs-init takes its rules away and puts them back (`systemctl restart 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -114,3 +115,16 @@ def test_remove_takes_the_block_away(agent: EcsHost) -> None:
     for family in (4, 6):
         assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING", family))
     assert reaches_agent(agent, gateways(agent)[0])
+
+
+def test_the_daemon_puts_a_deleted_block_back(agent: EcsHost) -> None:
+    from tests.integration.test_daemon import daemon_with, policy_text, until
+
+    for _, run in daemon_with(agent, policy_text(agent) + BLOCK, "introspection-policy.yaml"):
+        run.wait_for("READY=1")
+        ours = [r for r in agent.sandbox.rules_in("raw", "PREROUTING") if PORT in r]
+        assert len(ours) == 1
+        agent.sandbox.iptables("-t", "raw", "-D", *shlex.split(ours[0])[1:])
+        assert not any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
+        until(lambda: any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING")), 30)
+        assert not reaches_agent(agent, gateways(agent)[0])
