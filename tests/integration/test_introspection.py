@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab.host import CREDS, IMDS_V4, EcsHost
+from tests.lab.host import CREDS, IMAGE, IMDS_V4, EcsHost
 
 PORT = "51678"
 # ecs-init's filter INPUT rules for the port, as Engine.PreStart writes them in iptables
@@ -41,8 +41,17 @@ def gateways(host: EcsHost) -> list[str]:
     return [a["local"] for a in sorted(addrs, key=lambda a: a["family"] != "inet")]
 
 
-def reaches_agent(host: EcsHost, address: str) -> bool:
-    return "agent-ok" in host.probe(address, int(PORT))
+def reaches_agent(host: EcsHost, *addresses: str) -> dict[str, bool]:
+    """Whether one container on docker0 gets the agent's answer from each address:51678
+    (one container for all: IPv6 waits for the container's address to leave DAD)."""
+    script = ("i=0; while ip -6 addr show dev eth0 | grep -q tentative && [ $i -lt 50 ]; "
+              "do sleep 0.1; i=$((i+1)); done; for a in " + " ".join(addresses) + "; do "
+              "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $a " + PORT + " | grep -q agent-ok "
+              "&& echo \"$a yes\" || echo \"$a no\"; done")
+    out = host.docker("run", "--rm", IMAGE, "sh", "-c", script, check=False, timeout=60).stdout
+    got = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
+    assert set(got) == set(addresses), out
+    return {a: got[a] == "yes" for a in addresses}
 
 
 def host_reaches_agent(host: EcsHost) -> bool:
@@ -71,7 +80,7 @@ def finding(report: dict[str, Any]) -> dict[str, Any]:
 
 def test_by_default_containers_reaching_it_through_ecs_inits_accept_are_a_warning(agent: EcsHost) -> None:
     v4, v6 = gateways(agent)
-    assert reaches_agent(agent, v4) and reaches_agent(agent, v6)
+    assert reaches_agent(agent, v4, v6) == {v4: True, v6: True}
     code, report = agent.report("check")
     f = finding(report)
     assert f["status"] == "warn", f
@@ -81,7 +90,7 @@ def test_by_default_containers_reaching_it_through_ecs_inits_accept_are_a_warnin
     code, report = agent.report("apply")  # a warning is no failure, and report changes nothing
     assert code == 0 and finding(report)["status"] == "warn" and finding(report)["changed"] is False
     assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
-    assert reaches_agent(agent, v4)
+    assert reaches_agent(agent, v4) == {v4: True}
 
 
 def test_block_drops_it_from_containers_and_holds_across_ecs_inits_restart(agent: EcsHost) -> None:
@@ -90,13 +99,13 @@ def test_block_drops_it_from_containers_and_holds_across_ecs_inits_restart(agent
     assert code == 0, report
     assert finding(report)["status"] == "ok" and finding(report)["changed"] is True
     targets = [*gateways(agent), "169.254.169.1"]  # the bridge's addresses and another of the host's
-    assert not any(reaches_agent(agent, a) for a in targets)
+    assert not any(reaches_agent(agent, *targets).values())
     assert host_reaches_agent(agent)  # the agent's own tools, over lo
     assert not agent.reaches(IMDS_V4) and agent.reaches(CREDS)
     ecs_init(agent, start=False)  # systemctl restart ecs: post-stop, then pre-start
     ecs_init(agent, start=True)
     assert agent.sandbox.rules("INPUT")[0] == "-A INPUT -i docker0 -p tcp -m tcp --dport 51678 -j ACCEPT"
-    assert not any(reaches_agent(agent, a) for a in targets)
+    assert not any(reaches_agent(agent, *targets).values())
     code, again = agent.report("check")
     assert code == 0 and finding(again)["status"] == "ok" and again["changes"] == []
     # back to report: our rules go, and the warning comes back
@@ -104,20 +113,10 @@ def test_block_drops_it_from_containers_and_holds_across_ecs_inits_restart(agent
     code, report = agent.report("apply")
     assert code == 0 and finding(report)["status"] == "warn", report
     assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
-    assert reaches_agent(agent, gateways(agent)[0])
+    assert all(reaches_agent(agent, *gateways(agent)).values())
 
 
-def test_remove_takes_the_block_away(agent: EcsHost) -> None:
-    agent.policy(BLOCK)
-    assert agent.report("apply")[0] == 0
-    assert any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING", 6))
-    agent.harden("remove", "--yes", check=True)
-    for family in (4, 6):
-        assert not any("51678" in r for r in agent.sandbox.rules_in("raw", "PREROUTING", family))
-    assert reaches_agent(agent, gateways(agent)[0])
-
-
-def test_the_daemon_puts_a_deleted_block_back(agent: EcsHost) -> None:
+def test_the_daemon_puts_a_deleted_block_back_and_remove_takes_it_away(agent: EcsHost) -> None:
     from tests.integration.test_daemon import daemon_with, policy_text, until
 
     for _, run in daemon_with(agent, policy_text(agent) + BLOCK, "introspection-policy.yaml"):
@@ -127,4 +126,10 @@ def test_the_daemon_puts_a_deleted_block_back(agent: EcsHost) -> None:
         agent.sandbox.iptables("-t", "raw", "-D", *shlex.split(ours[0])[1:])
         assert not any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING"))
         until(lambda: any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING")), 30)
-        assert not reaches_agent(agent, gateways(agent)[0])
+        assert not any(reaches_agent(agent, *gateways(agent)).values())
+    # the daemon killed (its rules left), then remove: ours gone from both families
+    assert any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING", 6))
+    agent.harden("remove", "--yes", check=True)
+    for family in (4, 6):
+        assert not any(PORT in r for r in agent.sandbox.rules_in("raw", "PREROUTING", family))
+    assert all(reaches_agent(agent, *gateways(agent)).values())
