@@ -10,8 +10,13 @@ sample put back is never restored). A new check is a component and one line here
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 from ecs_harden import flavors
+from ecs_harden.attempts import nftlog
+from ecs_harden.attempts.component import AttemptsComponent
+from ecs_harden.attempts.recorder import recorder
 from ecs_harden.component import AnyComponent
 from ecs_harden.ecsconfig.agent import AgentRestartComponent
 from ecs_harden.ecsconfig.component import EcsConfigComponent
@@ -30,7 +35,7 @@ from ecs_harden.journal import ChangeJournal
 from ecs_harden.persist.files import PersistedFileComponent
 from ecs_harden.persist.service import ServiceComponent
 from ecs_harden.policy import Policy
-from ecs_harden.statusfile import age_limit
+from ecs_harden.statusfile import age_limit, read_status
 
 
 def live_blocks(policy: Policy, facts: Facts) -> list[LiveBlockComponent]:
@@ -49,6 +54,29 @@ def introspection(policy: Policy, facts: Facts) -> IntrospectionComponent:
     with_v6 = (4, 6) if policy.imds.ipv6 is not None and ipv6_available() else (4,)
     backends = {f: functools.partial(backend_for, facts.iptables, f) for f in with_v6}
     return IntrospectionComponent(policy.ecs_agent.introspection, policy.imds.interfaces, backends)
+
+
+def daemon_attempts(status_file: str) -> dict[str, Any] | None:
+    """The daemon's last record of attempts, from its status file (`check`)."""
+    try:
+        data, _ = read_status(status_file)
+    except (OSError, ValueError):
+        return None
+    daemon = data.get("daemon")
+    found = daemon.get("attempts") if isinstance(daemon, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def attempts(policy: Policy, record: Callable[[], dict[str, Any] | None] | None = None) -> list[AnyComponent]:
+    imds = policy.imds
+    if not imds.attempts:
+        return []
+    nets: dict[int, Network] = {4: imds.ipv4}
+    if imds.ipv6 is not None and ipv6_available():
+        nets[6] = imds.ipv6
+    rules = nftlog.matches(nets, imds.allow_interfaces, imds.interfaces, guard=imds.guard_all_interfaces)
+    reader = record or functools.partial(daemon_attempts, policy.report.status_file)
+    return [AttemptsComponent(rules, reader, enforce=policy.enforce)]
 
 
 def probes(policy: Policy, *, fresh: bool = True, probe_every: float = 0.0) -> list[AnyComponent]:
@@ -98,8 +126,8 @@ def restore_service(policy: Policy, facts: Facts) -> ServiceComponent | None:
     return ServiceComponent(flavors.by_name(facts.flavor), families(policy), journal=journal)
 
 
-def build(policy: Policy, facts: Facts, *, fresh: bool = True,
-          probe_every: float = 0.0) -> list[AnyComponent]:
+def build(policy: Policy, facts: Facts, *, fresh: bool = True, probe_every: float = 0.0,
+          record: Callable[[], dict[str, Any] | None] | None = None) -> list[AnyComponent]:
     persistence: list[AnyComponent] = [*persisted_files(policy, facts)]
     service = restore_service(policy, facts)
     if service is not None:
@@ -111,6 +139,7 @@ def build(policy: Policy, facts: Facts, *, fresh: bool = True,
                        str(policy.imds.ipv4.network_address)),
         host_network(policy, facts),
         introspection(policy, facts),
+        *attempts(policy, record),
         *probes(policy, fresh=fresh, probe_every=probe_every),
         *persistence,
         EcsConfigComponent(policy),
@@ -119,5 +148,6 @@ def build(policy: Policy, facts: Facts, *, fresh: bool = True,
 
 
 def daemon_components(policy: Policy, facts: Facts) -> list[AnyComponent]:
-    """The daemon's: its probe kept while the bridges stay the same (probe.EVERY)."""
-    return build(policy, facts, probe_every=probe_mod.EVERY)
+    """The daemon's: its probe kept while the bridges stay the same (probe.EVERY), and
+    its own record of attempts."""
+    return build(policy, facts, probe_every=probe_mod.EVERY, record=recorder().status)

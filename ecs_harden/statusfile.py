@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +116,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | None = None) -> str:
+def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | None = None,
+                 extra: Sequence[str] = ()) -> str:
     """The node_exporter textfile. Written at every reconcile and every heartbeat: an
     alert on `time() - ecs_harden_heartbeat_timestamp_seconds` catches a daemon that died
     (kill -9, OOM) with an old `ecs_harden_compliant 1` left in the file; a clean stop
@@ -170,7 +172,7 @@ def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | N
         "# TYPE ecs_harden_reconcile_duration_seconds gauge",
         f"ecs_harden_reconcile_duration_seconds {c.last_duration:.6f}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *extra]) + "\n"
 
 
 def write_metrics(path: str, text: str) -> None:

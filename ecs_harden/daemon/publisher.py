@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ecs_harden import logs
+from ecs_harden.attempts import recorder as attempts
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.errors import HardenError
 from ecs_harden.facts import iso
@@ -52,6 +53,7 @@ class StatusPublisher:
             "heartbeat": iso(time.time()),
             "policy": {"source": policy.source, "loaded": iso(state.loaded),
                        "reload_error": state.reload_error},
+            **({"attempts": attempts.RECORDER.status()} if attempts.RECORDER is not None else {}),
         }
 
     @staticmethod
@@ -95,6 +97,7 @@ class StatusPublisher:
         if self._report is None or not policy.report.textfile:
             return
         try:
-            write_metrics(policy.report.textfile, metrics_text(self._report, counters, up=up))
+            extra = attempts.RECORDER.metrics_lines() if attempts.RECORDER is not None else []
+            write_metrics(policy.report.textfile, metrics_text(self._report, counters, up=up, extra=extra))
         except HardenError as exc:
             self.log.error("status.write_failed", error=str(exc))

@@ -502,4 +502,11 @@ def open_sources(
     now = clock()
     sources = [_firewall_source(facts, policy, families, now, clock), FileSource(watched, watch, now)]
     slices = slice_source(policy)
-    return sources + ([slices] if slices is not None else [])
+    if slices is not None:
+        sources.append(slices)
+    if policy.imds.attempts:
+        from ecs_harden.attempts.recorder import recorder
+        from ecs_harden.attempts.source import attempt_sources
+
+        sources += attempt_sources(recorder(), clock, policy.report.attempts_window)
+    return sources

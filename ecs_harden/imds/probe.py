@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Tuple, Union
 
 from ecs_harden import lock, proc
+from ecs_harden.attempts import own
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
 from ecs_harden.firewall.evaluate import iface_covers
@@ -313,15 +314,18 @@ class Prober:
                     paths.append(Path_(TASK_CGROUP, {}, str(exc)))
             places = self._places([(b, t.cfg) for b, t in made] + ([(TASK_CGROUP, cg_cfg)] if cg_cfg else []))
             before = drop_counts(places)
-            for _, t in threads:
-                t.go()
-            if child is not None and cg_cfg is not None:
-                child.send(cg_cfg)
-            answers = [_path(TASK_CGROUP, child.read())] if child is not None else []
-            for bridge, t in threads:
-                t.join(STEP_TIMEOUT)
-                answers.append(_path(bridge, t.result))
-            after = drop_counts(places)
+            # the candidates' connects are ours, not a container's attempts (attempts.own)
+            with own.probing(str(a).split("/")[0] for _, t in threads for f in ("v4", "v6")
+                             for a in t.cfg.get(f, {}).get("candidates", ())):
+                for _, t in threads:
+                    t.go()
+                if child is not None and cg_cfg is not None:
+                    child.send(cg_cfg)
+                answers = [_path(TASK_CGROUP, child.read())] if child is not None else []
+                for bridge, t in threads:
+                    t.join(STEP_TIMEOUT)
+                    answers.append(_path(bridge, t.result))
+                after = drop_counts(places)
         finally:
             for _, t in threads:
                 t.go()  # a thread still waiting ends now

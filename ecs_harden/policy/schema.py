@@ -58,6 +58,9 @@ class ImdsPolicy:
         "v2), report, or allow"))
     probe: bool = field(default=True, metadata=_key(
         "boolean", doc="prove the block with a real connect from each bridge"))
+    attempts: bool = field(default=True, metadata=_key(
+        "boolean", doc="log blocked attempts to reach IMDS (NFLOG group 5741, a per-source limit) "
+        "and attribute them to their container and ECS task"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class ReportPolicy:
         "abspath", doc="the daemon's status file (`ecs-harden status` reads it)"))
     textfile: str | None = field(default=None, metadata=_key(
         "textfile", doc="a node_exporter textfile collector path ending in .prom; null: none"))
+    attempts_window: float = field(default=60.0, metadata=_key(
+        "seconds", doc="seconds of one window of blocked IMDS attempts: at most one `imds.attempt` "
+        "journal line per workload per window"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,267 @@
+"""Blocked attempts to reach IMDS, seen by the kernel: a table of ecs-harden's own.
+
+`inet ecs_harden_attempts`, one base chain `pre` on the prerouting hook at priority -301,
+just before the raw table (-300) whose guard drops the traffic; iptables (either variant)
+and Docker never touch it. Per IP family one rule matches exactly what the IMDS block
+drops there: IMDS as destination, from every interface but lo and the declared exceptions
+(imds.guard_all_interfaces), or from the container patterns (the guard off). It counts the
+packet, then updates the source address in a set whose elements each carry a limit (10
+packets a second, a burst of 20, forgotten after 60 s idle): only within that per-source
+limit does it log the packet to NFLOG group 5741 (its first 128 bytes), so a flooding
+container never hides another's single attempt. Its verdict is none: the packet goes on to
+the raw table and is dropped there, never delayed by more than these few expressions.
+
+Live only: never in a boot file (iptables-save does not know it), made again whole (one
+batch: the table deleted and added) whenever it is not as wanted, deleted by `remove`.
+The packet counter of each rule is the number of packets the block dropped there, logged
+or not: what the logging limit (or a listener that lagged) did not attribute is that
+count less the packets attributed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ecs_harden.firewall.netlink import (
+    NFNL_SUBSYS_NFTABLES,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    attribute_list,
+    attributes,
+    dump,
+    encode_attr,
+    error_code,
+    message,
+    messages,
+    open_socket,
+)
+from ecs_harden.firewall.rule import Network
+
+TABLE = "ecs_harden_attempts"
+CHAIN = "pre"
+GROUP = 5741
+SNAPLEN = 128
+PRIORITY = -301  # NF_IP_PRI_RAW - 1: before the raw table's guard
+RATE, BURST, FORGET_MS = 10, 20, 60_000
+PREFIX = "ecs-harden imds"
+
+NFPROTO_INET, NFPROTO = 1, {4: 2, 6: 10}
+NESTED = 0x8000
+NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND = 4, 0x400, 0x800
+BATCH_BEGIN, BATCH_END = 16, 17
+NEWTABLE, DELTABLE, NEWCHAIN, NEWRULE, GETRULE, NEWSET = 0, 2, 3, 6, 7, 9
+META_IIFNAME, META_NFPROTO = 6, 15
+USERDATA = 7  # NFTA_RULE_USERDATA
+CMP_EQ, CMP_NEQ = 0, 1
+KEY_TYPE = {4: 7, 6: 8}  # ipv4_addr, ipv6_addr (what `nft list` shows)
+SET_TIMEOUT_EVAL = 0x10 | 0x20
+HOOK_PREROUTING, NF_ACCEPT = 0, 1
+# where the addresses are in each family's header: (daddr offset, saddr offset, length)
+HEADER = {4: (16, 12, 4), 6: (24, 8, 16)}
+
+
+def _attr(atype: int, value: bytes) -> bytes:
+    return encode_attr(atype, value)
+
+
+def _nest(atype: int, *parts: bytes) -> bytes:
+    return encode_attr(atype | NESTED, b"".join(parts))
+
+
+def _str(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack(">I", value & 0xFFFFFFFF)
+
+
+def _u64(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+def _expr(name: str, *data: bytes) -> bytes:
+    return _nest(1, _attr(1, _str(name)), _nest(2, *data))
+
+
+def _meta(key: int) -> bytes:
+    return _expr("meta", _attr(1, _u32(1)), _attr(2, _u32(key)))
+
+
+def _cmp(op: int, data: bytes) -> bytes:
+    return _expr("cmp", _attr(1, _u32(1)), _attr(2, _u32(op)), _nest(3, _attr(1, data)))
+
+
+def _payload(offset: int, length: int) -> bytes:
+    return _expr("payload", _attr(1, _u32(1)), _attr(2, _u32(1)), _attr(3, _u32(offset)),
+                 _attr(4, _u32(length)))
+
+
+def _bitwise(mask: bytes) -> bytes:
+    zero = bytes(len(mask))
+    return _expr("bitwise", _attr(1, _u32(1)), _attr(2, _u32(1)), _attr(3, _u32(len(mask))),
+                 _nest(4, _attr(1, mask)), _nest(5, _attr(1, zero)))
+
+
+def _limit() -> bytes:
+    return _attr(1, _u64(RATE)) + _attr(2, _u64(1)) + _attr(3, _u32(BURST)) + _attr(4, _u32(0))
+
+
+def iface_bytes(pattern: str) -> bytes:
+    """An iptables interface pattern as nf_tables compares it: `docker+` the prefix, a
+    name with its NUL (what `iifname "docker*"` and `iifname "eth0"` compile to)."""
+    return pattern[:-1].encode() if pattern.endswith("+") else _str(pattern)
+
+
+@dataclass(frozen=True)
+class Match:
+    """What one family's rule matches: IMDS's network, from every interface but lo and
+    `unless` (the guard on), or only from `only` (the guard off)."""
+
+    family: int
+    imds: Network
+    unless: tuple[str, ...] = ()
+    only: str | None = None
+
+    def expressions(self, set_id: int) -> bytes:
+        daddr, saddr, length = HEADER[self.family]
+        net = self.imds
+        match = [_meta(META_NFPROTO), _cmp(CMP_EQ, bytes([NFPROTO[self.family]])), _payload(daddr, length)]
+        if net.prefixlen != net.max_prefixlen:
+            match.append(_bitwise(net.netmask.packed))
+        match.append(_cmp(CMP_EQ, net.network_address.packed))
+        match.append(_meta(META_IIFNAME))
+        if self.only is not None:
+            match.append(_cmp(CMP_EQ, iface_bytes(self.only)))
+        else:
+            match += [_cmp(CMP_NEQ, iface_bytes(i)) for i in ("lo", *self.unless)]
+        match += [
+            _expr("counter", _attr(1, _u64(0)), _attr(2, _u64(0))),
+            _payload(saddr, length),
+            _expr("dynset", _attr(1, _str(set_name(self.family))), _attr(2, _u32(set_id)), _attr(3, _u32(1)),
+                  _attr(4, _u32(1)), _attr(6, _u64(FORGET_MS)),
+                  _nest(7, _attr(1, _str("limit")), _nest(2, _limit()))),
+            _expr("log", _attr(1, struct.pack(">H", GROUP)), _attr(2, _str(PREFIX)), _attr(3, _u32(SNAPLEN))),
+        ]
+        return b"".join(match)
+
+
+def set_name(family: int) -> str:
+    return f"src{family}"
+
+
+def matches(imds: dict[int, Network], exceptions: Sequence[str], interfaces: Sequence[str], *,
+            guard: bool) -> list[Match]:
+    """One rule per family (the guard on), else one per container pattern and family."""
+    if guard:
+        return [Match(f, net, tuple(exceptions)) for f, net in sorted(imds.items())]
+    return [Match(f, net, only=i) for f, net in sorted(imds.items()) for i in interfaces]
+
+
+def _batch(parts: list[tuple[int, int, bytes]]) -> None:
+    """One nf_tables transaction: all of it, or nothing (an error names the message)."""
+    seq = 1
+    out = [message(BATCH_BEGIN, NLM_F_REQUEST, seq, 0, b"", res_id=NFNL_SUBSYS_NFTABLES)]
+    for mtype, flags, body in parts:
+        seq += 1
+        out.append(message((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq,
+                           NFPROTO_INET, body))
+    out.append(message(BATCH_END, NLM_F_REQUEST, seq + 1, 0, b"", res_id=NFNL_SUBSYS_NFTABLES))
+    acks = 0
+    with open_socket() as sock:
+        sock.send(b"".join(out))
+        while acks < len(parts):
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                raise OSError(errno.ETIMEDOUT, "no answer from nf_tables") from None
+            for rtype, rbody in messages(data):
+                if rtype != NLMSG_ERROR:
+                    continue
+                code = error_code(rbody)
+                if code:
+                    raise OSError(code, f"nf_tables table {TABLE}: {errno.errorcode.get(code, code)}")
+                acks += 1
+
+
+def put(rules: Sequence[Match]) -> None:
+    """The table made anew, whole, in one transaction (an old one deleted in it)."""
+    table = _attr(1, _str(TABLE))
+    parts: list[tuple[int, int, bytes]] = [(NEWTABLE, NLM_F_CREATE, table), (DELTABLE, 0, table),
+                                           (NEWTABLE, NLM_F_CREATE, table)]
+    ids: dict[int, int] = {}
+    for family in sorted({m.family for m in rules}):
+        ids[family] = len(ids) + 1
+        length = HEADER[family][2]
+        parts.append((NEWSET, NLM_F_CREATE, table + _attr(2, _str(set_name(family)))
+                      + _attr(3, _u32(SET_TIMEOUT_EVAL)) + _attr(4, _u32(KEY_TYPE[family]))
+                      + _attr(5, _u32(length)) + _attr(10, _u32(ids[family])) + _attr(11, _u64(FORGET_MS))))
+    parts.append((NEWCHAIN, NLM_F_CREATE, table + _attr(3, _str(CHAIN))
+                  + _nest(4, _attr(1, _u32(HOOK_PREROUTING)), _attr(2, _u32(PRIORITY)))
+                  + _attr(5, _u32(NF_ACCEPT)) + _attr(7, _str("filter"))))
+    for m in rules:
+        parts.append((NEWRULE, NLM_F_CREATE | NLM_F_APPEND, table + _attr(2, _str(CHAIN))
+                      + _nest(4, m.expressions(ids[m.family])) + _attr(USERDATA, fingerprint(m))))
+    _batch(parts)
+
+
+def delete() -> bool:
+    """The table deleted; False when there was none."""
+    try:
+        _batch([(DELTABLE, 0, _attr(1, _str(TABLE)))])
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The table as the kernel has it: each rule's fingerprint (its user data, which the
+    kernel keeps as given) and packet count."""
+
+    fingerprints: tuple[bytes, ...]
+    packets: tuple[int, ...]
+
+
+def fingerprint(m: Match) -> bytes:
+    """What a rule carries as user data: a digest of what it was made from."""
+    return hashlib.sha256(b"ecs-harden attempts 1|" + m.expressions(0)).digest()[:16]
+
+
+def read() -> Installed | None:
+    """Our chain's rules, or None when the table (or its chain) is not there."""
+    body = _attr(1, _str(TABLE)) + _attr(2, _str(CHAIN))
+    with open_socket() as sock:
+        answers = dump(sock, GETRULE, NFPROTO_INET, body, missing=True)
+    prints, packets = [], []
+    for _, rbody in answers:
+        attrs = attributes(rbody)
+        where = (attrs.get(1, b"").rstrip(b"\0"), attrs.get(2, b"").rstrip(b"\0"))
+        if where != (TABLE.encode(), CHAIN.encode()):
+            continue
+        prints.append(attrs.get(USERDATA, b""))
+        packets.append(_count(attrs.get(4, b"")))
+    if not prints:
+        return None
+    return Installed(tuple(prints), tuple(packets))
+
+
+def _count(expressions: bytes) -> int:
+    for _, elem in attribute_list(expressions):
+        parts = attributes(elem)
+        if parts.get(1, b"").rstrip(b"\0") == b"counter":
+            value = attributes(parts.get(2, b"")).get(2, b"")
+            return int(struct.unpack(">Q", value)[0]) if len(value) == 8 else 0
+    return 0
+
+
+def address(family: int, packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed)) if len(packed) == HEADER[family][2] else "?"

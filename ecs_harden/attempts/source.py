@@ -1,0 +1,65 @@
+"""The daemon's two sources for attempts: the NFLOG socket and Docker's event stream.
+Neither wakes a reconcile (an attempt is not drift); they feed the recorder, whose
+windows close on their deadlines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ecs_harden.attempts.recorder import Recorder
+from ecs_harden.daemon.sources import WakeSource
+from ecs_harden.daemon.wakeups import Wake
+
+
+class NflogSource(WakeSource):
+    name = "attempts"
+
+    def __init__(self, recorder: Recorder, clock: Callable[[], float]):
+        self.recorder = recorder
+        self.clock = clock
+
+    def fileno(self) -> int:
+        return self.recorder.listener.fileno() if self.recorder.listener is not None else -1
+
+    def deadline(self) -> float | None:
+        return self.clock() + max(0.0, self.recorder.tally.deadline() - time.time())
+
+    def readable(self, now: float, wake: Wake) -> None:
+        self.recorder.read()
+
+    def due(self, now: float, wake: Wake) -> None:
+        self.recorder.due(time.time())
+
+    def close(self) -> None:
+        self.recorder.close()
+
+
+class DockerSource(WakeSource):
+    name = "docker-events"
+
+    def __init__(self, recorder: Recorder, clock: Callable[[], float]):
+        self.watcher = recorder.watcher
+        self.clock = clock
+        self.watcher.ensure()
+
+    def fileno(self) -> int:
+        return self.watcher.fileno()
+
+    def deadline(self) -> float | None:
+        if self.watcher.fileno() >= 0:
+            return None
+        return self.clock() + max(0.0, self.watcher.retry_at - time.time())
+
+    def readable(self, now: float, wake: Wake) -> None:
+        self.watcher.readable()
+
+    def due(self, now: float, wake: Wake) -> None:
+        self.watcher.ensure()
+
+
+def attempt_sources(recorder: Recorder, clock: Callable[[], float], window: float) -> list[WakeSource]:
+    recorder.tally.window = window
+    if not recorder.listen():
+        return []
+    return [NflogSource(recorder, clock), DockerSource(recorder, clock)]
