@@ -213,8 +213,9 @@ class DockerEvents:
             if not isinstance(event, dict):
                 continue
             action, cid = event.get("Action") or event.get("status"), event.get("id")
-            actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
-            attrs = actor.get("Attributes") if isinstance(actor.get("Attributes"), dict) else {}
+            actor = event.get("Actor")
+            attrs = actor.get("Attributes") if isinstance(actor, dict) else None
+            attrs = attrs if isinstance(attrs, dict) else {}
             if event.get("Type") == "network":
                 cid = attrs.get("container")
             nano = event.get("timeNano")
