@@ -113,6 +113,8 @@ def test_each_task_is_named_with_its_attempts_and_the_counters_sum_to_the_drops(
             assert e["task_arn"].endswith(f"/t-{family}") and e["container"] == container
             assert e["task_revision"] == revision and e["source"] == ip_of(host, cid)
             assert e["ip_version"] == 4 and e["container_id"] == cid[:12]
+        # nothing else: the daemon's own probe (it ran at start) is never an attempt
+        assert {e["task_family"] for e in got} == {"web", "api"}, [e for e in got if not e["task_family"]]
         assert {e["interface"] for e in got if e["task_family"] == "web"} == {"docker0"}
         assert all(e["interface"].startswith("br-") for e in got if e["task_family"] == "api")
         logs = host.docker("logs", web).stdout + host.docker("logs", api).stdout
