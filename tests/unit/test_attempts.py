@@ -183,3 +183,15 @@ def test_the_rule_matches_what_the_guard_drops() -> None:
     assert [m.only for m in off] == ["docker+", "br-+"]
     assert nftlog.iface_bytes("docker+") == b"docker" and nftlog.iface_bytes("lo") == b"lo\0"
     assert nftlog.fingerprint(off[0]) != nftlog.fingerprint(off[1])
+
+
+def test_the_tables_count_starts_with_the_process_and_survives_the_table_made_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon started on a table that has counted already counts from then on (no double
+    counting across restarts); a table made again (its counters at zero) adds on."""
+    from ecs_harden.attempts.recorder import Recorder
+
+    readings = iter([500, 520, 530, 4, 10])
+    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed((b"",), (next(readings),)))
+    rec = Recorder()
+    assert [rec.table_packets() for _ in range(5)] == [0, 20, 30, 34, 40]
