@@ -48,6 +48,7 @@ class AttemptsComponent(Base):
         self.rules = tuple(rules)
         self.record = record
         self.enforce = enforce
+        self._failed = ""  # the last error making the table, said once
 
     def expected(self) -> str:
         return "no container tried to reach IMDS in the last hour (each attempt blocked and attributed)"
@@ -89,8 +90,11 @@ class AttemptsComponent(Base):
         if inspection.plan is not None:
             try:
                 nftlog.put(inspection.plan.rules)
+                self._failed = ""
             except OSError as exc:
-                log.warning("attempts.table_failed", table=nftlog.TABLE, error=str(exc))
+                if str(exc) != self._failed:  # said once, not at every firewall change
+                    log.warning("attempts.table_failed", table=nftlog.TABLE, error=str(exc))
+                self._failed = str(exc)
 
     def remove(self) -> list[str]:
         return [f"nft delete table inet {nftlog.TABLE}"] if nftlog.delete() else []
