@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
-import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,14 +30,12 @@ from dataclasses import dataclass
 from ecs_harden.firewall.netlink import (
     NFNL_SUBSYS_NFTABLES,
     NLM_F_REQUEST,
-    NLMSG_ERROR,
     attribute_list,
     attributes,
+    commit,
     dump,
     encode_attr,
-    error_code,
     message,
-    messages,
     open_socket,
 )
 from ecs_harden.firewall.rule import Network
@@ -173,21 +170,7 @@ def _batch(parts: list[tuple[int, int, bytes]]) -> None:
         out.append(message((NFNL_SUBSYS_NFTABLES << 8) | mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq,
                            NFPROTO_INET, body))
     out.append(message(BATCH_END, NLM_F_REQUEST, seq + 1, 0, b"", res_id=NFNL_SUBSYS_NFTABLES))
-    acks = 0
-    with open_socket() as sock:
-        sock.send(b"".join(out))
-        while acks < len(parts):
-            try:
-                data = sock.recv(65536)
-            except socket.timeout:
-                raise OSError(errno.ETIMEDOUT, "no answer from nf_tables") from None
-            for rtype, rbody in messages(data):
-                if rtype != NLMSG_ERROR:
-                    continue
-                code = error_code(rbody)
-                if code:
-                    raise OSError(code, f"nf_tables table {TABLE}: {errno.errorcode.get(code, code)}")
-                acks += 1
+    commit(b"".join(out), len(parts), f"nf_tables table {TABLE}")
 
 
 def put(rules: Sequence[Match]) -> None:

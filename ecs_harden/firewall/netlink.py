@@ -125,3 +125,23 @@ def generation() -> int:
     if gen is None:
         raise OSError("no NFTA_GEN_ID in the answer to NFT_MSG_GETGEN")
     return gen
+
+
+def commit(datagram: bytes, acks: int, what: str) -> None:
+    """Send an nf_tables batch (BEGIN, messages asking for acks, END) and wait for the
+    acks: all of it committed, or OSError with the kernel's errno naming `what`."""
+    got = 0
+    with open_socket() as sock:
+        sock.send(datagram)
+        while got < acks:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                raise OSError(errno.ETIMEDOUT, "no answer from nf_tables") from None
+            for rtype, rbody in messages(data):
+                if rtype != NLMSG_ERROR:
+                    continue
+                code = error_code(rbody)
+                if code:
+                    raise OSError(code, f"{what}: {errno.errorcode.get(code, code)}")
+                got += 1

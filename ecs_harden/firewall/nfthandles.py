@@ -11,20 +11,17 @@ the kernel refuses the whole batch with ERESTART if anyone committed in between.
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 from collections.abc import Sequence
 
 from ecs_harden.firewall.netlink import (
     NFNL_SUBSYS_NFTABLES,
     NLM_F_REQUEST,
-    NLMSG_ERROR,
     attributes,
+    commit,
     dump,
     encode_attr,
-    error_code,
     message,
-    messages,
     open_socket,
 )
 
@@ -89,20 +86,9 @@ def delete(family: int, table: str, chain: str, rule_handles: Sequence[int], gen
         parts.append(message(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, nfproto, body))
     seq += 1
     parts.append(message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, b"", res_id=NFNL_SUBSYS_NFTABLES))
-    acks = 0
-    with open_socket() as sock:
-        sock.send(b"".join(parts))
-        while acks < len(rule_handles):
-            try:
-                data = sock.recv(65536)
-            except socket.timeout:
-                raise OSError(errno.ETIMEDOUT, "no answer from nf_tables") from None
-            for rtype, rbody in messages(data):
-                if rtype != NLMSG_ERROR:
-                    continue
-                code = error_code(rbody)
-                if code == ERESTART:
-                    raise Changed(code, "the ruleset changed since it was read; nothing deleted")
-                if code:
-                    raise OSError(code, f"deleting from {table} {chain}: {errno.errorcode.get(code, code)}")
-                acks += 1
+    try:
+        commit(b"".join(parts), len(rule_handles), f"deleting from {table} {chain}")
+    except OSError as exc:
+        if exc.errno == ERESTART:
+            raise Changed(ERESTART, "the ruleset changed since it was read; nothing deleted") from None
+        raise
