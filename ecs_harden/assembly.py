@@ -16,6 +16,7 @@ from typing import Any
 from ecs_harden import flavors
 from ecs_harden.attempts import nftlog
 from ecs_harden.attempts.component import AttemptsComponent
+from ecs_harden.attempts.hostscopes import host_match
 from ecs_harden.attempts.recorder import recorder
 from ecs_harden.component import AnyComponent
 from ecs_harden.ecsconfig.agent import AgentRestartComponent
@@ -76,7 +77,8 @@ def attempts(policy: Policy, record: Callable[[], dict[str, Any] | None] | None 
         nets[6] = imds.ipv6
     rules = nftlog.matches(nets, imds.allow_interfaces, imds.interfaces, guard=imds.guard_all_interfaces)
     reader = record or functools.partial(daemon_attempts, policy.report.status_file)
-    return [AttemptsComponent(rules, reader, enforce=policy.enforce)]
+    host = functools.partial(host_match, nets) if imds.host_network == "block" else (lambda: None)
+    return [AttemptsComponent(rules, reader, enforce=policy.enforce, host=host)]
 
 
 def probes(policy: Policy, *, fresh: bool = True, probe_every: float = 0.0) -> list[AnyComponent]:

@@ -112,7 +112,7 @@ def aged_findings(
     return aged
 
 
-def _label(value: str) -> str:
+def label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -126,7 +126,7 @@ def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | N
     lines = [
         "# HELP ecs_harden_build_info The running ecs-harden's version.",
         "# TYPE ecs_harden_build_info gauge",
-        f'ecs_harden_build_info{{version="{_label(__version__)}"}} 1',
+        f'ecs_harden_build_info{{version="{label(__version__)}"}} 1',
         "# HELP ecs_harden_up 1 while the daemon runs; 0 after a clean stop (the rules stay, unwatched).",
         "# TYPE ecs_harden_up gauge",
         f"ecs_harden_up {1 if up else 0}",
@@ -142,12 +142,12 @@ def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | N
     for f in report.findings:
         for status in STATUSES:
             value = 1 if f.status == status else 0
-            lines.append(f'ecs_harden_finding{{check="{_label(f.check)}",status="{status}"}} {value}')
+            lines.append(f'ecs_harden_finding{{check="{label(f.check)}",status="{status}"}} {value}')
     by_check = sorted(c.repairs_by_check.items())
     lines += [
         "# HELP ecs_harden_repairs_total Repairs made since the daemon started, by check.",
         "# TYPE ecs_harden_repairs_total counter",
-        *(f'ecs_harden_repairs_total{{check="{_label(k)}"}} {v}' for k, v in by_check),
+        *(f'ecs_harden_repairs_total{{check="{label(k)}"}} {v}' for k, v in by_check),
         "# HELP ecs_harden_reconciles_total Reconciles since the daemon started.",
         "# TYPE ecs_harden_reconciles_total counter",
         f"ecs_harden_reconciles_total {c.reconciles}",
@@ -166,7 +166,7 @@ def metrics_text(report: Report, counters: Counters, *, up: bool, now: float | N
         # The 0.3 names, written until 0.5.0 (CHANGELOG, Breaking): alerts have a release to move.
         "# HELP ecs_harden_check_repairs_total DEPRECATED (removed in 0.5.0): use ecs_harden_repairs_total.",
         "# TYPE ecs_harden_check_repairs_total counter",
-        *(f'ecs_harden_check_repairs_total{{check="{_label(k)}"}} {v}' for k, v in by_check),
+        *(f'ecs_harden_check_repairs_total{{check="{label(k)}"}} {v}' for k, v in by_check),
         "# HELP ecs_harden_reconcile_duration_seconds DEPRECATED (removed in 0.5.0): use "
         "ecs_harden_last_reconcile_duration_seconds.",
         "# TYPE ecs_harden_reconcile_duration_seconds gauge",

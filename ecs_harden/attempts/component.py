@@ -5,7 +5,10 @@ first), `ok` otherwise: an attempt is never drift, the block worked. The compone
 keeps the attempts table (nftlog) as the policy wants it: made anew when missing or not
 ours (a repair, said, never a reason for drift). In the daemon the record is the
 process's own; `check` reads the daemon's last status file (no daemon, no record: said).
-Under mode: report nothing is made, and nothing is logged.
+Under mode: report nothing is made, and nothing is logged. Under imds.host_network: block
+the table has the host path too (nftlog's `out` and `tasks` chains): its task containers
+are named again as they come and go (a host-network container's start wakes the firewall's
+components), which is routine, not a repair.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ NAMED = 5
 @dataclass(frozen=True)
 class _Plan:
     rules: tuple[nftlog.Match, ...]
+    host: nftlog.HostMatch | None
+    whole: bool  # the table made anew; else only the host chain's task containers
 
 
 def describe(recent: Sequence[dict[str, Any]]) -> str:
@@ -44,11 +49,13 @@ class AttemptsComponent(Base):
     wakes_on = FIREWALL
 
     def __init__(self, rules: Sequence[nftlog.Match], record: Callable[[], dict[str, Any] | None], *,
-                 enforce: bool):
+                 enforce: bool, host: Callable[[], nftlog.HostMatch | None] = lambda: None):
         self.rules = tuple(rules)
         self.record = record
         self.enforce = enforce
+        self.host = host  # imds.host_network: block's slice and task containers, now
         self._failed = ""  # the last error making the table, said once
+        self._host_failed = False  # the kernel refused the host chain: the bridge path alone
 
     def expected(self) -> str:
         return "no container tried to reach IMDS in the last hour (each attempt blocked and attributed)"
@@ -59,8 +66,12 @@ class AttemptsComponent(Base):
             installed = nftlog.read()
         except OSError as exc:
             installed, problem = None, f"the attempts table cannot be read: {exc}"
-        wanted = tuple(nftlog.fingerprint(m) for m in self.rules)
-        in_place = installed is not None and installed.fingerprints == wanted
+        host = None if self._host_failed else self.host()
+        wanted = nftlog.wanted(self.rules, host)
+        have = installed.prints if installed is not None else {}
+        in_place = installed is not None and all(have.get(c, ()) == wanted.get(c, ())
+                                                 for c in (nftlog.CHAIN, nftlog.OUT_CHAIN))
+        tasks_in_place = have.get(nftlog.TASKS_CHAIN, ()) == wanted.get(nftlog.TASKS_CHAIN, ())
         if not in_place and not problem:
             problem = (f"attempts are not logged: nf_tables table inet {nftlog.TABLE} is "
                        + ("missing" if installed is None else "not as ecs-harden makes it"))
@@ -79,22 +90,41 @@ class AttemptsComponent(Base):
         if problem:
             detail = f"{detail}; {problem}"
         finding = Finding(CHECK, status, self.expected(), actual, detail)
-        if in_place or not self.enforce or not self.rules:
+        if not self.enforce or not self.rules or (in_place and tasks_in_place):
             return Inspection((finding,))
-        return Inspection((finding,), (f"nft: make table inet {nftlog.TABLE} ({len(self.rules)} rule(s))",),
-                          frozenset({CHECK}), _Plan(self.rules))
+        if in_place and host is not None:  # a host-network task container came or went: not drift
+            return Inspection((finding,), (f"nft: name {len(host.scopes)} host-network task container(s) in "
+                                           f"table inet {nftlog.TABLE}",), frozenset(),
+                              _Plan(self.rules, host, whole=False))
+        count = len(self.rules) + (len(host.out_rules()) if host else 0)
+        return Inspection((finding,), (f"nft: make table inet {nftlog.TABLE} ({count} rule(s))",),
+                          frozenset({CHECK}), _Plan(self.rules, host, whole=True))
 
     def execute(self, inspection: Inspection[_Plan]) -> None:
         """Never a failure of the reconcile: a kernel without what the table needs (or a
-        sandbox refusing it) leaves attempts unlogged, which the next look says (`warn`)."""
-        if inspection.plan is not None:
-            try:
-                nftlog.put(inspection.plan.rules)
-                self._failed = ""
-            except OSError as exc:
-                if str(exc) != self._failed:  # said once, not at every firewall change
-                    log.warning("attempts.table_failed", table=nftlog.TABLE, error=str(exc))
-                self._failed = str(exc)
+        sandbox refusing it) leaves attempts unlogged, which the next look says (`warn`).
+        A kernel refusing only the host chain (`socket cgroupv2`: Linux 5.13) keeps the
+        bridge path's logging, said once."""
+        plan = inspection.plan
+        if plan is None:
+            return
+        try:
+            if not plan.whole and plan.host is not None:
+                nftlog.put_tasks(plan.host)
+            else:
+                try:
+                    nftlog.put(plan.rules, plan.host)
+                except OSError as exc:
+                    if plan.host is None:
+                        raise
+                    nftlog.put(plan.rules)
+                    self._host_failed = True
+                    log.warning("attempts.host_chain_failed", table=nftlog.TABLE, error=str(exc))
+            self._failed = ""
+        except OSError as exc:
+            if str(exc) != self._failed:  # said once, not at every firewall change
+                log.warning("attempts.table_failed", table=nftlog.TABLE, error=str(exc))
+            self._failed = str(exc)
 
     def remove(self) -> list[str]:
         return [f"nft delete table inet {nftlog.TABLE}"] if nftlog.delete() else []

@@ -2,9 +2,10 @@
 (NETLINK_NETFILTER, the ULOG subsystem), never blocking.
 
 Bound to group nftlog.GROUP in copy-packet mode (the first nftlog.SNAPLEN bytes). Each
-message gives the packet's family, input interface (index), link-layer source address,
-the kernel's timestamp when there is one, and its network header: the source address
-is read from there. A message that is not what the kernel sends is skipped, never trusted
+message gives the packet's family, input and output interfaces (indexes), link-layer
+source address, the kernel's timestamp when there is one, the logging rule's prefix
+(which path; a host task's container), and its network header: the source address is
+read from there. A message that is not what the kernel sends is skipped, never trusted
 further than its own length. A full socket buffer (ENOBUFS) loses messages: counted, and
 the rule counters say how many packets went unattributed.
 """
@@ -34,7 +35,7 @@ MSG_PACKET, MSG_CONFIG = 0, 1
 CFG_CMD, CFG_MODE = 1, 2
 CMD_BIND = 1
 COPY_PACKET = 2
-ATTR_INDEV, ATTR_TIMESTAMP, ATTR_HWADDR, ATTR_PAYLOAD = 4, 3, 8, 9
+ATTR_INDEV, ATTR_OUTDEV, ATTR_TIMESTAMP, ATTR_HWADDR, ATTR_PAYLOAD, ATTR_PREFIX = 4, 5, 3, 8, 9, 10
 AF_FAMILY: dict[int, int] = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}
 RCVBUF = 1 << 20
 MAX_PER_READ = 4096  # messages taken per readable(): the loop is never held long
@@ -47,6 +48,12 @@ class Packet:
     source: str
     indev: int  # interface index, 0 when unknown
     mac: str  # the link-layer source, "" when none
+    prefix: str = ""  # the logging rule's prefix: which chain, and for a host task its container
+    outdev: int = 0  # the output interface's index (the host path), 0 when none
+
+
+def _index(value: bytes) -> int:
+    return int(struct.unpack(">I", value)[0]) if len(value) == 4 else 0
 
 
 def parse(body: bytes, now: float) -> Packet | None:
@@ -73,8 +80,9 @@ def parse(body: bytes, now: float) -> Packet | None:
     if len(hw) >= 4:
         n = min(struct.unpack(">H", hw[:2])[0], len(hw) - 4, 8)
         mac = ":".join(f"{b:02x}" for b in hw[4:4 + n])
-    return Packet(when, family, address(family, payload[saddr:saddr + length]),
-                  struct.unpack(">I", indev)[0] if len(indev) == 4 else 0, mac)
+    prefix = attrs.get(ATTR_PREFIX, b"")[:128].split(b"\0", 1)[0].decode("ascii", "replace")
+    return Packet(when, family, address(family, payload[saddr:saddr + length]), _index(indev), mac,
+                  prefix, _index(attrs.get(ATTR_OUTDEV, b"")))
 
 
 class Listener:

@@ -2,7 +2,10 @@
 any container's and logged like them; they are counted as container="ecs-harden-probe",
 never reported as an attempt. The probe says which addresses it may use, from when to
 when (it picks addresses no container has, proven by ARP); a packet from one of them in
-that time is ours. Thread-safe: the probe runs beside the daemon's loop."""
+that time is ours. Its connects from the task cgroup (ecstasks.slice/ecs-harden-probe, a
+directory made for each run: no rule of the attempts table names it) reach the host
+path's catch-all rule: one logged there while the probe runs there (CGROUP) is ours.
+Thread-safe: the probe runs beside the daemon's loop."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 NAME = "ecs-harden-probe"
+CGROUP = "cgroup:" + NAME  # the probe's run in the task cgroup
 KEEP = 600.0
 SLACK = 1.0
 

@@ -11,8 +11,19 @@ from typing import Any
 from ecs_harden import logs
 from ecs_harden.attempts import nftlog
 from ecs_harden.attempts.nflog import Listener
-from ecs_harden.attempts.tally import RECENT, Attempt, Tally
+from ecs_harden.attempts.tally import (
+    HOST,
+    MAX_EVENTS,
+    PATH,
+    PATHS,
+    RECENT,
+    WINDOW,
+    Attempt,
+    Tally,
+    unattributed,
+)
 from ecs_harden.attempts.workloads import History, Watcher
+from ecs_harden.statusfile import label
 
 log = logs.get("ecs_harden.attempts")
 SHOWN = 10  # attempts listed in the status file
@@ -25,21 +36,20 @@ def interface_name(index: int) -> str:
         return f"if{index}"
 
 
-def label(value: str) -> str:
-    """A Prometheus label value: escaped, cut (workloads choose their names)."""
-    return value[:64].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, window: float = WINDOW) -> None:
         self.history = History()
-        self.tally = Tally(self.history)
+        self.tally = Tally(self.history, window=window)
         self.watcher = Watcher(self.history)
         self.listener: Listener | None = None
         self.error = ""
-        self._base: int | None = None  # the table's packets when we started counting
-        self._last = 0
-        self._offset = 0  # packets of tables made again since
+        self._base: dict[str, int] | None = None  # the table's packets (by path) when we started counting
+        self._last: dict[str, int] = {}
+        self._offset: dict[str, int] = {}  # packets of tables made again since
+        self.counters: dict[tuple[str, str, str], int] = {}  # at the last refresh()
+
+    def configure(self, window: float) -> None:
+        self.tally.window = window
 
     def listen(self) -> bool:
         if self.listener is None:
@@ -60,44 +70,52 @@ class Recorder:
 
     def report(self, attempts: list[Attempt]) -> None:
         shown = sorted(attempts, key=lambda a: (-a.count, a.source))
-        for a in shown[:20]:
+        for a in shown[:MAX_EVENTS]:
             log.warning("imds.attempt", **a.fields())
-        if len(shown) > 20:
-            log.warning("imds.attempt.more", workloads=len(shown) - 20,
-                        count=sum(a.count for a in shown[20:]))
+        if len(shown) > MAX_EVENTS:
+            log.warning("imds.attempt.more", workloads=len(shown) - MAX_EVENTS,
+                        count=sum(a.count for a in shown[MAX_EVENTS:]))
 
-    def table_packets(self) -> int:
-        """The table's packets since we started counting (a table made again adds up)."""
+    def table_packets(self) -> dict[str, int]:
+        """The table's packets by path since we started counting (a table made again adds
+        up): the bridge path's chain (pre) and the host path's (out)."""
         try:
             installed = nftlog.read()
         except OSError:
-            return self._offset + self._last - (self._base or 0)
-        raw = sum(installed.packets) if installed else 0
+            raw = dict(self._last)
+        else:
+            packets = installed.packets if installed else {}
+            raw = {PATH: packets.get(nftlog.CHAIN, 0), HOST: packets.get(nftlog.OUT_CHAIN, 0)}
         if self._base is None:
-            self._base = raw
-        if raw < self._last:
-            self._offset += self._last
-        self._last = raw
-        return self._offset + raw - self._base
+            self._base = dict(raw)
+        out = {}
+        for path, n in raw.items():
+            if n < self._last.get(path, 0):
+                self._offset[path] = self._offset.get(path, 0) + self._last[path]
+            self._last[path] = n
+            out[path] = self._offset.get(path, 0) + n - self._base.get(path, 0)
+        return out
+
+    def refresh(self) -> None:
+        """The table's counters read once, for the status and the textfile both."""
+        self.counters = self.tally.counters(self.table_packets())
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         hour = self.tally.last_hour(now)
-        counters = self.tally.counters(self.table_packets())
         return {"listening": self.listener is not None, "error": self.error or None,
                 "last_hour": sum(int(r["count"]) for r in hour), "recent": hour[-SHOWN:],
-                "unattributed": counters.get(("", "unattributed", "bridge"), 0),
+                "unattributed": sum(self.counters.get(unattributed(p), 0) for p in PATHS),
                 "lost_messages": self.listener.lost if self.listener else 0,
                 "window_seconds": self.tally.window, "recent_seconds": int(RECENT)}
 
     def metrics_lines(self) -> list[str]:
-        counters = self.tally.counters(self.table_packets())
         lines = ["# HELP ecs_harden_imds_blocked_total Packets to IMDS the block dropped, by the workload "
                  "that sent them (container=\"unattributed\": not logged, past the per-source limit).",
                  "# TYPE ecs_harden_imds_blocked_total counter"]
-        for (family, container, path), n in sorted(counters.items()):
-            lines.append(f'ecs_harden_imds_blocked_total{{task_family="{label(family)}",'
-                         f'container="{label(container)}",path="{label(path)}"}} {n}')
+        for (family, container, path), n in sorted(self.counters.items()):
+            lines.append(f'ecs_harden_imds_blocked_total{{task_family="{label(family[:64])}",'
+                         f'container="{label(container[:64])}",path="{label(path)}"}} {n}')
         return lines
 
     def close(self) -> None:

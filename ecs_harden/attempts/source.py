@@ -1,6 +1,7 @@
 """The daemon's two sources for attempts: the NFLOG socket and Docker's event stream.
-Neither wakes a reconcile (an attempt is not drift); they feed the recorder, whose
-windows close on their deadlines."""
+An attempt never wakes a reconcile (it is not drift); they feed the recorder, whose
+windows close on their deadlines. A host-network container started or gone wakes the
+firewall's components: the attempts table's host chain names each one's cgroup."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from ecs_harden.attempts.recorder import Recorder
+from ecs_harden.component import FIREWALL
 from ecs_harden.daemon.sources import WakeSource
 from ecs_harden.daemon.wakeups import Wake
 
@@ -52,14 +54,15 @@ class DockerSource(WakeSource):
         return self.clock() + max(0.0, self.watcher.retry_at - time.time())
 
     def readable(self, now: float, wake: Wake) -> None:
-        self.watcher.readable()
+        if self.watcher.readable():  # the host chain names each host-network task container
+            wake.add({FIREWALL}, "host-network containers changed")
 
     def due(self, now: float, wake: Wake) -> None:
         self.watcher.ensure()
 
 
 def attempt_sources(recorder: Recorder, clock: Callable[[], float], window: float) -> list[WakeSource]:
-    recorder.tally.window = window
+    recorder.configure(window)
     if not recorder.listen():
         return []
     return [NflogSource(recorder, clock), DockerSource(recorder, clock)]

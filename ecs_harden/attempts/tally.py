@@ -22,6 +22,7 @@ from typing import Any
 
 from ecs_harden.attempts import own
 from ecs_harden.attempts.nflog import Packet
+from ecs_harden.attempts.nftlog import HOST_PREFIX
 from ecs_harden.attempts.workloads import History, Workload
 
 WINDOW = 60.0
@@ -31,8 +32,17 @@ MAX_SERIES = 100
 MAX_TIMES = 2000  # packet times kept per source and window (the kernel sends at most ~620)
 RECENT = 3600.0  # "attempts in the last hour"
 PATH = "bridge"  # traffic forwarded from a container interface (raw PREROUTING)
+HOST = "host"  # a host-network task's socket, in ecstasks.slice (filter OUTPUT)
+PATHS = (PATH, HOST)
 UNATTRIBUTED = ("", "unattributed", PATH)
 PROBE = ("", own.NAME, PATH)  # ecs-harden's own probe: counted, never an attempt
+
+# (source, interface, IP version, path, container id: the host path's, from the log prefix)
+Key = tuple[str, str, int, str, str]
+
+
+def unattributed(path: str) -> tuple[str, str, str]:
+    return ("", "unattributed", path)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Attempt:
     count: int
     first: float
     last: float
+    path: str = PATH
 
     def fields(self) -> dict[str, Any]:
         w = self.workload
@@ -59,7 +70,7 @@ class Attempt:
                 "task_revision": w.revision if w else "", "container": w.name if w else "unknown",
                 "container_id": w.container_id[:12] if w else "", "source": self.source,
                 "interface": self.interface, "ip_version": self.family, "count": self.count,
-                "first_seen": iso(self.first), "last_seen": iso(self.last), "path": PATH}
+                "first_seen": iso(self.first), "last_seen": iso(self.last), "path": self.path}
 
 
 def iso(t: float) -> str:
@@ -72,16 +83,20 @@ class Tally:
         self.window = window
         self.clock = clock
         self.window_start = clock()
-        self.buckets: dict[tuple[str, str, int], Bucket] = {}
-        self.late: dict[tuple[str, str, int], Bucket] = {}  # the closed window, in its grace
+        self.buckets: dict[Key, Bucket] = {}
+        self.late: dict[Key, Bucket] = {}  # the closed window, in its grace
         self.totals: dict[tuple[str, str, str], int] = {}
-        self.attributed = 0
-        self.counted = 0  # the attempts table's packets since we started counting
+        self.attributed = dict.fromkeys(PATHS, 0)
+        self.counted = dict.fromkeys(PATHS, 0)  # the attempts table's packets since we started counting
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
 
     def add(self, packets: list[Packet], interface: Callable[[int], str]) -> None:
         for p in packets:
-            key = (p.source, interface(p.indev), p.family)
+            if p.prefix.startswith(HOST_PREFIX):
+                who = p.prefix[len(HOST_PREFIX):].strip()[:64]
+                key: Key = (p.source, interface(p.outdev), p.family, HOST, who)
+            else:
+                key = (p.source, interface(p.indev), p.family, PATH, "")
             b = self.buckets.setdefault(key, Bucket())
             if len(b.times) < MAX_TIMES:
                 b.times.append(p.when)
@@ -110,19 +125,28 @@ class Tally:
         self.late, self.buckets = {}, {}
         return out
 
-    def _attribute(self, buckets: dict[tuple[str, str, int], Bucket]) -> list[Attempt]:
-        grouped: dict[tuple[Workload | None, str, str, int], list[float]] = {}
-        for (source, iface, family), b in buckets.items():
+    def _who(self, source: str, path: str, container: str, t: float) -> Workload | None:
+        if path == HOST:  # the socket's cgroup said which container, at the packet's time
+            if not container:
+                return None
+            return self.history.container(container) or Workload(container, container[:12])
+        return self.history.at(source, t)
+
+    def _attribute(self, buckets: dict[Key, Bucket]) -> list[Attempt]:
+        grouped: dict[tuple[Workload | None, str, str, int, str], list[float]] = {}
+        for (source, iface, family, path, container), b in buckets.items():
             for t in b.times:
-                if own.ours(source, t):
-                    self._add(PROBE, 1)
+                if own.ours(own.CGROUP if path == HOST and not container else source, t):
+                    self._add(("", own.NAME, path), 1, path)
                     continue
-                grouped.setdefault((self.history.at(source, t), source, iface, family), []).append(t)
+                grouped.setdefault((self._who(source, path, container, t), source, iface, family, path),
+                                   []).append(t)
             if b.dropped:
-                grouped.setdefault((None, source, iface, family), []).extend([b.times[-1]] * b.dropped)
+                who = self._who(source, path, container, b.times[-1]) if path == HOST else None
+                grouped.setdefault((who, source, iface, family, path), []).extend([b.times[-1]] * b.dropped)
         out = []
-        for (w, source, iface, family), times in grouped.items():
-            a = Attempt(w, source, iface, family, len(times), min(times), max(times))
+        for (w, source, iface, family, path), times in grouped.items():
+            a = Attempt(w, source, iface, family, len(times), min(times), max(times), path)
             out.append(a)
             self._count(a)
         out.sort(key=lambda a: (-a.count, a.source))
@@ -132,23 +156,28 @@ class Tally:
 
     def _count(self, a: Attempt) -> None:
         w = a.workload
-        self._add((w.task_family, w.name, PATH) if w else ("", "unknown", PATH), a.count)
+        self._add((w.task_family, w.name, a.path) if w else ("", "unknown", a.path), a.count, a.path)
 
-    def _add(self, key: tuple[str, str, str], n: int) -> None:
+    def _add(self, key: tuple[str, str, str], n: int, path: str) -> None:
         if key not in self.totals and len(self.totals) >= MAX_SERIES:
-            key = ("other", "other", PATH)
+            key = ("other", "other", path)
         self.totals[key] = self.totals.get(key, 0) + n
-        self.attributed += n
+        self.attributed[path] += n
 
-    def counters(self, table_packets: int) -> dict[tuple[str, str, str], int]:
-        """Every series, the unattributed one included (never below zero)."""
-        self.counted = max(self.counted, table_packets)
+    def counters(self, table_packets: dict[str, int]) -> dict[tuple[str, str, str], int]:
+        """Every series, each path's unattributed one included (never below zero; the host
+        path's only once it has counted anything)."""
         out = dict(self.totals)
-        out[UNATTRIBUTED] = max(0, self.counted - self.attributed - self.pending())
+        for path in PATHS:
+            self.counted[path] = max(self.counted[path], table_packets.get(path, 0))
+            if path == PATH or self.counted[path]:
+                left = self.counted[path] - self.attributed[path] - self.pending(path)
+                out[unattributed(path)] = max(0, left)
         return out
 
-    def pending(self) -> int:
-        return sum(len(b.times) + b.dropped for bs in (self.buckets, self.late) for b in bs.values())
+    def pending(self, path: str) -> int:
+        return sum(len(b.times) + b.dropped for bs in (self.buckets, self.late) for k, b in bs.items()
+                   if k[3] == path)
 
     def last_hour(self, now: float) -> list[dict[str, Any]]:
         return [r for r in self.recent if parse_iso(r["last_seen"]) >= now - RECENT]

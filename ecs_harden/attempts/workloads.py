@@ -89,6 +89,14 @@ class History:
     """address -> who held it, from when to when."""
 
     held: dict[str, list[Holding]] = field(default_factory=dict)
+    # container id -> who, when last listed: the host path names the container itself (its
+    # socket's cgroup), so an id is looked up, never an address (ids are never reused)
+    known: dict[str, tuple[Workload, float]] = field(default_factory=dict)
+    host_network: frozenset[str] = frozenset()  # running containers in the host's network
+
+    def container(self, container_id: str) -> Workload | None:
+        found = self.known.get(container_id)
+        return found[0] if found else None
 
     def at(self, address: str, when: float) -> Workload | None:
         best: Holding | None = None
@@ -108,10 +116,14 @@ class History:
         creation, else now), and an open holding no container has any more ends now."""
         now_held: dict[str, Workload] = {}
         since: dict[str, float] = {}
+        host: set[str] = set()
         for c in containers:
             w = workload(c) if isinstance(c, dict) else None
             if w is None:
                 continue
+            self.known[w.container_id] = (w, now)
+            if network_mode(c) == "host":
+                host.add(w.container_id)
             created = c.get("Created")
             start = (started or {}).get(w.container_id)
             for a in addresses(c):
@@ -125,6 +137,7 @@ class History:
         for a, w in now_held.items():
             if not any(h.until is None and h.workload == w for h in self.held.get(a, ())):
                 self.held.setdefault(a, []).append(Holding(min(since[a], now), None, w))
+        self.host_network = frozenset(host)
         self.prune(now)
 
     def ended(self, container_id: str, when: float) -> None:
@@ -140,6 +153,14 @@ class History:
                 self.held[a] = kept
             else:
                 del self.held[a]
+        for cid in [c for c, (_, when) in self.known.items() if now - when >= KEEP]:
+            del self.known[cid]
+
+
+def network_mode(c: dict[str, Any]) -> str:
+    config = c.get("HostConfig")
+    mode = config.get("NetworkMode") if isinstance(config, dict) else None
+    return mode if isinstance(mode, str) else ""
 
 
 def running() -> list[dict[str, Any]] | None:
@@ -272,19 +293,25 @@ class Watcher:
         log.debug("attempts.docker_listed", containers=None if found is None else len(found),
                   addresses=len(self.history.current()))
 
-    def readable(self) -> None:
+    def readable(self) -> bool:
+        """Docker's events read; True when the host-network containers changed (the
+        attempts table's host chain names each one's cgroup)."""
         if self.events is None:
-            return
+            return False
+        before = self.history.host_network
         started: dict[str, float] = {}
+        ended = False
         for action, cid, when in self.events.read():
             if action == "disconnect":  # its address goes with it (after the container died)
                 self.history.ended(cid, when)
+                ended = ended or cid in self.history.host_network
             elif action == "connect":  # its address is given now, before its process starts
                 self.connected[cid] = min(when, self.connected.get(cid, when))
             elif action == "start":
                 started[cid] = self.connected.pop(cid, when)
-        if started:
+        if started or ended:
             self.relist(started)
+        return self.history.host_network != before
 
     def close(self) -> None:
         if self.events is not None:

@@ -75,6 +75,8 @@ class StatusPublisher:
         if report is not None:
             self._report = report
             self._text = report_text(report)
+        if attempts.RECORDER is not None:
+            attempts.RECORDER.refresh()  # the attempts table read once, for both
         current = self._report
         if current is None:
             raise ValueError("a heartbeat before any report was published")

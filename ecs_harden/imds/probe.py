@@ -315,8 +315,9 @@ class Prober:
             places = self._places([(b, t.cfg) for b, t in made] + ([(TASK_CGROUP, cg_cfg)] if cg_cfg else []))
             before = drop_counts(places)
             # the candidates' connects are ours, not a container's attempts (attempts.own)
-            with own.probing(str(a).split("/")[0] for _, t in threads for f in ("v4", "v6")
-                             for a in t.cfg.get(f, {}).get("candidates", ())):
+            mine = [str(a).split("/")[0] for _, t in threads for f in ("v4", "v6")
+                    for a in t.cfg.get(f, {}).get("candidates", ())]
+            with own.probing(mine + ([own.CGROUP] if cg_cfg else [])):
                 for _, t in threads:
                     t.go()
                 if child is not None and cg_cfg is not None:

@@ -84,9 +84,9 @@ def test_a_window_gives_one_attempt_per_workload_and_counters_that_sum_to_the_ta
     assert [(a.workload, a.count) for a in got] == [(A, 5), (None, 1), (B, 1)]  # most first
     assert got[0].fields()["task_family"] == "web" and got[0].fields()["container_id"] == "a" * 12
     assert got[1].fields()["container"] == "unknown"
-    counters = t.counters(table_packets=7 + 40)  # 40 more dropped than logged: past the limit
+    counters = t.counters({"bridge": 7 + 40})  # 40 more dropped than logged: past the limit
     assert counters[("web", "app", "bridge")] == 5 and counters[UNATTRIBUTED] == 40
-    assert sum(counters.values()) == 47
+    assert sum(counters.values()) == 47 and ("", "unattributed", "host") not in counters
     assert [r["count"] for r in t.last_hour(113.0)] == [5, 1, 1]
 
 
@@ -168,7 +168,8 @@ def test_inspect_without_a_table_or_a_daemon_warns_and_plans_the_table(monkeypat
     assert f.status == "warn" and "attempts are not logged" in f.detail and "no daemon's record" in f.detail
     assert insp.plan is not None
     assert AttemptsComponent(rules, lambda: None, enforce=False).inspect().plan is None  # mode: report
-    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed((nftlog.fingerprint(rules[0]),), (3,)))
+    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed({"pre": (nftlog.fingerprint(rules[0]),)},
+                                                                 {"pre": 3}))
     record = {"last_hour": 0, "recent": [], "error": None}
     insp = AttemptsComponent(rules, lambda: record, enforce=True).inspect()
     assert insp.findings[0].status == "ok" and insp.plan is None
@@ -192,6 +193,96 @@ def test_the_tables_count_starts_with_the_process_and_survives_the_table_made_ag
     from ecs_harden.attempts.recorder import Recorder
 
     readings = iter([500, 520, 530, 4, 10])
-    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed((b"",), (next(readings),)))
+    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed({"pre": (b"",)}, {"pre": next(readings)}))
     rec = Recorder()
-    assert [rec.table_packets() for _ in range(5)] == [0, 20, 30, 34, 40]
+    assert [rec.table_packets()["bridge"] for _ in range(5)] == [0, 20, 30, 34, 40]
+
+
+C1, C2 = "c" * 64, "d" * 64
+HOSTNET = Workload(C1, "agent-sidecar", ARN + "t-host", "hostfam", "4")
+
+
+def host_packet(when: float, container: str) -> Packet:
+    prefix = f"{nftlog.HOST_PREFIX} {container}".strip()
+    return Packet(when, 4, "10.0.0.5", 0, "", prefix, 2)
+
+
+def test_host_network_attempts_go_to_the_container_their_socket_was_in() -> None:
+    """The host path names the container in the log prefix (its socket's cgroup): the
+    container is looked up by id, never by the host's address, which every host-network
+    task shares; the catch-all (no container's rule) is `unknown` on the host path, and
+    while the probe runs in the task cgroup, the catch-all is the probe's."""
+    h = History()
+    h.seen([{**container(HOSTNET, ""), "HostConfig": {"NetworkMode": "host"}}], now=10.0, started={})
+    assert h.host_network == {C1}
+    t = Tally(h, clock=lambda: 0.0, window=1)
+    t.add([host_packet(1.0 + i / 10, C1) for i in range(3)] + [host_packet(1.5, C2), host_packet(1.6, "")],
+          lambda i: "eth0")
+    got = {a.workload.name if a.workload else "?": a for a in t.flush()}
+    assert got["agent-sidecar"].count == 3 and got["agent-sidecar"].path == "host"
+    fields = got["agent-sidecar"].fields()
+    assert fields["task_family"] == "hostfam" and fields["interface"] == "eth0" and fields["path"] == "host"
+    assert got[C2[:12]].count == 1  # a container Docker did not list: its id, never dropped
+    assert got["?"].fields()["container"] == "unknown" and got["?"].path == "host"
+    counters = t.counters({"bridge": 0, "host": 5 + 7})
+    assert counters[("hostfam", "agent-sidecar", "host")] == 3
+    assert counters[("", "unattributed", "host")] == 7 and sum(counters.values()) == 12
+    import time
+
+    with own.probing([own.CGROUP]):
+        t.add([host_packet(time.time(), "")], lambda i: "eth0")
+        assert t.flush() == []
+    assert t.totals[("", own.NAME, "host")] == 1
+
+
+def test_the_log_prefix_and_output_interface_are_read() -> None:
+    ip = bytes([0x45]) + bytes(11) + bytes([10, 0, 0, 5]) + bytes([169, 254, 169, 254])
+    body = nflog_body(2, ip, indev=0) + encode_attr(5, struct.pack(">I", 2)) + encode_attr(
+        10, f"{nftlog.HOST_PREFIX} {C1}".encode() + b"\0")
+    p = parse(body, 5.0)
+    assert p is not None and p.prefix == f"{nftlog.HOST_PREFIX} {C1}" and p.outdev == 2 and p.source == "10.0.0.5"
+
+
+def test_host_scopes_are_found_by_cgroup_and_level(tmp_path: Any) -> None:
+    from ecs_harden.attempts import hostscopes
+
+    root = tmp_path / "cg"
+    (root / "ecstasks.slice" / "ecstasks-abc.slice" / f"docker-{C1}.scope").mkdir(parents=True)
+    (root / "ecstasks.slice" / "ecstasks-abc.slice" / C2).mkdir()  # Docker's cgroupfs driver
+    (root / "ecstasks.slice" / "ecstasks-abc.slice" / "not-a-container").mkdir()
+    (root / "ecstasks.slice" / "elsewhere").mkdir()
+    (root / "ecstasks.slice" / "ecstasks-x.slice").symlink_to(root)  # never followed
+    (root / "cgroup.controllers").write_text("")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"40 31 0:38 / {root} rw,relatime - cgroup2 cgroup2 rw\n")
+    assert hostscopes.cgroup_level(str(root / "ecstasks.slice"), str(mountinfo)) == 1
+    assert hostscopes.cgroup_level("/elsewhere", str(mountinfo)) is None
+    import functools
+
+    original = hostscopes.cgroup_level
+    hostscopes.cgroup_level = functools.partial(original, mountinfo=str(mountinfo))
+    try:
+        found = hostscopes.host_match({4: ipaddress.ip_network("169.254.169.254/32")}, str(root))
+    finally:
+        hostscopes.cgroup_level = original
+    assert found is not None and found.level == 1
+    assert found.slice_id == (root / "ecstasks.slice").stat().st_ino
+    assert sorted((sc.container, sc.level) for sc in found.scopes) == [(C1, 3), (C2, 3)]
+    assert hostscopes.host_match({4: ipaddress.ip_network("169.254.169.254/32")}, str(tmp_path)) is None
+
+
+def test_a_host_network_container_coming_only_renames_the_tasks_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = nftlog.matches({4: ipaddress.ip_network("169.254.169.254/32")}, [], ["docker+"], guard=True)
+    imds = ((4, ipaddress.ip_network("169.254.169.254/32")),)
+    before = nftlog.HostMatch(imds, 77, 1)
+    after = nftlog.HostMatch(imds, 77, 1, (nftlog.Scope(C1, 99, 3),))
+    monkeypatch.setattr(nftlog, "read", lambda: nftlog.Installed(nftlog.wanted(rules, before), {"pre": 0}))
+    record = {"last_hour": 0, "recent": [], "error": None}
+    same = AttemptsComponent(rules, lambda: record, enforce=True, host=lambda: before).inspect()
+    assert same.plan is None and same.findings[0].status == "ok"
+    came = AttemptsComponent(rules, lambda: record, enforce=True, host=lambda: after).inspect()
+    assert came.plan is not None and not came.plan.whole and came.repairs == frozenset()
+    assert came.findings[0].status == "ok"  # routine, not drift
+    moved = nftlog.HostMatch(imds, 78, 1)  # the slice made afresh: the table anew
+    anew = AttemptsComponent(rules, lambda: record, enforce=True, host=lambda: moved).inspect()
+    assert anew.plan is not None and anew.plan.whole and anew.repairs == frozenset({"imds.attempts"})
