@@ -11,11 +11,13 @@ and the counters still sum exactly, the flood's unlogged packets as `unattribute
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +168,97 @@ def test_a_flood_does_not_hide_another_containers_single_attempt(daemon: tuple[E
         host.docker("rm", "-f", once)
     finally:
         host.sandbox.sh("ip netns del flood || true")
+
+
+def v2_root() -> Path | None:
+    """The cgroup v2 hierarchy's own root as mounted here (/sys/fs/cgroup on a v2 host,
+    /sys/fs/cgroup/unified on a hybrid one)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        head, _, tail = line.partition(" - ")
+        fields = head.split()
+        if tail.startswith("cgroup2 ") and fields[3] == "/" and "rw" in fields[5].split(","):
+            return Path(fields[4])
+    return None
+
+
+HOST_FIVE = "sleep 3; for i in 1 2 3 4 5; do nc -w 1 169.254.169.254 80 </dev/null & done; wait; sleep 60"
+
+
+@pytest.fixture
+def task_slice(clean: EcsHost) -> Iterator[tuple[EcsHost, Path]]:
+    """ecstasks.slice at the root of the cgroup v2 hierarchy, as the ECS agent's hosts have
+    it, removed (with what the test made in it) afterwards."""
+    root = v2_root()
+    if root is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    made = root / "ecstasks.slice"
+    if made.exists():
+        pytest.skip(f"{made} exists already: not ours to use")
+    made.mkdir()
+    try:
+        yield clean, root
+    finally:
+        for d in [*sorted((p for p in made.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), made]:
+            for _ in range(50):
+                for pid in (d / "cgroup.procs").read_text().split():  # a test's leftovers: out first
+                    with contextlib.suppress(OSError):
+                        (root / "cgroup.procs").write_text(pid)
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def output_drops(host: EcsHost) -> int:
+    """What imds.host_network's OUTPUT rule (both families) dropped."""
+    total = 0
+    for binary in ("iptables", "ip6tables"):
+        out = host.sandbox.run([binary, "-w", "-L", "OUTPUT", "-v", "-x", "-n"]).stdout
+        total += sum(int(line.split()[0]) for line in out.splitlines() if "host-network ECS tasks" in line)
+    return total
+
+
+def test_a_host_network_task_is_named_by_its_sockets_cgroup(task_slice: tuple[EcsHost, Path]) -> None:
+    """imds.host_network: block on cgroup v2: a host-network container whose processes are in
+    ecstasks.slice/ecstasks-<task>.slice/docker-<id>.scope (where the agent and Docker's
+    systemd driver put them) opens 5 connections to IMDS: filter OUTPUT drops them, the
+    journal names the task on the host path (the host's address is every host-network
+    task's: the container comes from its socket's cgroup), and the host path's series sum to
+    the OUTPUT rule's counters (the daemon's own probe from the task cgroup apart)."""
+    host, root = task_slice
+    host.sandbox.sh(f"ln -sfn {host.sock} /run/docker.sock")
+    text = (policy_text(host) + f"  attempts_window: {WINDOW}\nimds:\n  host_network: block\n")
+    # the daemon sees the v2 hierarchy at /sys/fs/cgroup, as on AL2023 (a mount of its own)
+    wrap = ["unshare", "--mount", "sh", "-c", f'mount --bind {root} /sys/fs/cgroup && exec "$@"', "sh"]
+    made: list[str] = []
+    try:
+        with contextlib.contextmanager(daemon_with)(host, text, "hostnet-policy.yaml", wrap) as (_, run):
+            run.wait_for("READY=1")
+            assert len(host.sandbox.rules("OUTPUT")) == 1, host.sandbox.rules("OUTPUT")
+            cid = host.docker("create", "--network", "host", *labels("hostfam", "t-host", "sidecar", "4"),
+                              IMAGE, "sh", "-c", HOST_FIVE).stdout.strip()
+            made.append(cid)
+            scope = root / "ecstasks.slice" / "ecstasks-t-host.slice" / f"docker-{cid}.scope"
+            scope.mkdir(parents=True)
+            host.docker("start", cid)
+            pid = host.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout.strip()
+            host.sandbox.sh(f"echo {pid} > {scope}/cgroup.procs")  # before its sleep ends (its pid namespace's)
+            seen(run, {"hostfam"}, 40)
+            time.sleep(WINDOW + 3)
+            mine = [e for e in events(run) if e["task_family"] == "hostfam"]
+            assert sum(e["count"] for e in mine) >= 5 and len(mine) <= 2, mine
+            e = mine[0]
+            assert e["path"] == "host" and e["container"] == "sidecar" and e["container_id"] == cid[:12]
+            assert e["task_arn"].endswith("/t-host") and e["task_revision"] == "4" and e["ip_version"] == 4
+            assert "imds-ok" not in host.docker("logs", cid).stdout
+            assert {x["task_family"] for x in events(run)} == {"hostfam"}  # the probe's never appear
+            until(lambda: sum(n for k, n in blocked_series(host).items() if 'path="host"' in k)
+                  == output_drops(host) > 0, 20)
+            series = blocked_series(host)
+            assert series['task_family="hostfam",container="sidecar",path="host"'] >= 5
+            assert series.get('task_family="",container="unattributed",path="host"', 0) == 0
+    finally:
+        for cid in made:
+            host.docker("rm", "-f", cid, check=False)
+        host.sandbox.sh("rm -f /run/docker.sock")

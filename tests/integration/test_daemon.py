@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,14 +64,16 @@ def policy_text(host: EcsHost) -> str:
     )
 
 
-def start_daemon(host: EcsHost, policy: Path) -> Running:
+def start_daemon(host: EcsHost, policy: Path, wrap: Sequence[str] = ()) -> Running:
+    """wrap: a command the daemon's is appended to (it must exec it, keeping the pid)."""
     sock_path = host.dir / "notify.sock"
     sock_path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
     log = host.dir / "daemon.log"
     proc = host.sandbox.spawn(
-        [sys.executable, "-m", "ecs_harden", "--log-format", "json", "--log-level", "debug", "--policy", str(policy), "run"],
+        [*wrap, sys.executable, "-m", "ecs_harden", "--log-format", "json", "--log-level", "debug",
+         "--policy", str(policy), "run"],
         log,
         env={"PYTHONPATH": str(PROJECT), "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"},
     )
@@ -84,12 +86,12 @@ def start_daemon(host: EcsHost, policy: Path) -> Running:
     return Running(proc, kids[0].pid, notify, [], log)
 
 
-def daemon_with(host: EcsHost, text: str, name: str) -> Iterator[tuple[EcsHost, Running]]:
+def daemon_with(host: EcsHost, text: str, name: str, wrap: Sequence[str] = ()) -> Iterator[tuple[EcsHost, Running]]:
     """The daemon under a policy of this text, killed (leaving its rules) when done."""
     policy = host.dir / name
     policy.write_text(text)
     os.chmod(policy, 0o600)
-    run = start_daemon(host, policy)
+    run = start_daemon(host, policy, wrap)
     try:
         yield host, run
     finally:
