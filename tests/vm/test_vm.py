@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -172,8 +173,31 @@ def test_the_ssm_document_upgrades_in_place_and_reports_compliance(vm: VagrantLa
 HOST_NET_TASK = "ecs-test-hostnet"
 SET_MODE = ("sudo /opt/ecs-harden/bin/python -c 'import sys, yaml; f = \"/etc/ecs-harden/policy.yaml\"; "
             "p = yaml.safe_load(open(f)) or {{}}; p.setdefault(\"imds\", {{}})[\"host_network\"] = \"{mode}\"; "
+            "p.setdefault(\"report\", {{}})[\"attempts_window\"] = 5; "
             "yaml.safe_dump(p, open(f, \"w\"))'")
 NC_IMDS = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80"
+
+
+HOST_NET_LABELS = ("--label com.amazonaws.ecs.task-arn=arn:aws:ecs:us-east-1:123456789012:task/lab/1234 "
+                   "--label com.amazonaws.ecs.task-definition-family=hostnet-family "
+                   "--label com.amazonaws.ecs.task-definition-version=2 --label com.amazonaws.ecs.container-name=prober")
+
+
+def _journal_event(vm: VagrantLab, event: str, needle: str, timeout: float) -> dict[str, Any]:
+    """The daemon's first journal event of this name whose line has `needle`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = vm.ssh("sudo journalctl -u ecs-harden -o cat --no-pager", check=False).stdout
+        for line in out.splitlines():
+            if needle in line and event in line:
+                try:
+                    found = json.loads(line[line.index("{"):])
+                except ValueError:
+                    continue
+                if isinstance(found, dict) and found.get("event") == event:
+                    return found
+        assert time.monotonic() < deadline, f"no {event} with {needle} in the journal: {out[-3000:]}"
+        time.sleep(2)
 
 
 def _check(vm: VagrantLab) -> tuple[int, dict[str, dict[str, str]]]:
@@ -189,7 +213,7 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
     vm.ssh("sudo cp -p /etc/ecs-harden/policy.yaml /etc/ecs-harden/policy.yaml.ecs-test")
     try:
         vm.ssh(f"sudo docker run -d --name {HOST_NET_TASK} --network host --cgroup-parent ecstasks-1234.slice "
-               "lab/busybox sleep 900")
+               f"{HOST_NET_LABELS} lab/busybox sleep 900")
         assert vm.ssh("test -d /sys/fs/cgroup/ecstasks.slice/ecstasks-1234.slice").returncode == 0
         # report (the default): drift, naming the container and its task
         code, found = _check(vm)
@@ -205,6 +229,10 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
         assert rules.count("--path \"ecstasks.slice\"") == 2, rules  # iptables quotes the path
         assert "ecstasks" not in vm.ssh("sudo cat /etc/iptables/rules.v4 /etc/iptables/rules.v6").stdout
         assert "imds-ok" not in vm.ssh(f"sudo docker exec {HOST_NET_TASK} sh -c \"{NC_IMDS}\"", check=False).stdout
+        # who tried: the journal names the task, on the host path (its socket's cgroup)
+        attempt = _journal_event(vm, "imds.attempt", "hostnet-family", timeout=40)
+        assert attempt["path"] == "host" and attempt["container"] == "prober", attempt
+        assert attempt["task_arn"].endswith("/1234") and attempt["count"] >= 1, attempt
         agent_place = vm.ssh(f"sudo docker run --rm --network host --cgroup-parent system.slice lab/busybox "
                              f"sh -c \"{NC_IMDS}\"", check=False)
         assert "imds-ok" in agent_place.stdout, agent_place.stdout + agent_place.stderr
