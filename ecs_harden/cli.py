@@ -262,12 +262,16 @@ def ssm_document(report: Report, policy: policy_mod.Policy) -> dict[str, object]
     except proc.CommandError:
         active = "unknown (systemctl did not answer)"
     age: float | None
+    attempts: int | None = None
     try:
         data, age = read_status(policy.report.status_file)
         limit = heartbeat_limit(data, policy.interval)
-    except (OSError, ValueError):
+        record = (data.get("daemon") or {}).get("attempts")
+        if isinstance(record, dict) and isinstance(record.get("last_hour"), int):
+            attempts = max(0, record["last_hour"])
+    except (OSError, ValueError, AttributeError):
         age, limit = None, HEARTBEATS * policy.interval
-    daemon = ssmcompliance.daemon_item(active, age, limit)
+    daemon = ssmcompliance.daemon_item(active, age, limit, attempts)
     return ssmcompliance.document(report, daemon)
 
 
@@ -390,6 +394,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"\n{data.get('host')}: {state}; daemon pid {daemon.get('pid')} since {daemon.get('started')}, "
               f"{daemon.get('reconciles')} reconciles, {daemon.get('repairs')} repairs; "
               f"status written {age:.1f}s ago")
+        from ecs_harden.attempts.component import status_lines
+
+        for line in status_lines(daemon.get("attempts")):
+            print(line)
         reload_error = daemon_policy.get("reload_error")
         if reload_error:
             print(f"policy: the daemon's last reload failed ({reload_error}); "

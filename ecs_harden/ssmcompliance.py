@@ -57,9 +57,12 @@ def item(check: str, status: str, details: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def daemon_item(active: str, status_age: float | None, stale_after: float) -> dict[str, Any]:
+def daemon_item(active: str, status_age: float | None, stale_after: float,
+                attempts: int | None = None) -> dict[str, Any]:
     """active: what `systemctl is-active ecs-harden.service` said; status_age: the
-    status file's age in seconds (None: none could be read)."""
+    status file's age in seconds (None: none could be read); attempts: blocked attempts
+    to reach IMDS in the daemon's last hour (its status file), in the item's Details as
+    `attempts_last_hour` (the fleet report's column)."""
     if active != "active":
         status, why = ERROR, f"ecs-harden.service is {active or 'unknown'}: nothing repairs drift"
     elif status_age is None:
@@ -69,7 +72,8 @@ def daemon_item(active: str, status_age: float | None, stale_after: float) -> di
                               f"(more than {stale_after:g}s): it is not reconciling")
     else:
         status, why = "ok", f"ecs-harden.service is active; its status is {status_age:.0f}s old"
-    return item(DAEMON, status, {"status": status, "detail": why})
+    extra = {"attempts_last_hour": str(attempts)} if attempts is not None else {}
+    return item(DAEMON, status, {"status": status, "detail": why, **extra})
 
 
 def document(report: Report, daemon: Mapping[str, Any]) -> dict[str, Any]:

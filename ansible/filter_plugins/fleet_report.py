@@ -35,12 +35,14 @@ def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
                if f.get("check") in NOT_YET_EFFECTIVE and f.get("status") == "warn"]
     daemon_report = _parsed(status) if status and status.get("rc") in (0, 3) else None
     daemon = (daemon_report or {}).get("daemon") or {}
+    attempts = daemon.get("attempts") if isinstance(daemon.get("attempts"), dict) else {}
     return {
         "host": host,
         "reachable": True,
         "exit": check.get("rc"),
         "flavor": platform.get("flavor"),
         "iptables": platform.get("iptables"),
+        "attempts_last_hour": attempts_count(attempts.get("last_hour")),
         "compliant": bool(report.get("compliant")),
         "effective": bool(report.get("compliant")) and not pending,
         "pending": pending,
@@ -57,6 +59,14 @@ def _row(host: str, check: Any, status: Any) -> dict[str, Any]:
             "status_exit": (status or {}).get("rc"),
         },
     }
+
+
+def attempts_count(value: Any) -> int | None:
+    """Blocked IMDS attempts in the host's last hour (the daemon's record); None: not known."""
+    try:
+        return max(0, int(value)) if value is not None and str(value).strip() != "" else None
+    except (TypeError, ValueError):
+        return None
 
 
 def fleet_report(hostvars: Any, hosts: list[str], check_var: str = "fleet_report_check",
@@ -76,6 +86,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, int]:
         "not_yet_effective": sum(1 for r in rows if r["compliant"] is True and not r.get("effective")),
         "drifting": sum(1 for r in rows if r["reachable"] and r["compliant"] is not True),
         "unreachable": sum(1 for r in rows if not r["reachable"]),
+        "with_attempts": sum(1 for r in rows if (r.get("attempts_last_hour") or 0) > 0),
     }
 
 
@@ -86,23 +97,25 @@ def _cell(text: Any) -> str:
 def summary_line(report: dict[str, Any]) -> str:
     s = report["summary"]
     return (f"{s['hosts']} hosts, {s['compliant']} compliant, {s['not_yet_effective']} not yet effective "
-            f"(the ECS agent runs the old flags), {s['drifting']} drifting, {s['unreachable']} unreachable")
+            f"(the ECS agent runs the old flags), {s['drifting']} drifting, {s['unreachable']} unreachable"
+            + (f"; {s['with_attempts']} with blocked IMDS attempts in the last hour" if s.get("with_attempts")
+               else ""))
 
 
 def fleet_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# ecs-harden fleet report",
         "",
-        "| host | flavor | iptables | compliant | drifting checks | daemon |",
-        "|---|---|---|---|---|---|",
+        "| host | flavor | iptables | compliant | drifting checks | daemon | IMDS attempts (last hour) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in report["hosts"]:
         if not r["reachable"]:
-            lines.append(f"| {_cell(r['host'])} | | | **unreachable** | {_cell(r['error'])[:200]} | |")
+            lines.append(f"| {_cell(r['host'])} | | | **unreachable** | {_cell(r['error'])[:200]} | | |")
             continue
         if r["compliant"] is None:
             lines.append(f"| {_cell(r['host'])} | | | **error** | ecs-harden check exited {r['exit']}: "
-                         f"{_cell(r['error'])[:200]} | |")
+                         f"{_cell(r['error'])[:200]} | | |")
             continue
         drift = "<br>".join(f"`{_cell(f['check'])}`: {_cell(f['detail'])}" for f in r["drift"] + r["pending"])
         state = ("yes" if r["effective"] else "yes, **not yet effective**") if r["compliant"] else "**NO**"
@@ -112,8 +125,10 @@ def fleet_markdown(report: dict[str, Any]) -> str:
         else:
             daemon = (f"running (pid {d['pid']}), {d['repairs']} repairs, "
                       f"last reconcile {d['last_reconcile']}" if d["running"] else "**not running**")
+        tried = r.get("attempts_last_hour")
         lines.append(f"| {_cell(r['host'])} | {_cell(r['flavor'])} | {_cell(r['iptables'])} | "
-                     f"{state} | {drift} | {_cell(daemon)} |")
+                     f"{state} | {drift} | {_cell(daemon)} | "
+                     f"{'' if tried is None else (f'**{tried}**' if tried else '0')} |")
     lines += ["", summary_line(report), ""]
     return "\n".join(lines)
 

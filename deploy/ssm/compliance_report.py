@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import subprocess
@@ -28,6 +29,7 @@ TYPE = "Custom:ecs_harden"
 FILTER = f"Key=ComplianceType,Values={TYPE},Type=EQUAL"
 
 
+@functools.lru_cache(maxsize=None)
 def renderer() -> Any:
     spec = importlib.util.spec_from_file_location("fleet_report", PLUGIN)
     assert spec is not None and spec.loader is not None
@@ -79,6 +81,7 @@ def row(instance: str, items: list[dict[str, Any]], now: datetime.datetime, max_
     return {
         "host": instance, "reachable": True, "exit": 0 if compliant else 3,
         "flavor": details.get("flavor"), "iptables": details.get("iptables"),
+        "attempts_last_hour": renderer().attempts_count(details.get("attempts_last_hour")),
         "compliant": compliant, "effective": compliant and not pending, "pending": pending,
         "drift": drift + ([finding(daemon)] if daemon and daemon.get("Status") != "COMPLIANT" else []),
         "daemon": {"running": daemon.get("Status") == "COMPLIANT", "detail": details.get("detail")},

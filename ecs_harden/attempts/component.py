@@ -44,6 +44,35 @@ def describe(recent: Sequence[dict[str, Any]]) -> str:
     return text + (f" and {len(named) - NAMED} more" if len(named) > NAMED else "")
 
 
+def _printable(value: object, cut: int = 64) -> str:
+    """A workload's own words for a terminal: control characters shown as `?`, cut."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:cut])
+
+
+def status_lines(record: dict[str, Any] | None, shown: int = 10) -> list[str]:
+    """`status`'s text: the attempts in the last hour, the latest first (the status file's
+    `daemon.attempts`)."""
+    if not isinstance(record, dict):
+        return []
+    if record.get("error"):
+        return [f"attempts: not listening ({_printable(record['error'], 300)})"]
+    count = int(record.get("last_hour") or 0)
+    lost = int(record.get("unattributed") or 0)
+    head = f"attempts: {count} blocked in the last hour" + (f", {lost} packets unattributed" if lost else "")
+    recent = [r for r in record.get("recent") or [] if isinstance(r, dict)]
+    if not recent:
+        return [head]
+    lines = [head + ", the latest:"]
+    for r in reversed(recent[-shown:]):
+        task = r.get("task_arn") or ""
+        who = f"{_printable(r.get('task_family') or '-')}/{_printable(r.get('container') or '?')}"
+        lines.append(f"  {_printable(r.get('last_seen'), 24)}  {who}"
+                     + (f" (task {_printable(str(task).rsplit('/', 1)[-1])})" if task else "")
+                     + f" from {_printable(r.get('source'), 40)} on {_printable(r.get('interface'), 16)}"
+                     + f" [{_printable(r.get('path'), 8)}]: {int(r.get('count') or 0)}")
+    return lines
+
+
 class AttemptsComponent(Base):
     name = CHECK
     wakes_on = FIREWALL

@@ -79,3 +79,40 @@ def test_a_finding_not_looked_at_within_a_resync_is_stale_never_ok(harden: Harde
     assert j["compliant"] is False
     assert {f["check"]: f["status"] for f in j["findings"]}[aged] == "stale"
     assert all(f["status"] == "ok" for f in j["findings"] if f["check"] != aged)
+
+
+def test_status_lists_the_latest_attempts_a_workloads_words_never_reach_the_terminal_raw(harden: Harden) -> None:
+    assert harden("run", "--once").code in (0, 3)
+    status = harden.tmp / "status.json"
+    data = json.loads(status.read_text())
+    recent = [{"task_arn": "arn:aws:ecs:us-east-1:1:task/prod/t-web", "task_family": "web", "container": "app",
+               "source": "172.17.0.2", "interface": "docker0", "path": "bridge", "count": 5,
+               "last_seen": "2026-12-07T10:00:01.000Z"},
+              {"task_arn": "", "task_family": "evil\x1b[2J", "container": "x\ny", "source": "10.0.0.5",
+               "interface": "eth0", "path": "host", "count": 2, "last_seen": "2026-12-07T10:00:02.000Z"}]
+    data["daemon"]["attempts"] = {"listening": True, "error": None, "last_hour": 7, "recent": recent,
+                                  "unattributed": 40}
+    status.write_text(json.dumps(data))
+    r = harden("status")
+    lines = r.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("attempts: 7 blocked in the last hour"))
+    assert "40 packets unattributed" in lines[start]
+    assert lines[start + 1].split() == ["2026-12-07T10:00:02.000Z", "evil?[2J/x?y", "from", "10.0.0.5", "on",
+                                        "eth0", "[host]:", "2"]  # the latest first, control characters as ?
+    assert "web/app (task t-web) from 172.17.0.2 on docker0 [bridge]: 5" in lines[start + 2]
+    assert "\x1b" not in r.stdout
+
+
+def test_the_ssm_daemon_item_carries_the_attempts_of_the_last_hour(harden: Harden) -> None:
+    assert harden("run", "--once").code in (0, 3)
+    status = harden.tmp / "status.json"
+    data = json.loads(status.read_text())
+    data["daemon"]["attempts"] = {"listening": True, "error": None, "last_hour": 9, "recent": []}
+    status.write_text(json.dumps(data))
+    r = harden("check", "--format", "ssm-compliance")
+    (daemon,) = [it for it in r.json()["Items"] if it["Id"] == "daemon"]
+    assert daemon["Details"]["attempts_last_hour"] == "9"
+    data["daemon"]["attempts"] = {"last_hour": "9; rm -rf /"}  # not the daemon's: left out
+    status.write_text(json.dumps(data))
+    (daemon,) = [it for it in harden("check", "--format", "ssm-compliance").json()["Items"] if it["Id"] == "daemon"]
+    assert "attempts_last_hour" not in daemon["Details"]

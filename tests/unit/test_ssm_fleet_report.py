@@ -35,13 +35,14 @@ else:
 """
 
 
-def stored(instance: str, findings: tuple[Finding, ...], active: str, minutes_ago: float) -> list[dict[str, Any]]:
+def stored(instance: str, findings: tuple[Finding, ...], active: str, minutes_ago: float,
+           attempts: int | None = None) -> list[dict[str, Any]]:
     """The items a host's `check --format ssm-compliance` put, as list-compliance-items
     returns them (each with the resource, the type and the execution summary)."""
     then = (NOW - datetime.timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
     report = Report(mode="enforce", platform={"flavor": "amzn2023", "iptables": "nf_tables"},
                     findings=findings, time=then, host=instance)
-    doc = ssmcompliance.document(report, ssmcompliance.daemon_item(active, 3.0, 15.0))
+    doc = ssmcompliance.document(report, ssmcompliance.daemon_item(active, 3.0, 15.0, attempts))
     return [{**it, "ResourceId": instance, "ResourceType": "ManagedInstance", "ComplianceType": doc["ComplianceType"],
              "ExecutionSummary": doc["ExecutionSummary"]} for it in doc["Items"]]
 
@@ -50,7 +51,7 @@ def test_the_fleet_table_from_ssm_compliance(tmp_path: Path) -> None:
     ok = (Finding("imds.ipv4.live", "ok", detail="dropped"), Finding("ecs_config.ECS_AWSVPC_BLOCK_IMDS", "ok"))
     drifting = (Finding("imds.ipv4.live", "drift", "DROP once", "absent", "the block is missing"),
                 Finding("ecs_config.ECS_AWSVPC_BLOCK_IMDS", "ok"))
-    data = {"i-0aaaaaaaaaaaaaaa1": stored("i-0aaaaaaaaaaaaaaa1", ok, "active", 5),
+    data = {"i-0aaaaaaaaaaaaaaa1": stored("i-0aaaaaaaaaaaaaaa1", ok, "active", 5, attempts=7),
             "i-0bbbbbbbbbbbbbbb2": stored("i-0bbbbbbbbbbbbbbb2", drifting, "active", 5),
             "i-0ccccccccccccccc3": stored("i-0ccccccccccccccc3", ok, "inactive", 5),
             "i-0ddddddddddddddd4": stored("i-0ddddddddddddddd4", ok, "active", 600)}
@@ -64,13 +65,15 @@ def test_the_fleet_table_from_ssm_compliance(tmp_path: Path) -> None:
                         capture_output=True, text=True, env=env, timeout=60)
     assert cp.returncode == 3, cp.stdout + cp.stderr
     assert cp.stdout.strip() == ("4 hosts, 1 compliant, 0 not yet effective (the ECS agent runs the old flags), "
-                                 "2 drifting, 1 unreachable")
+                                 "2 drifting, 1 unreachable; 1 with blocked IMDS attempts in the last hour")
     calls = [json.loads(line) for line in (tmp_path / "calls").read_text().splitlines()]
     assert calls[0][:2] == ["ssm", "list-resource-compliance-summaries"]
     assert all("--region" in c and "Key=ComplianceType,Values=Custom:ecs_harden,Type=EQUAL" in c for c in calls)
     report = json.loads((tmp_path / "out" / "fleet-report.json").read_text())
     rows = {r["host"]: r for r in report["hosts"]}
     assert rows["i-0aaaaaaaaaaaaaaa1"]["compliant"] is True and rows["i-0aaaaaaaaaaaaaaa1"]["flavor"] == "amzn2023"
+    assert rows["i-0aaaaaaaaaaaaaaa1"]["attempts_last_hour"] == 7  # the daemon item's Details
+    assert rows["i-0bbbbbbbbbbbbbbb2"]["attempts_last_hour"] is None
     assert [f["check"] for f in rows["i-0bbbbbbbbbbbbbbb2"]["drift"]] == ["imds.ipv4.live"]
     assert rows["i-0bbbbbbbbbbbbbbb2"]["drift"][0]["detail"] == "the block is missing"
     assert rows["i-0ccccccccccccccc3"]["compliant"] is False
