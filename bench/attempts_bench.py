@@ -94,6 +94,7 @@ def main() -> int:
     table = rec.table_packets()
     t2 = time.perf_counter()
     for _ in range(args.calls):
+        rec.refresh()
         rec.status()
         rec.metrics_lines()
     per_beat = (time.perf_counter() - t2) / args.calls

@@ -218,7 +218,7 @@ def test_host_network_tasks_in_the_task_cgroup_are_blocked_the_agents_place_is_n
         # report (the default): drift, naming the container and its task
         code, found = _check(vm)
         assert code == 3 and found["imds.host_network"]["status"] == "drift", found["imds.host_network"]
-        assert f"{HOST_NET_TASK} (" in found["imds.host_network"]["detail"]
+        assert "prober (" in found["imds.host_network"]["detail"]  # the ECS container-name label
         assert "of task 1234 can reach IMDS" in found["imds.host_network"]["detail"]
         assert "imds-ok" in vm.ssh(f"sudo docker exec {HOST_NET_TASK} sh -c \"{NC_IMDS}\"", check=False).stdout
         # block: the daemon's policy says so, apply inserts the live OUTPUT rule
