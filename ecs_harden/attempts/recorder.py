@@ -27,6 +27,7 @@ from ecs_harden.statusfile import label
 
 log = logs.get("ecs_harden.attempts")
 SHOWN = 10  # attempts listed in the status file
+RETRY = 30.0  # seconds between tries to listen again
 
 
 def interface_name(index: int) -> str:
@@ -47,23 +48,41 @@ class Recorder:
         self._last: dict[str, int] = {}
         self._offset: dict[str, int] = {}  # packets of tables made again since
         self.counters: dict[tuple[str, str, str], int] = {}  # at the last refresh()
+        self.retry_at = 0.0  # when to bind to the group again, while not listening
 
     def configure(self, window: float) -> None:
         self.tally.window = window
 
-    def listen(self) -> bool:
+    def listen(self, now: float | None = None) -> bool:
+        """Bound to the group, or the next try scheduled (RETRY seconds on): what is
+        dropped meanwhile is counted by the table and shows as unattributed."""
         if self.listener is None:
             try:
                 self.listener = Listener()
+                if self.error:
+                    log.info("attempts.listening", group=nftlog.GROUP)
                 self.error = ""
             except OSError as exc:
-                self.error = f"cannot listen on NFLOG group {nftlog.GROUP}: {exc}"
-                log.warning("attempts.unavailable", error=self.error)
+                error = f"cannot listen on NFLOG group {nftlog.GROUP}: {exc}"
+                if error != self.error:
+                    log.warning("attempts.unavailable", error=error)
+                self.error = error
+                self.retry_at = (time.time() if now is None else now) + RETRY
         return self.listener is not None
 
     def read(self) -> None:
-        if self.listener is not None:
-            self.tally.add(self.listener.read(), interface_name)
+        if self.listener is None:
+            return
+        try:
+            packets = self.listener.read()
+        except OSError as exc:  # the socket broke: never the daemon's loop with it
+            self.listener.close()
+            self.listener = None
+            self.error = f"lost NFLOG group {nftlog.GROUP}: {exc}"
+            self.retry_at = time.time() + RETRY
+            log.warning("attempts.listener_lost", error=self.error, retry_in=RETRY)
+            return
+        self.tally.add(packets, interface_name)
 
     def due(self, now: float) -> None:
         self.report(self.tally.due(now))

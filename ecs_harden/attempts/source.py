@@ -25,13 +25,19 @@ class NflogSource(WakeSource):
         return self.recorder.listener.fileno() if self.recorder.listener is not None else -1
 
     def deadline(self) -> float | None:
-        return self.clock() + max(0.0, self.recorder.tally.deadline() - time.time())
+        due = self.recorder.tally.deadline()
+        if self.recorder.listener is None:
+            due = min(due, self.recorder.retry_at)
+        return self.clock() + max(0.0, due - time.time())
 
     def readable(self, now: float, wake: Wake) -> None:
         self.recorder.read()
 
     def due(self, now: float, wake: Wake) -> None:
-        self.recorder.due(time.time())
+        wall = time.time()
+        if self.recorder.listener is None and wall >= self.recorder.retry_at:
+            self.recorder.listen(wall)
+        self.recorder.due(wall)
 
     def close(self) -> None:
         self.recorder.close()
@@ -63,6 +69,5 @@ class DockerSource(WakeSource):
 
 def attempt_sources(recorder: Recorder, clock: Callable[[], float], window: float) -> list[WakeSource]:
     recorder.configure(window)
-    if not recorder.listen():
-        return []
+    recorder.listen()  # not listening (yet): tried again every RETRY seconds
     return [NflogSource(recorder, clock), DockerSource(recorder, clock)]

@@ -286,3 +286,44 @@ def test_a_host_network_container_coming_only_renames_the_tasks_chain(monkeypatc
     moved = nftlog.HostMatch(imds, 78, 1)  # the slice made afresh: the table anew
     anew = AttemptsComponent(rules, lambda: record, enforce=True, host=lambda: moved).inspect()
     assert anew.plan is not None and anew.plan.whole and anew.repairs == frozenset({"imds.attempts"})
+
+
+def test_a_lost_listener_never_stops_the_loop_and_is_bound_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NFLOG socket breaking (or the group taken) is said once and tried again every
+    RETRY seconds; the table keeps counting meanwhile, so what was missed is unattributed."""
+    from ecs_harden.attempts import recorder as rec_mod
+    from ecs_harden.attempts.source import NflogSource
+    from ecs_harden.daemon.wakeups import Wake
+
+    class Broken:
+        closed = False
+
+        def read(self) -> list[Packet]:
+            raise OSError(9, "Bad file descriptor")
+
+        def close(self) -> None:
+            self.closed = True
+
+        def fileno(self) -> int:
+            return 99
+
+    tries: list[int] = []
+
+    def refused() -> Broken:
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError(16, "Device or resource busy")
+        return Broken()
+
+    monkeypatch.setattr(rec_mod, "Listener", refused)
+    rec = rec_mod.Recorder()
+    assert not rec.listen(now=100.0) and "busy" in rec.error and rec.retry_at == 100.0 + rec_mod.RETRY
+    src = NflogSource(rec, clock=lambda: 0.0)
+    assert src.fileno() == -1
+    rec.retry_at = 0.0  # due now
+    src.due(0.0, Wake())
+    assert rec.listener is not None and rec.error == "" and src.fileno() == 99
+    broken = rec.listener
+    src.readable(0.0, Wake())  # raises inside: said, closed, never out of the loop
+    assert rec.listener is None and "lost NFLOG group" in rec.error and broken.closed
+    assert rec.status()["listening"] is False
