@@ -7,7 +7,7 @@ Measured (not asserted): the daemon process's CPU over the flood as a share of o
 wrote for attempts (at most one per workload per window, then one `more`), whether the
 single attempt was named, and the textfile's series against the raw guard's counters.
 
-    .venv/bin/python -m bench.attempts_daemon_bench [--variant nf_tables] [--rate 20000] [--seconds 30]
+    .venv/bin/python -m bench.attempts_daemon_bench [--variant nft] [--rate 20000] [--seconds 30]
 """
 
 from __future__ import annotations
@@ -105,11 +105,13 @@ def measure(variant: str, rate: float, seconds: float) -> dict[str, Any]:
         c1, t1 = cpu_seconds(daemon), time.monotonic()
         time.sleep(WINDOW + 4)  # the last window closed and attributed
         events = []
+        kinds: dict[str, int] = {}
         for line in log.read_text().splitlines()[lines0:]:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
+            kinds[str(entry.get("event"))] = kinds.get(str(entry.get("event")), 0) + 1
             if str(entry.get("event", "")).startswith("imds.attempt"):
                 events.append(entry)
         sent = int((sb.dir / "flood.log").read_text().split()[-1])
@@ -126,7 +128,8 @@ def measure(variant: str, rate: float, seconds: float) -> dict[str, Any]:
             "workloads_per_line": sorted({e.get("task_family") or e.get("source", "") for e in events}),
             "single_attempt_named": any(e.get("task_family") == "batch" and e.get("container") == "job"
                                         for e in events),
-            "series_sum": sum(found.values()), "guard_packets": guard,
+            "series_sum": sum(found.values()), "guard_packets": guard, "log_events": kinds,
+            "textfile_age_seconds": round(time.time() - textfile.stat().st_mtime, 1),
             "unattributed": found.get('ecs_harden_imds_blocked_total{task_family="",container="unattributed",'
                                       'path="bridge"}', 0),
         }
@@ -134,7 +137,7 @@ def measure(variant: str, rate: float, seconds: float) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", default="nf_tables", choices=("nf_tables", "legacy"))
+    ap.add_argument("--variant", default="nft", choices=("nft", "legacy"))
     ap.add_argument("--rate", type=float, default=20000)
     ap.add_argument("--seconds", type=float, default=30)
     args = ap.parse_args()

@@ -248,9 +248,25 @@ def _batch(parts: list[tuple[int, int, bytes]]) -> None:
     commit(b"".join(out), len(parts), f"nf_tables table {TABLE}")
 
 
-def _rule(table: bytes, chain: str, expressions: bytes) -> tuple[int, int, bytes]:
+def set_ids(rules: Sequence[Match]) -> dict[int, int]:
+    """Each family's set, numbered within the transaction that makes it."""
+    return {family: i + 1 for i, family in enumerate(sorted({m.family for m in rules}))}
+
+
+def planned(rules: Sequence[Match], host: HostMatch | None) -> list[tuple[str, bytes, bytes]]:
+    """Every rule of the table: (chain, expressions, fingerprint). What put() makes and
+    what wanted() compares come from here, so the two cannot disagree."""
+    ids = set_ids(rules)
+    out = [(CHAIN, m.expressions(ids[m.family]), fingerprint(m)) for m in rules]
+    if host is not None:
+        out += [(OUT_CHAIN, e, fingerprint(e)) for e in host.out_rules()]
+        out += [(TASKS_CHAIN, e, fingerprint(e)) for e in host.task_rules()]
+    return out
+
+
+def _rule(table: bytes, chain: str, expressions: bytes, print_: bytes) -> tuple[int, int, bytes]:
     return (NEWRULE, NLM_F_CREATE | NLM_F_APPEND, table + _attr(2, _str(chain)) + _nest(4, expressions)
-            + _attr(USERDATA, fingerprint(expressions)))
+            + _attr(USERDATA, print_))
 
 
 def put(rules: Sequence[Match], host: HostMatch | None = None) -> None:
@@ -258,20 +274,16 @@ def put(rules: Sequence[Match], host: HostMatch | None = None) -> None:
     table = _attr(1, _str(TABLE))
     parts: list[tuple[int, int, bytes]] = [(NEWTABLE, NLM_F_CREATE, table), (DELTABLE, 0, table),
                                            (NEWTABLE, NLM_F_CREATE, table)]
-    ids: dict[int, int] = {}
-    for family in sorted({m.family for m in rules}):
-        ids[family] = len(ids) + 1
+    for family, set_id in set_ids(rules).items():
         length = HEADER[family][2]
         parts.append((NEWSET, NLM_F_CREATE, table + _attr(2, _str(set_name(family)))
                       + _attr(3, _u32(SET_TIMEOUT_EVAL)) + _attr(4, _u32(KEY_TYPE[family]))
-                      + _attr(5, _u32(length)) + _attr(10, _u32(ids[family])) + _attr(11, _u64(FORGET_MS))))
+                      + _attr(5, _u32(length)) + _attr(10, _u32(set_id)) + _attr(11, _u64(FORGET_MS))))
     parts.append(_base_chain(table, CHAIN, HOOK_PREROUTING))
-    parts += [_rule(table, CHAIN, m.expressions(ids[m.family])) for m in rules]
     if host is not None:
         parts.append((NEWCHAIN, NLM_F_CREATE, table + _attr(3, _str(TASKS_CHAIN))))
         parts.append(_base_chain(table, OUT_CHAIN, HOOK_OUTPUT))
-        parts += [_rule(table, OUT_CHAIN, e) for e in host.out_rules()]
-        parts += [_rule(table, TASKS_CHAIN, e) for e in host.task_rules()]
+    parts += [_rule(table, chain, e, fp) for chain, e, fp in planned(rules, host)]
     _batch(parts)
 
 
@@ -286,7 +298,7 @@ def put_tasks(host: HostMatch) -> None:
     the counters in `pre` and `out` go on."""
     table = _attr(1, _str(TABLE))
     _batch([(DELRULE, 0, table + _attr(2, _str(TASKS_CHAIN)))]
-           + [_rule(table, TASKS_CHAIN, e) for e in host.task_rules()])
+           + [_rule(table, chain, e, fp) for chain, e, fp in planned((), host) if chain == TASKS_CHAIN])
 
 
 def delete() -> bool:
@@ -320,11 +332,12 @@ def fingerprint(rule: Match | bytes) -> bytes:
 
 def wanted(rules: Sequence[Match], host: HostMatch | None) -> dict[str, tuple[bytes, ...]]:
     """The fingerprints each chain should hold."""
-    out = {CHAIN: tuple(fingerprint(m) for m in rules)}
+    out: dict[str, list[bytes]] = {CHAIN: []}
     if host is not None:
-        out[OUT_CHAIN] = tuple(fingerprint(e) for e in host.out_rules())
-        out[TASKS_CHAIN] = tuple(fingerprint(e) for e in host.task_rules())
-    return out
+        out.update({OUT_CHAIN: [], TASKS_CHAIN: []})
+    for chain, _, fp in planned(rules, host):
+        out[chain].append(fp)
+    return {c: tuple(fps) for c, fps in out.items()}
 
 
 def read() -> Installed | None:

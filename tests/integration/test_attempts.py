@@ -24,7 +24,7 @@ import pytest
 
 from bench.attempts_bench import FLOOD  # the same flood as the benchmark's
 from tests.integration.test_daemon import Running, daemon_with, policy_text, until
-from tests.lab.host import IMAGE, EcsHost
+from tests.lab.host import IMAGE, PROJECT, EcsHost
 
 WINDOW = 4
 FIVE = "for i in 1 2 3 4 5; do nc -w 1 169.254.169.254 80 </dev/null & done; wait; sleep 60"
@@ -262,3 +262,39 @@ def test_a_host_network_task_is_named_by_its_sockets_cgroup(task_slice: tuple[Ec
         for cid in made:
             host.docker("rm", "-f", cid, check=False)
         host.sandbox.sh("rm -f /run/docker.sock")
+
+
+MADE_IS_WANTED = """
+import ipaddress
+from ecs_harden.attempts import nftlog
+from ecs_harden.attempts.component import AttemptsComponent
+imds = {4: ipaddress.ip_network("169.254.169.254/32"), 6: ipaddress.ip_network("fd00:ec2::254/128")}
+rules = nftlog.matches(imds, ["tasks0"], ["docker+"], guard=True)
+host = nftlog.HostMatch(tuple(sorted(imds.items())), 4242, 1, (nftlog.Scope("c" * 64, 4343, 3),))
+for h in (None, host):
+    comp = AttemptsComponent(rules, lambda: {"last_hour": 0}, enforce=True, host=lambda: h)
+    first = comp.inspect()
+    assert first.plan is not None, first
+    comp.execute(first)
+    again = comp.inspect()
+    assert again.plan is None and again.findings[0].status == "ok", again
+moved = nftlog.HostMatch(host.imds, 4242, 1, (nftlog.Scope("d" * 64, 4444, 3),))
+comp = AttemptsComponent(rules, lambda: {"last_hour": 0}, enforce=True, host=lambda: moved)
+came = comp.inspect()
+assert came.plan is not None and not came.plan.whole
+comp.execute(came)
+assert comp.inspect().plan is None
+assert nftlog.read().prints == nftlog.wanted(rules, moved)
+print("made as wanted")
+"""
+
+
+def test_the_table_made_is_the_table_wanted(clean: EcsHost) -> None:
+    """What the kernel keeps of the table (each rule's fingerprint) is what the component
+    compares with: once made, nothing to do; a host-network container coming renames only
+    the tasks chain. (When they differed, every firewall event made the table again, and
+    each remake was a firewall event.)"""
+    out = clean.sandbox.run([sys.executable, "-c", MADE_IS_WANTED], env={"PYTHONPATH": str(PROJECT)})
+    assert "made as wanted" in out.stdout, out.stdout + out.stderr
+    clean.sandbox.run([sys.executable, "-c", "from ecs_harden.attempts import nftlog; nftlog.delete()"],
+                      env={"PYTHONPATH": str(PROJECT)})
