@@ -300,3 +300,39 @@ def test_the_table_made_is_the_table_wanted(clean: EcsHost) -> None:
     assert "made as wanted" in out.stdout, out.stdout + out.stderr
     clean.sandbox.run([sys.executable, "-c", "from ecs_harden.attempts import nftlog; nftlog.delete()"],
                       env={"PYTHONPATH": str(PROJECT)})
+
+
+REUSE_WINDOW = 12
+THREE = "for i in 1 2 3; do nc -w 1 169.254.169.254 80 </dev/null & done; wait"
+
+
+def test_an_address_given_to_another_container_within_the_window_splits_the_attempts(clean: EcsHost) -> None:
+    """A container tries, is removed, and another is given its address and tries, all in one
+    window: each attempt goes to whoever held the address at the packet's time (the window is
+    attributed after both, so a lookup at that time would give all of them to the second).
+    The iptables variant plays no part here (the attempts table is nf_tables on both): nft only."""
+    if clean.variant != "nft":
+        pytest.skip("attribution is the same on both variants")
+    host = clean
+    host.sandbox.sh(f"ln -sfn {host.sock} /run/docker.sock")
+    text = policy_text(host) + f"  attempts_window: {REUSE_WINDOW}\n"
+    host.docker("network", "create", "--subnet", "10.77.0.0/24", "reuse-net", check=False)
+    try:
+        with contextlib.contextmanager(daemon_with)(host, text, "reuse-policy.yaml") as (_, run):
+            run.wait_for("READY=1")
+            first = host.docker("run", "--rm", "--network", "reuse-net", "--ip", "10.77.0.9",
+                                *labels("before", "t-1", "old"), IMAGE, "sh", "-c", THREE).stdout
+            second = host.docker("run", "-d", "--network", "reuse-net", "--ip", "10.77.0.9",
+                                 *labels("after", "t-2", "new"), IMAGE, "sh", "-c", THREE + "; sleep 30").stdout.strip()
+            assert "imds-ok" not in first
+            seen(run, {"before", "after"}, REUSE_WINDOW + 20)
+            got = [e for e in events(run) if e["source"] == "10.77.0.9"]
+            by = {e["task_family"]: e for e in got}
+            assert set(by) == {"before", "after"}, got  # nobody's attempts given to the other
+            assert by["before"]["count"] >= 3 and by["after"]["count"] >= 3, got
+            assert by["before"]["container"] == "old" and by["after"]["container"] == "new"
+            assert by["after"]["container_id"] == second[:12]
+            host.docker("rm", "-f", second)
+    finally:
+        host.docker("network", "rm", "reuse-net", check=False)
+        host.sandbox.sh("rm -f /run/docker.sock")
