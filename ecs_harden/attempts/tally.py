@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Tuple
 
 from ecs_harden.attempts import own
 from ecs_harden.attempts.nflog import Packet
@@ -38,7 +38,7 @@ UNATTRIBUTED = ("", "unattributed", PATH)
 PROBE = ("", own.NAME, PATH)  # ecs-harden's own probe: counted, never an attempt
 
 # (source, interface, IP version, path, container id: the host path's, from the log prefix)
-Key = tuple[str, str, int, str, str]
+Key = Tuple[str, str, int, str, str]  # typing: evaluated at run time on 3.8
 
 
 def unattributed(path: str) -> tuple[str, str, str]:
