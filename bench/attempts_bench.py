@@ -39,17 +39,36 @@ for n in a b; do i=$([ $n = a ] && echo 2 || echo 3); ip netns exec $n sh -c "ip
 sysctl -qw net.ipv4.ip_forward=1
 iptables-nft -t raw -I PREROUTING -d 169.254.169.254 ! -i lo -j DROP
 """
+# SECONDS [RATE]: non-blocking connects to IMDS, as fast as one process can or RATE a second
 FLOOD = """
 import socket, sys, time
-end, n = time.time() + float(sys.argv[1]), 0
-while time.time() < end:
-    s = socket.socket(); s.setblocking(False)
-    try:
-        s.connect(("169.254.169.254", 80))
-    except OSError:
-        pass
-    s.close(); n += 1
+seconds = float(sys.argv[1])
+rate = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+start, n = time.time(), 0
+while True:
+    now = time.time()
+    if now - start >= seconds:
+        break
+    due = int((now - start) * rate) if rate else n + 1
+    while n < due:
+        s = socket.socket(); s.setblocking(False)
+        try:
+            s.connect(("169.254.169.254", 80))
+        except OSError:
+            pass
+        s.close(); n += 1
+    if rate:
+        time.sleep(0.002)
 print(n)
+"""
+# a namespace on docker0 (no container of Docker's) at 172.17.255.250, to flood from
+FLOOD_NETNS = """
+ip netns add flood
+ip link add fl-host type veth peer name fl-peer
+ip link set fl-host master docker0 up
+ip link set fl-peer netns flood
+ip netns exec flood sh -ec 'ip link set lo up; ip addr add 172.17.255.250/16 dev fl-peer
+    ip link set fl-peer up; ip route add default via 172.17.0.1'
 """
 ONCE = "import socket; s = socket.socket(); s.settimeout(1)\ntry: s.connect(('169.254.169.254', 80))\nexcept OSError: pass"
 

@@ -22,29 +22,11 @@ from typing import Any
 
 import psutil
 
+from bench.attempts_bench import FLOOD, FLOOD_NETNS
 from bench.daemon_bench import cpu_seconds
 from tests.lab.host import IMAGE, PROJECT, EcsHost
 
 WINDOW = 5
-PACED = """
-import socket, sys, time
-seconds, rate = float(sys.argv[1]), float(sys.argv[2])
-start, n = time.time(), 0
-while True:
-    now = time.time()
-    if now - start >= seconds:
-        break
-    due = int((now - start) * rate)
-    while n < due:
-        s = socket.socket(); s.setblocking(False)
-        try:
-            s.connect(("169.254.169.254", 80))
-        except OSError:
-            pass
-        s.close(); n += 1
-    time.sleep(0.002)
-print(n)
-"""
 LABELS = ["--label", "com.amazonaws.ecs.task-arn=arn:aws:ecs:us-east-1:123456789012:task/prod/t-once",
           "--label", "com.amazonaws.ecs.task-definition-family=batch",
           "--label", "com.amazonaws.ecs.task-definition-version=1",
@@ -86,17 +68,10 @@ def measure(variant: str, rate: float, seconds: float) -> dict[str, Any]:
             time.sleep(0.1)
         (daemon,) = psutil.Process(proc.pid).children()
         time.sleep(WINDOW + 3)  # the first probe's packets counted and their window closed
-        sb.sh("""
-            ip netns add flood
-            ip link add fl-host type veth peer name fl-peer
-            ip link set fl-host master docker0 up
-            ip link set fl-peer netns flood
-            ip netns exec flood sh -ec 'ip link set lo up; ip addr add 172.17.255.250/16 dev fl-peer
-                ip link set fl-peer up; ip route add default via 172.17.0.1'
-        """)
+        sb.sh(FLOOD_NETNS)
         lines0 = log.read_text().count("\n")
         c0, t0 = cpu_seconds(daemon), time.monotonic()
-        flood = sb.spawn(["ip", "netns", "exec", "flood", sys.executable, "-c", PACED, str(seconds), str(rate)],
+        flood = sb.spawn(["ip", "netns", "exec", "flood", sys.executable, "-c", FLOOD, str(seconds), str(rate)],
                          sb.dir / "flood.log")
         time.sleep(seconds / 2)
         once = host.docker("run", "-d", *LABELS, IMAGE, "sh", "-c",

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bench.attempts_bench import FLOOD  # the same flood as the benchmark's
+from bench.attempts_bench import FLOOD, FLOOD_NETNS  # the same flood as the benchmarks'
 from tests.integration.test_daemon import Running, daemon_with, policy_text, until
 from tests.lab.host import IMAGE, PROJECT, EcsHost
 
@@ -141,14 +141,7 @@ def test_each_task_is_named_with_its_attempts_and_the_counters_sum_to_the_drops(
 def test_a_flood_does_not_hide_another_containers_single_attempt(daemon: tuple[EcsHost, Running]) -> None:
     host, run = daemon
     run.wait_for("READY=1")
-    host.sandbox.sh("""
-        ip netns add flood
-        ip link add fl-host type veth peer name fl-peer
-        ip link set fl-host master docker0 up
-        ip link set fl-peer netns flood
-        ip netns exec flood sh -ec 'ip link set lo up; ip addr add 172.17.255.250/16 dev fl-peer
-            ip link set fl-peer up; ip route add default via 172.17.0.1'
-    """)
+    host.sandbox.sh(FLOOD_NETNS)
     try:
         flood = host.sandbox.spawn(["ip", "netns", "exec", "flood", sys.executable, "-c", FLOOD, "6"],
                                    host.dir / "flood.log")
