@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ecs_harden.component import FIREWALL, Base, Inspection
-from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, binary, describe
 from ecs_harden.firewall.evaluate import ChainReader, Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Rule
 from ecs_harden.imds import guard as guards_
@@ -85,10 +85,6 @@ def leak(raw: ChainReader, filter_: ChainReader, interface: str, interfaces: Seq
     leaks = sorted((o for o in PathEvaluator(filter_, "INPUT").outcomes(probe) if o.verdict != "block"),
                    key=lambda o: o.rule)
     return leaks[0] if leaks else None
-
-
-def binary(family: int) -> str:
-    return "iptables" if family == 4 else "ip6tables"
 
 
 @dataclass(frozen=True)

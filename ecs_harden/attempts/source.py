@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from ecs_harden.attempts.recorder import Recorder
 from ecs_harden.component import FIREWALL
-from ecs_harden.daemon.sources import WakeSource
-from ecs_harden.daemon.wakeups import Wake
+from ecs_harden.daemon.wakeups import Wake, WakeSource
 
 
 class NflogSource(WakeSource):

@@ -30,8 +30,8 @@ from ecs_harden.component import AnyComponent
 from ecs_harden.daemon.background import SlowChecks
 from ecs_harden.daemon.notify import Notifier
 from ecs_harden.daemon.publisher import PolicyState, StatusPublisher
-from ecs_harden.daemon.sources import WakeSource, open_sources
-from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake
+from ecs_harden.daemon.sources import open_sources
+from ecs_harden.daemon.wakeups import ALL, BOTH, Schedule, Wake, WakeSource
 from ecs_harden.errors import HardenError, PolicyError
 from ecs_harden.facts import Facts, iso
 from ecs_harden.findinglog import FindingLog

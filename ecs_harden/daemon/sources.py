@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import typing
 from collections.abc import Callable, Collection, Sequence
 
 from ecs_harden import logs, proc
@@ -41,7 +40,9 @@ from ecs_harden.daemon.wakeups import (
     QUIET,
     SETTLE,
     SETTLE_MAX,
+    Select,
     Wake,
+    WakeSource,
 )
 from ecs_harden.facts import Facts
 from ecs_harden.firewall.libiptc import LOCK_PATH as XTABLES_LOCK
@@ -49,54 +50,7 @@ from ecs_harden.firewall.tableinfo import TableProbe
 from ecs_harden.imds.hostnet import CGROUP_ROOT, TASK_SLICE, cgroup_v2
 from ecs_harden.policy import Policy
 
-Select = typing.Callable[[float], bool]  # sleep at most that long; True when a descriptor is ready
-
 log = logs.get("ecs_harden.daemon")
-
-
-class WakeSource:
-    """The protocol, with do-nothing defaults: a source overrides what it uses."""
-
-    name = "source"
-    # Ticks often enough (well under `interval`) that the schedule's own timers are
-    # looked at on its ticks only, which saves wakeups.
-    carries_timers = False
-
-    def fileno(self) -> int:
-        """A descriptor to select on; -1 for none."""
-        return -1
-
-    def deadline(self) -> float | None:
-        """When it next needs to be called (`due`), on the daemon's clock."""
-        return None
-
-    def readable(self, now: float, wake: Wake) -> None:
-        """Its descriptor is ready: add to `wake` what the change wakes."""
-
-    def due(self, now: float, wake: Wake) -> None:
-        """Called on every pass of the loop; acts when its deadline has come."""
-
-    def hold(self, wake: Wake, now: float) -> None:
-        """Take out of `wake` what may not be looked at yet (and come back for it)."""
-
-    def pending(self) -> set[str]:
-        """The groups with a change it saw and has not had looked at yet (coalesced,
-        held back): their findings are stale meanwhile."""
-        return set()
-
-    def before(self, groups: Collection[str], families: Collection[int]) -> None:
-        """A reconcile of these groups is about to read the host."""
-
-    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
-        """That reconcile ended."""
-
-    def idle(self, select: Select, until: float, interrupted: Callable[[], bool]) -> bool:
-        """Tick on its own, as cheaply as it can, while nothing else is due before
-        `until`; True when it ticked. Only a source that carries the timers has use for it."""
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 class NftSource(WakeSource):

@@ -16,7 +16,8 @@ fed with the heartbeat when that is often enough.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,8 @@ SETTLE_MAX = 3.0  # a file rewritten without pause is looked at anyway after thi
 BACKOFF_MAX = 60.0
 
 
+Select = typing.Callable[[float], bool]  # sleep at most that long; True when a descriptor is ready
+
 @dataclass
 class Wake:
     groups: set[str] = field(default_factory=set)
@@ -58,6 +61,51 @@ class Wake:
 
     def __bool__(self) -> bool:
         return bool(self.groups)
+
+
+class WakeSource:
+    """The protocol, with do-nothing defaults: a source overrides what it uses."""
+
+    name = "source"
+    # Ticks often enough (well under `interval`) that the schedule's own timers are
+    # looked at on its ticks only, which saves wakeups.
+    carries_timers = False
+
+    def fileno(self) -> int:
+        """A descriptor to select on; -1 for none."""
+        return -1
+
+    def deadline(self) -> float | None:
+        """When it next needs to be called (`due`), on the daemon's clock."""
+        return None
+
+    def readable(self, now: float, wake: Wake) -> None:
+        """Its descriptor is ready: add to `wake` what the change wakes."""
+
+    def due(self, now: float, wake: Wake) -> None:
+        """Called on every pass of the loop; acts when its deadline has come."""
+
+    def hold(self, wake: Wake, now: float) -> None:
+        """Take out of `wake` what may not be looked at yet (and come back for it)."""
+
+    def pending(self) -> set[str]:
+        """The groups with a change it saw and has not had looked at yet (coalesced,
+        held back): their findings are stale meanwhile."""
+        return set()
+
+    def before(self, groups: Collection[str], families: Collection[int]) -> None:
+        """A reconcile of these groups is about to read the host."""
+
+    def after(self, groups: Collection[str], ok: bool, now: float) -> None:
+        """That reconcile ended."""
+
+    def idle(self, select: Select, until: float, interrupted: Callable[[], bool]) -> bool:
+        """Tick on its own, as cheaply as it can, while nothing else is due before
+        `until`; True when it ticked. Only a source that carries the timers has use for it."""
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 class Source(Protocol):

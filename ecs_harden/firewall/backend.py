@@ -41,6 +41,11 @@ class DeleteAt:
 Op = Union[NewChain, Insert, DeleteAt]
 
 
+def binary(family: int) -> str:
+    """The command that writes a family's rules: what a change is said with."""
+    return "iptables" if family == 4 else "ip6tables"
+
+
 def describe(op: Op) -> str:
     from ecs_harden.firewall.rule import quote_args
 

@@ -28,7 +28,7 @@ from ecs_harden import proc
 from ecs_harden.atomic import read_json_state, write_json_state
 from ecs_harden.component import PATHS, Base, Inspection
 from ecs_harden.errors import RuntimeFailure
-from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, describe
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, Op, binary, describe
 from ecs_harden.firewall.rule import Network, Rule
 from ecs_harden.imds.block import leading_copies
 from ecs_harden.imds.dockerview import (
@@ -212,7 +212,7 @@ class HostNetworkComponent(Base):
                 problems.append(f"the ip{'' if family == 4 else '6'}tables {CHAIN} rule was inserted against "
                                 f"an earlier {TASK_SLICE} (systemd made it afresh): it matches nothing now")
         changes = ((f"systemctl start {TASK_SLICE}",) if make else ()) + tuple(
-            f"ip{'' if f == 4 else '6'}tables {describe(op)}" for f, fops in ops.items() for op in fops)
+            f"{binary(f)} {describe(op)}" for f, fops in ops.items() for op in fops)
         finding = self._judge(tasks, names, v2, inode, problems)
         plan = _Plan(ops, inode, wanted, make) if changes else None
         return Inspection((finding,), changes, frozenset({CHECK}) if changes else frozenset(), plan)
@@ -290,7 +290,7 @@ class HostNetworkComponent(Base):
             ops: list[Op] = [DeleteAt(CHAIN, i + 1, r) for i, r in ours]
             if ops:
                 self.backend(family).commit(ops)
-            out += [f"ip{'' if family == 4 else '6'}tables {describe(op)}" for op in ops]
+            out += [f"{binary(family)} {describe(op)}" for op in ops]
         return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
 from ecs_harden.component import FIREWALL, PATHS, Base, Inspection
-from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, describe
+from ecs_harden.firewall.backend import Backend, DeleteAt, Insert, NewChain, Op, binary, describe
 from ecs_harden.firewall.evaluate import Outcome, PathEvaluator, Probe
 from ecs_harden.firewall.rule import Chain, Network, Rule
 from ecs_harden.imds import guard as guards_
@@ -156,13 +156,10 @@ class LiveBlockComponent(Base):
             return Inspection((finding,))
         return Inspection(
             (finding,),
-            tuple(f"{self._binary()} {describe(op)}" for op in ops),
+            tuple(f"{binary(self.family)} {describe(op)}" for op in ops),
             frozenset({self.name}),
             _Plan(tuple(ops), effective),
         )
-
-    def _binary(self) -> str:
-        return f"ip{'' if self.family == 4 else '6'}tables"
 
     def judge(self, chains: dict[str, Chain | None], states: list[BlockState],
               places: Places | None = None, keep: dict[guards_.GuardRule, int] | None = None) -> Finding:
@@ -253,7 +250,7 @@ class LiveBlockComponent(Base):
     def remove(self) -> list[str]:
         ops = self.removal_ops()
         self.backend.commit(ops)
-        return [f"ip{'' if self.family == 4 else '6'}tables {describe(op)}" for op in ops]
+        return [f"{binary(self.family)} {describe(op)}" for op in ops]
 
 
 def opening_run(place: tuple[str, str], rules: Sequence[Rule], blocks: Sequence[Block],

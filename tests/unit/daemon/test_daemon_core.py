@@ -18,8 +18,7 @@ import pytest
 from ecs_harden.component import ECS, FIREWALL, PATHS, Base, Inspection
 from ecs_harden.daemon.loop import Daemon, Parts
 from ecs_harden.daemon.notify import Notifier
-from ecs_harden.daemon.sources import WakeSource
-from ecs_harden.daemon.wakeups import Wake
+from ecs_harden.daemon.wakeups import Wake, WakeSource
 from ecs_harden.errors import PolicyError, RuntimeFailure
 from ecs_harden.facts import Facts, Process
 from ecs_harden.lock import LockTimeout
