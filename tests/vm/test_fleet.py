@@ -177,8 +177,11 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
 
     data, md = ansible.report()
     rows = by_host(data)
-    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 1, "unreachable": 0}, data
+    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 1, "unreachable": 0,
+                               "with_attempts": 0}, data
     assert rows["ecs1"]["compliant"] is True and rows["ecs3"]["compliant"] is True
+    # each running daemon's record; ecs2's daemon is stopped: not known, never 0
+    assert {h: rows[h]["attempts_last_hour"] for h in HOSTS} == {"ecs1": 0, "ecs2": None, "ecs3": 0}
     assert rows["ecs2"]["compliant"] is False
     assert {h: (rows[h]["flavor"], rows[h]["iptables"]) for h in HOSTS} == {
         "ecs1": ("debian", "nf_tables"), "ecs2": ("amzn2023", "nf_tables"), "ecs3": ("amzn2", "legacy")}
@@ -196,7 +199,8 @@ def test_a_fleet_of_three(fleet: tuple[Fleet, Controller, dict[str, float]]) -> 
 
     hosts.hosts["ecs3"].shutdown()
     data, md = ansible.report()
-    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 0, "unreachable": 1}, data
+    assert data["summary"] == {"hosts": 3, "compliant": 2, "not_yet_effective": 0, "drifting": 0, "unreachable": 1,
+                               "with_attempts": 0}, data
     assert by_host(data)["ecs3"]["reachable"] is False
     assert "**unreachable**" in md
     (CACHE / "fleet-report-unreachable-sample.md").write_text(md)
