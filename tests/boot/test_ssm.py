@@ -204,7 +204,12 @@ def test_at_launch_the_association_waits_for_the_templates_user_data(host: SsmHo
                           "/etc/systemd/system/cloud-final.service.d/ecs-test-instance-role.conf": INSTANCE_ROLE,
                           }.items():
         host.run(["sh", "-c", f"cat > {path}"], input=content)
-    host.sh("cloud-init clean --logs; rm -f /var/log/ecs-harden-user-data.log; systemctl daemon-reload")
+    # a launch: nothing of an earlier boot's cloud-init, /run's status included (a fresh boot's
+    # /run is empty; left, `cloud-init status` said the last run was done until the local stage
+    # started again, and under load the association read that first)
+    host.sh("cloud-init clean --logs; rm -rf /run/cloud-init; rm -f /var/log/ecs-harden-user-data.log; "
+            "systemctl daemon-reload")
+    assert "not run" in host.run(["cloud-init", "status"], check=False).stdout
     puts = len(host.puts())
     # the launch: cloud-init's four stages in their boot order, and at once the association
     host.run(["systemctl", "restart", "--no-block", "cloud-init-local.service", "cloud-init.service",
