@@ -58,19 +58,14 @@ def cgroup_level(path: str, mountinfo: str = MOUNTINFO) -> int | None:
 
 
 def _dirs(path: str) -> list[tuple[str, int]]:
+    """Subdirectories (never links) and their inode numbers, from the directory's own
+    entries: no stat of each of a cgroup's dozens of control files."""
     try:
-        names = sorted(os.listdir(path))
+        with os.scandir(path) as it:
+            found = [(e.name, e.inode()) for e in it if e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
-    out = []
-    for name in names:
-        try:
-            st = os.lstat(os.path.join(path, name))
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            out.append((name, st.st_ino))
-    return out
+    return sorted(found)
 
 
 def host_match(imds: dict[int, Network], cgroup_root: str = CGROUP_ROOT) -> HostMatch | None:
