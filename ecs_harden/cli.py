@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ecs_harden import __version__, logs
 from ecs_harden import facts as facts_mod
@@ -262,15 +262,17 @@ def ssm_document(report: Report, policy: policy_mod.Policy) -> dict[str, object]
     except proc.CommandError:
         active = "unknown (systemctl did not answer)"
     age: float | None
-    attempts: int | None = None
+    data: dict[str, Any] = {}
     try:
         data, age = read_status(policy.report.status_file)
         limit = heartbeat_limit(data, policy.interval)
-        record = (data.get("daemon") or {}).get("attempts")
-        if isinstance(record, dict) and isinstance(record.get("last_hour"), int):
-            attempts = max(0, record["last_hour"])
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         age, limit = None, HEARTBEATS * policy.interval
+    # the daemon's record of attempts, when it is one (never a reason to call the status stale)
+    daemon_data = data.get("daemon")
+    record = daemon_data.get("attempts") if isinstance(daemon_data, dict) else None
+    last_hour = record.get("last_hour") if isinstance(record, dict) else None
+    attempts = max(0, last_hour) if isinstance(last_hour, int) else None
     daemon = ssmcompliance.daemon_item(active, age, limit, attempts)
     return ssmcompliance.document(report, daemon)
 
